@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Both run the idempotent set-up first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup demo serve test test-unit test-integration train clean
+
+setup:
+	@bash scripts/setup.sh
+
+## Train on MovieLens-100K, export, start Triton + Kafka + gateway, show recommendations, stop.
+demo: setup
+	$(PY) -m stack.demo
+
+## Keep the whole stack up for manual use (Ctrl-C stops it).
+serve: setup
+	$(PY) -m stack.demo --serve
+
+## Train + evaluate + export only.
+train: setup
+	$(PY) -m export --dataset ml-100k --repository model_repository --artifacts build
+
+test: setup
+	RECSYS_REQUIRE_SERVICES=1 $(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+test-integration: setup
+	RECSYS_REQUIRE_SERVICES=1 $(PY) -m pytest tests/integration
+
+clean:
+	rm -rf build .pytest_cache
+	find model_repository -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

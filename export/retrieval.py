@@ -1,0 +1,51 @@
+"""Top-k retrieval over the item-embedding matrix: the `retrieve` stage, as a TorchScript module.
+
+The same module is served by Triton and used in-process, so both rank with the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from features.catalog import FIRST_ITEM_INDEX
+
+
+class TopKRetrieval(nn.Module):
+    """Cosine scores of a user embedding against every real item; excluded items masked."""
+
+    def __init__(self, item_embeddings: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("item_embeddings", item_embeddings.detach().float().contiguous())
+        # PAD and OOV rows are never recommendable.
+        never = torch.zeros(item_embeddings.shape[0], dtype=torch.bool)
+        never[:FIRST_ITEM_INDEX] = True
+        self.register_buffer("never", never)
+        self.first_item_index = FIRST_ITEM_INDEX  # an attribute, so TorchScript sees it
+
+    @torch.jit.export
+    def num_items(self) -> int:
+        return int(self.item_embeddings.shape[0]) - self.first_item_index
+
+    @torch.jit.export
+    def scores(self, user_embedding: torch.Tensor) -> torch.Tensor:
+        """[B, D] -> [B, num_embeddings] cosine scores, unrecommendable rows at -inf."""
+        s = user_embedding @ self.item_embeddings.T
+        return s.masked_fill(self.never, float("-inf"))
+
+    @torch.jit.export
+    def top_k(self, scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask ``exclude`` ([B, E] item indices, PAD allowed) in ``scores`` and take the top ``k``.
+
+        Excluded indices outside the matrix are ignored rather than raising: a stale client must
+        not be able to crash a batch.
+        """
+        scores = scores.clone()
+        valid = (exclude >= 0) & (exclude < scores.shape[1])
+        rows = torch.arange(scores.shape[0]).unsqueeze(1).expand_as(exclude)
+        scores[rows[valid], exclude[valid]] = float("-inf")
+        values, indices = torch.topk(scores, k, dim=1)
+        return indices, values
+
+    def forward(self, user_embedding: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.top_k(self.scores(user_embedding), exclude, k)

@@ -1,0 +1,58 @@
+"""`retrieve`: top-k items for user embeddings, excluding items the user has already seen.
+
+``model.pt`` is export.retrieval.TopKRetrieval. Scores for every request in the batch come from one
+matrix product; masking and top-k are per request because each request has its own ``k`` and its
+own exclusion list. A bad request gets an error of its own; the rest of the batch is answered.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        # Input order in config.pbtxt: user embedding, exclusion list, k.
+        self.user_input, self.exclude_input, self.k_input = (i["name"] for i in config["input"])
+        (self.index_output, self.index_dtype), (self.score_output, self.score_dtype) = (
+            (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]
+        )
+        path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
+        self.model = torch.jit.load(str(path), map_location="cpu").eval()
+        self.num_items = int(self.model.num_items())
+
+    def _k(self, request, rows):
+        k = pb_utils.get_input_tensor_by_name(request, self.k_input).as_numpy().reshape(-1)
+        if k.size != rows or np.any(k != k[0]):
+            raise ValueError(f"{self.k_input} must hold one equal value per row")
+        k = int(k[0])
+        if not 1 <= k <= self.num_items:
+            raise ValueError(f"{self.k_input}={k} is outside [1, {self.num_items}] (catalog size)")
+        return k
+
+    def execute(self, requests):
+        users = [pb_utils.get_input_tensor_by_name(r, self.user_input).as_numpy() for r in requests]
+        with torch.inference_mode():
+            scores = self.model.scores(torch.from_numpy(np.concatenate(users)))
+            responses, offset = [], 0
+            for request, user in zip(requests, users):
+                rows = user.shape[0]
+                try:
+                    k = self._k(request, rows)
+                    exclude = pb_utils.get_input_tensor_by_name(request, self.exclude_input).as_numpy()
+                    index, score = self.model.top_k(
+                        scores[offset:offset + rows], torch.from_numpy(exclude.astype(np.int64)), k
+                    )
+                    responses.append(pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor(self.index_output, index.numpy().astype(self.index_dtype)),
+                        pb_utils.Tensor(self.score_output, score.numpy().astype(self.score_dtype)),
+                    ]))
+                except (ValueError, RuntimeError) as exc:
+                    responses.append(pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(str(exc))))
+                offset += rows
+        return responses

@@ -1,0 +1,1 @@
+"""Online stage: consume behaviour events from Kafka and keep each user's real-time features."""

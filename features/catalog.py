@@ -1,0 +1,112 @@
+"""Item catalog: raw item ids <-> model indices, plus the attributes the item tower encodes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Index 0 pads short histories; index 1 stands for any item the model has never seen, so an
+# unknown id can never index outside the embedding table inside Triton.
+PAD_INDEX = 0
+OOV_INDEX = 1
+FIRST_ITEM_INDEX = 2
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog entry as served to clients."""
+
+    item_id: str
+    title: str
+    genres: tuple[str, ...] = ()
+    year: int | None = None
+
+
+@dataclass
+class ItemCatalog:
+    """The item vocabulary of one trained model (one retrieval version).
+
+    Row ``FIRST_ITEM_INDEX + i`` of the item-embedding matrix belongs to ``items[i]``.
+    """
+
+    items: list[Item]
+    genres: list[str]
+    _index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {item.item_id: FIRST_ITEM_INDEX + i for i, item in enumerate(self.items)}
+        if len(self._index) != len(self.items):
+            raise ValueError("duplicate item ids in catalog")
+
+    @property
+    def num_items(self) -> int:
+        """Number of real items (excluding the PAD and OOV rows)."""
+        return len(self.items)
+
+    @property
+    def num_embeddings(self) -> int:
+        """Rows of every per-item table: real items plus PAD and OOV."""
+        return len(self.items) + FIRST_ITEM_INDEX
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    def index_of(self, item_id: str) -> int:
+        """Model index of ``item_id``; unknown ids map to the OOV bucket."""
+        return self._index.get(item_id, OOV_INDEX)
+
+    def indices_of(self, item_ids: Iterable[str]) -> np.ndarray:
+        return np.fromiter((self.index_of(i) for i in item_ids), dtype=np.int64)
+
+    def item_at(self, index: int) -> Item:
+        if index < FIRST_ITEM_INDEX or index >= self.num_embeddings:
+            raise IndexError(f"index {index} is not a real item")
+        return self.items[index - FIRST_ITEM_INDEX]
+
+    def genre_matrix(self) -> np.ndarray:
+        """Multi-hot genres, shape [num_embeddings, num_genres] (PAD/OOV rows are zero)."""
+        out = np.zeros((self.num_embeddings, max(len(self.genres), 1)), dtype=np.float32)
+        col = {g: j for j, g in enumerate(self.genres)}
+        for i, item in enumerate(self.items):
+            for g in item.genres:
+                out[FIRST_ITEM_INDEX + i, col[g]] = 1.0
+        return out
+
+    def year_buckets(self, bucket_years: int = 5) -> np.ndarray:
+        """Release year bucketed to ``bucket_years``; bucket 0 = unknown. Shape [num_embeddings]."""
+        years = [item.year for item in self.items if item.year is not None]
+        out = np.zeros(self.num_embeddings, dtype=np.int64)
+        if not years:
+            return out
+        first = min(years)
+        for i, item in enumerate(self.items):
+            if item.year is not None:
+                out[FIRST_ITEM_INDEX + i] = 1 + (item.year - first) // bucket_years
+        return out
+
+    @classmethod
+    def from_items(cls, items: Sequence[Item]) -> ItemCatalog:
+        genres = sorted({g for item in items for g in item.genres})
+        return cls(items=list(items), genres=genres)
+
+    def to_json(self, path: Path) -> None:
+        payload = {
+            "genres": self.genres,
+            "items": [
+                {"item_id": it.item_id, "title": it.title, "genres": list(it.genres), "year": it.year}
+                for it in self.items
+            ],
+        }
+        path.write_text(json.dumps(payload))
+
+    @classmethod
+    def from_json(cls, path: Path) -> ItemCatalog:
+        payload = json.loads(path.read_text())
+        items = [
+            Item(d["item_id"], d["title"], tuple(d["genres"]), d.get("year")) for d in payload["items"]
+        ]
+        return cls(items=items, genres=list(payload["genres"]))

@@ -1,0 +1,1 @@
+"""Online stage: the FastAPI gateway — recommendations from Triton, events into Kafka."""

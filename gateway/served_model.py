@@ -1,0 +1,39 @@
+"""What the gateway needs to know about the model Triton serves: item catalog, popular items."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import signature as sig
+from features.catalog import ItemCatalog
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: int
+    catalog: ItemCatalog
+    popular_items: list[str]
+    sequence_length: int
+
+
+def latest_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise FileNotFoundError(f"no version directories under {model_dir}")
+    return max(versions)
+
+
+def load_served_model(repository: Path) -> ServedModel:
+    """Read the catalog that belongs to the newest ``retrieve`` version (the one Triton serves)."""
+    retrieve = repository / sig.RETRIEVE
+    version = latest_version(retrieve)
+    version_dir = retrieve / str(version)
+    info = json.loads((version_dir / sig.SERVING_FILE).read_text())
+    return ServedModel(
+        version=version,
+        catalog=ItemCatalog.from_json(version_dir / sig.CATALOG_FILE),
+        popular_items=list(info.get("popular_items", [])),
+        sequence_length=int(info["sequence_length"]),
+    )

@@ -1,0 +1,96 @@
+"""The service layer: what the REST (and later gRPC) front ends call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from feature_service.store import FeatureStore, StoreUnavailable
+from features.catalog import FIRST_ITEM_INDEX
+from features.events import Event
+from features.sequence import encode_history
+from gateway.errors import InvalidRequest, UnknownItem, UpstreamUnavailable
+from gateway.producer import Published
+from gateway.served_model import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    score: float | None  # None for fallback (popularity) items
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    cold_start: bool  # the user has no features yet: popular items
+    degraded: bool  # the model was unavailable: popular items
+    model_version: int
+    features_updated_at_ms: int | None = None
+
+
+class Recommender(Protocol):
+    async def recommend(self, history: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> Published: ...
+
+
+class RecommendationService:
+    def __init__(self, served: ServedModel, store: FeatureStore, recommender: Recommender,
+                 publisher: Publisher, max_k: int = 100) -> None:
+        self.served = served
+        self.store = store
+        self.recommender = recommender
+        self.publisher = publisher
+        self.max_k = min(max_k, served.catalog.num_items)
+
+    async def recommend(self, user_id: str, k: int) -> Recommendations:
+        if not 1 <= k <= self.max_k:
+            raise InvalidRequest(f"k must be between 1 and {self.max_k}, got {k}")
+        try:
+            features = await asyncio.to_thread(self.store.get, user_id)
+        except StoreUnavailable as exc:
+            log.warning("feature store unavailable: %s", exc)
+            return self._popular(user_id, k, set(), cold_start=False, degraded=True)
+        if features is None or not features.recent_items:
+            return self._popular(user_id, k, set(), cold_start=True, degraded=False)
+        catalog = self.served.catalog
+        history = encode_history(features.recent_items, catalog, self.served.sequence_length)
+        exclude = np.unique(catalog.indices_of(features.seen_items))
+        exclude = exclude[exclude >= FIRST_ITEM_INDEX]
+        try:
+            indices, scores = await self.recommender.recommend(history, exclude, k)
+        except UpstreamUnavailable as exc:
+            log.warning("model unavailable, serving popular items: %s", exc)
+            return self._popular(user_id, k, features.seen_items, cold_start=False, degraded=True)
+        items = [
+            RecommendedItem(item_id=item.item_id, title=item.title, score=float(score))
+            for index, score in zip(indices.tolist(), scores.tolist())
+            # -inf: fewer than k candidates were left after exclusions.
+            if np.isfinite(score) and (item := catalog.item_at(index))
+        ]
+        return Recommendations(user_id=user_id, items=items, cold_start=False, degraded=False,
+                               model_version=self.served.version,
+                               features_updated_at_ms=features.updated_at_ms)
+
+    def _popular(self, user_id: str, k: int, seen: set[str], *, cold_start: bool,
+                 degraded: bool) -> Recommendations:
+        catalog = self.served.catalog
+        picked = [i for i in self.served.popular_items if i not in seen and i in catalog][:k]
+        items = [RecommendedItem(item_id=i, title=catalog.item_at(catalog.index_of(i)).title, score=None)
+                 for i in picked]
+        return Recommendations(user_id=user_id, items=items, cold_start=cold_start,
+                               degraded=degraded, model_version=self.served.version)
+
+    async def ingest(self, event: Event) -> Published:
+        if event.item_id not in self.served.catalog:
+            raise UnknownItem(f"unknown item_id {event.item_id!r}: not in the catalog")
+        return await self.publisher.publish(event)

@@ -1,0 +1,66 @@
+"""The gateway's one Triton client: gRPC aio, opened in the lifespan, shared by all requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from export import signature as sig
+from features.catalog import PAD_INDEX
+from gateway.errors import UpstreamUnavailable
+
+
+def pad_exclusions(indices: np.ndarray, minimum: int = 16) -> np.ndarray:
+    """Pad to the next power of two with PAD: Triton batches only requests of equal shape, and
+    a handful of sizes lets most requests share a batch."""
+    size = max(minimum, 1 << int(np.ceil(np.log2(max(len(indices), 1)))))
+    out = np.full(size, PAD_INDEX, dtype=np.int64)
+    out[:len(indices)] = indices
+    return out
+
+
+class TritonRecommender:
+    def __init__(self, url: str, timeout_ms: int) -> None:
+        self.url = url
+        self.timeout_s = timeout_ms / 1000
+        self._client = grpcclient.InferenceServerClient(url)
+        self.sequence_length: int | None = None
+
+    async def connect(self) -> None:
+        """Read the ensemble's input shape from its config (the contract) once at start-up."""
+        try:
+            config = (await self._client.get_model_config(sig.RECOMMEND, as_json=True))["config"]
+        except InferenceServerException as exc:
+            raise UpstreamUnavailable(f"Triton at {self.url}: {exc}") from exc
+        history = next(i for i in config["input"] if i["name"] == sig.HISTORY)
+        self.sequence_length = int(history["dims"][0])
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(sig.RECOMMEND))
+        except InferenceServerException:
+            return False
+
+    async def recommend(self, history: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One user's top ``k``: (item indices, scores)."""
+        exclude = pad_exclusions(exclude)
+        inputs = [
+            grpcclient.InferInput(sig.HISTORY, [1, len(history)], "INT64"),
+            grpcclient.InferInput(sig.EXCLUDE, [1, len(exclude)], "INT64"),
+            grpcclient.InferInput(sig.K, [1, 1], "INT32"),
+        ]
+        inputs[0].set_data_from_numpy(history.reshape(1, -1).astype(np.int64))
+        inputs[1].set_data_from_numpy(exclude.reshape(1, -1))
+        inputs[2].set_data_from_numpy(np.array([[k]], dtype=np.int32))
+        outputs = [grpcclient.InferRequestedOutput(sig.ITEM_INDEX),
+                   grpcclient.InferRequestedOutput(sig.SCORE)]
+        try:
+            result = await self._client.infer(sig.RECOMMEND, inputs, outputs=outputs,
+                                              client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc
+        return result.as_numpy(sig.ITEM_INDEX)[0], result.as_numpy(sig.SCORE)[0]
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,228 @@
+"""A single-node Apache Kafka broker in KRaft mode, run from the Maven-fetched jars on Java 17.
+
+The jars come from stack/kafka/pom.xml (scripts/setup.sh links them at <repo>/.kafka-libs);
+the broker's logging configuration is stack/kafka/log4j2.xml.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from stack.ports import free_port, port_is_open
+from stack.process import ManagedProcess, ServiceStartError
+
+if TYPE_CHECKING:
+    from kafka import KafkaAdminClient
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOG4J2_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.xml"
+_MIN_JAVA = 17
+_TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
+
+
+def default_libs_dir() -> Path:
+    return Path(os.environ.get("RECSYS_KAFKA_LIBS", REPO_ROOT / ".kafka-libs"))
+
+
+def kafka_unavailable_reason(libs_dir: Path | None = None) -> str | None:
+    """Why a broker cannot run here (no Java >= 17, no jars), or None if it can."""
+    libs = Path(libs_dir) if libs_dir else default_libs_dir()
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        return f"Kafka broker jars not found in {libs}: run scripts/setup.sh"
+    java = shutil.which("java")
+    if java is None:
+        return f"Java >= {_MIN_JAVA} is required for the Kafka broker and `java` is not on PATH"
+    version = _java_major_version(java)
+    if version is None or version < _MIN_JAVA:
+        return f"Java >= {_MIN_JAVA} is required for the Kafka broker; {java} is {version}"
+    return None
+
+
+def _java_major_version(java: str) -> int | None:
+    out = subprocess.run(
+        [java, "-XshowSettings:properties", "-version"],
+        capture_output=True, text=True, timeout=30,
+    )
+    match = re.search(r"java\.specification\.version = (\d+)(?:\.(\d+))?", out.stderr + out.stdout)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major  # "1.8" -> 8
+
+
+def _random_cluster_id() -> str:
+    # Kafka's Uuid string form: URL-safe base64 of 16 random bytes, without padding.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class KafkaBroker:
+    """A KRaft broker+controller on 127.0.0.1 storing everything under `data_dir`.
+
+    Storage is formatted on the first start only, so a broker restarted on the same `data_dir`
+    keeps its topics, messages and committed offsets. Ports are free ones unless given;
+    restart() keeps them, and a new KafkaBroker on an existing `data_dir` may use other ports
+    (server.properties is rewritten on every start).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        libs_dir: Path | None = None,
+        port: int | None = None,
+        controller_port: int | None = None,
+        heap_mb: int = 512,
+        startup_timeout_s: float = 90,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.libs_dir = Path(libs_dir) if libs_dir else default_libs_dir()
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port()
+        self.heap_mb = heap_mb
+        self.startup_timeout_s = startup_timeout_s
+        self.ready_after_s: float | None = None
+        self._process: ManagedProcess | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def properties_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "kafka-logs"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
+    def _write_properties(self) -> None:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            "num.partitions": "3",
+            # Topics are created explicitly (create_topics), so a typo cannot invent one.
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+        }
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+
+    def _java_argv(self, main_class: str, *args: str) -> list[str]:
+        return [
+            "java", f"-Xmx{self.heap_mb}m", "-cp", str(self.libs_dir / "*"),
+            f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+            main_class, *args,
+        ]
+
+    def _format_storage(self) -> None:
+        if (self.log_dirs / "meta.properties").is_file():
+            return
+        argv = self._java_argv(
+            "kafka.tools.StorageTool", "format", "-t", _random_cluster_id(),
+            "-c", str(self.properties_path), "--standalone",
+        )
+        log.info("formatting Kafka storage in %s", self.log_dirs)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise ServiceStartError(
+                f"Kafka storage format failed (exit {out.returncode}):\n{out.stdout}{out.stderr}"
+            )
+
+    def start(self) -> "KafkaBroker":
+        reason = kafka_unavailable_reason(self.libs_dir)
+        if reason:
+            raise ServiceStartError(reason)
+        self._write_properties()
+        self._format_storage()
+        self._process = ManagedProcess(
+            "kafka",
+            self._java_argv("kafka.Kafka", str(self.properties_path)),
+            self.log_path,
+        )
+        log.info("starting Kafka on %s (controller %d), log %s",
+                 self.bootstrap_servers, self.controller_port, self.log_path)
+        self._process.start()
+        self.ready_after_s = self._process.wait_ready(self._is_ready, self.startup_timeout_s)
+        log.info("Kafka ready after %.1f s at %s", self.ready_after_s, self.bootstrap_servers)
+        return self
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self._process is not None:
+            self._process.stop(timeout_s)
+
+    def restart(self) -> "KafkaBroker":
+        """Stop and start again on the same ports and data (for fault tests)."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "KafkaBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def admin(self, **config: object) -> KafkaAdminClient:
+        """A kafka-python admin client for this broker; the caller closes it."""
+        from kafka import KafkaAdminClient
+
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **config)
+
+    def _is_ready(self) -> bool:
+        # A TCP check first: the admin client spends seconds in bootstrap retries otherwise.
+        if not port_is_open(self.port):
+            return False
+        admin = self.admin(bootstrap_timeout_ms=5000, request_timeout_ms=5000)
+        try:
+            admin.list_topics()
+            return True
+        finally:
+            admin.close()
+
+    def create_topics(self, names: Iterable[str], partitions: int = 3,
+                      timeout_s: float = 30) -> None:
+        """Create topics (replication factor 1) and wait until every partition has a leader.
+        Topics that already exist are left as they are."""
+        names = list(names)
+        admin = self.admin(request_timeout_ms=int(timeout_s * 1000))
+        try:
+            result = admin.create_topics(
+                {name: {"num_partitions": partitions, "replication_factor": 1} for name in names},
+                raise_errors=False,
+            )
+            errors = [
+                f"{t['name']}: error {t['error_code']} {t.get('error_message') or ''}".strip()
+                for t in result["topics"]
+                if t["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
+            ]
+            if errors:
+                raise RuntimeError("creating Kafka topics failed: " + "; ".join(errors))
+            admin.wait_for_topics(names, timeout_ms=int(timeout_s * 1000))
+        finally:
+            admin.close()
