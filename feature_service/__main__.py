@@ -19,6 +19,7 @@ from feature_service.store import create_store
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines are noise
     settings = FeatureServiceSettings()
     store = create_store(settings.store, redis_url=settings.redis_url, prefix=settings.redis_key_prefix,
                          history_items=settings.history_items,

@@ -12,6 +12,7 @@ from gateway.config import GatewaySettings
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines are noise
     settings = GatewaySettings()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

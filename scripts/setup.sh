@@ -4,7 +4,7 @@
 #   * Debian packages: libb64-0d (perf_analyzer), redis-server; Java >= 17 is checked, not installed.
 #   * A virtualenv OUTSIDE the clone, keyed by a hash of requirements.txt and the Python version,
 #     so a fresh clone on the same machine (CI) reuses it instantly; `.venv` links to it.
-#   * Apache Kafka broker jars + log4j2 backend, fetched with Maven from stack/kafka/pom.xml.
+#   * Apache Kafka broker jars + log4j2 backend, fetched with Maven from stack/kafka_files/pom.xml.
 #   * recbole==1.2.1 (--no-deps), only for the MovieLens-100K files it ships (never imported).
 #
 # Quiet when everything is already in place; prints progress when it has to download.
@@ -54,12 +54,12 @@ fi
 ln -sfn "$venv" "$ROOT/.venv"
 
 # --- Kafka broker jars ------------------------------------------------------------------------
-kafka_dir="$CACHE/kafka-$(hash_of "$ROOT/stack/kafka/pom.xml")"
+kafka_dir="$CACHE/kafka-$(hash_of "$ROOT/stack/kafka_files/pom.xml")"
 if [ ! -f "$kafka_dir/.complete" ]; then
   command -v mvn >/dev/null || die "Maven is required to fetch the Kafka broker jars (apt-get install maven)."
   say "fetching Apache Kafka broker jars with Maven into $kafka_dir"
   rm -rf "$kafka_dir"
-  mvn -q -B -f "$ROOT/stack/kafka/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$ROOT/stack/kafka_files/pom.xml" dependency:copy-dependencies \
       -DoutputDirectory="$kafka_dir/libs" -DincludeScope=runtime
   touch "$kafka_dir/.complete"
 fi

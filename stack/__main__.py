@@ -86,8 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # SIGTERM (CI, `kill`) gets the same clean shutdown as Ctrl-C, even during start-up.
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python's connection chatter
+    # SIGTERM (CI, `kill`) gets the same clean shutdown as Ctrl-C, even during start-up. SIGINT
+    # is set explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     temp_dirs: list[Path] = []
     service = _build(args, temp_dirs)

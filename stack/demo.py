@@ -22,6 +22,7 @@ from export import signature as sig
 from export.pipeline import SNAPSHOT_FILE, format_table, run
 from export.train import TrainConfig
 from features.catalog import ItemCatalog
+from gateway.served_model import load_served_model
 from stack.gateway import GatewayProcess
 from stack.kafka import KafkaBroker
 from stack.triton import TritonServer
@@ -57,9 +58,8 @@ def pick_items(catalog: ItemCatalog, popular: list[str], seen: set[str], genre: 
 
 
 def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: str) -> None:
-    version_dir = max((repository / sig.RETRIEVE).iterdir(), key=lambda p: int(p.name))
-    catalog = ItemCatalog.from_json(version_dir / sig.CATALOG_FILE)
-    popular = json.loads((version_dir / sig.SERVING_FILE).read_text())["popular_items"]
+    served = load_served_model(repository)
+    catalog, popular = served.catalog, served.popular_items
     seen = set(json.loads((artifacts / SNAPSHOT_FILE).read_text()).get(user, []))
 
     status, before = http("GET", f"{gateway_url}/v1/users/{user}/recommendations?k=10")
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-port", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines drown the demo
 
     repository, artifacts = REPO_ROOT / "model_repository", REPO_ROOT / "build"
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """A single-node Apache Kafka broker in KRaft mode, run from the Maven-fetched jars on Java 17.
 
-The jars come from stack/kafka/pom.xml (scripts/setup.sh links them at <repo>/.kafka-libs);
-the broker's logging configuration is stack/kafka/log4j2.xml.
+The jars come from stack/kafka_files/pom.xml (scripts/setup.sh links them at <repo>/.kafka-libs);
+the broker's logging configuration is stack/kafka_files/log4j2.xml.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
-from stack.ports import free_port, port_is_open
+from stack.ports import free_ports, port_is_open
 from stack.process import ManagedProcess, ServiceStartError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOG4J2_CONFIG = Path(__file__).resolve().parent / "kafka" / "log4j2.xml"
+LOG4J2_CONFIG = Path(__file__).resolve().parent / "kafka_files" / "log4j2.xml"
 _MIN_JAVA = 17
 _TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 
@@ -61,8 +62,14 @@ def _java_major_version(java: str) -> int | None:
 
 
 def _random_cluster_id() -> str:
-    # Kafka's Uuid string form: URL-safe base64 of 16 random bytes, without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's Uuid string form: URL-safe base64 of 16 random bytes, without padding.
+
+    Like Kafka's Uuid.randomUuid(), never starting with '-': the tool would take it for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaBroker:
@@ -86,8 +93,9 @@ class KafkaBroker:
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.libs_dir = Path(libs_dir) if libs_dir else default_libs_dir()
-        self.port = port or free_port()
-        self.controller_port = controller_port or free_port()
+        spare = free_ports(2)
+        self.port = port or spare[0]
+        self.controller_port = controller_port or spare[1]
         self.heap_mb = heap_mb
         self.startup_timeout_s = startup_timeout_s
         self.ready_after_s: float | None = None
@@ -145,8 +153,8 @@ class KafkaBroker:
         if (self.log_dirs / "meta.properties").is_file():
             return
         argv = self._java_argv(
-            "kafka.tools.StorageTool", "format", "-t", _random_cluster_id(),
-            "-c", str(self.properties_path), "--standalone",
+            "kafka.tools.StorageTool", "format", f"--cluster-id={_random_cluster_id()}",
+            f"--config={self.properties_path}", "--standalone",
         )
         log.info("formatting Kafka storage in %s", self.log_dirs)
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
@@ -155,7 +163,7 @@ class KafkaBroker:
                 f"Kafka storage format failed (exit {out.returncode}):\n{out.stdout}{out.stderr}"
             )
 
-    def start(self) -> "KafkaBroker":
+    def start(self) -> KafkaBroker:
         reason = kafka_unavailable_reason(self.libs_dir)
         if reason:
             raise ServiceStartError(reason)
@@ -177,12 +185,12 @@ class KafkaBroker:
         if self._process is not None:
             self._process.stop(timeout_s)
 
-    def restart(self) -> "KafkaBroker":
+    def restart(self) -> KafkaBroker:
         """Stop and start again on the same ports and data (for fault tests)."""
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -19,15 +19,15 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_LINES = 40
 
-_live: set["ManagedProcess"] = set()
+_live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 _atexit_registered = False
 _libc: ctypes.CDLL | None = None
@@ -98,6 +98,7 @@ class ManagedProcess:
         self.cwd = cwd
         self.stop_signal = stop_signal
         self._popen: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -138,6 +139,7 @@ class ManagedProcess:
                 )
             except OSError as e:
                 raise ServiceStartError(f"{self.name}: cannot run {self.argv[0]!r}: {e}") from e
+        self._started_at = time.monotonic()
         with _live_lock:
             _live.add(self)
         log.debug("%s started (pid %d), log %s", self.name, self._popen.pid, self.log_path)
@@ -157,7 +159,7 @@ class ManagedProcess:
     def wait_ready(
         self, check: Callable[[], bool], timeout_s: float, poll_interval_s: float = 0.2
     ) -> float:
-        """Poll `check` until it returns True; return the seconds that took.
+        """Poll `check` until it returns True; return the seconds since start().
 
         `check` returning False or raising an ordinary exception means "not ready yet"; raising
         ServiceStartError means "will never be ready" (e.g. a model failed to load) and aborts
@@ -165,22 +167,29 @@ class ManagedProcess:
         """
         if self._popen is None:
             raise RuntimeError(f"{self.name} was not started")
-        started = time.monotonic()
-        deadline = started + timeout_s
-        while True:
-            code = self._popen.poll()
-            if code is not None:
-                raise self._failure(f"process exited with code {code} before it was ready")
-            try:
-                if check():
-                    return time.monotonic() - started
-            except ServiceStartError as e:
-                raise self._failure(str(e)) from e
-            except Exception as e:  # not ready yet; the last reason helps if we time out
-                log.debug("%s not ready yet: %r", self.name, e)
-            if time.monotonic() >= deadline:
-                raise self._failure(f"not ready after {timeout_s:.0f} s")
-            time.sleep(poll_interval_s)
+        deadline = time.monotonic() + timeout_s
+        last_error = ""
+        try:
+            while True:
+                code = self._popen.poll()
+                if code is not None:
+                    raise self._failure(f"process exited with code {code} before it was ready")
+                try:
+                    if check():
+                        return time.monotonic() - self._started_at
+                    last_error = ""
+                except ServiceStartError as e:
+                    raise self._failure(str(e)) from e
+                except Exception as e:  # not ready yet
+                    last_error = f" (last check: {e!r})"
+                    log.debug("%s not ready yet: %r", self.name, e)
+                if time.monotonic() >= deadline:
+                    raise self._failure(f"not ready after {timeout_s:.0f} s{last_error}")
+                time.sleep(poll_interval_s)
+        except BaseException:
+            # Also on Ctrl-C: a caller's `with` block never reaches __exit__ if start() fails.
+            self.stop()
+            raise
 
     @staticmethod
     def _group_alive(pgid: int) -> bool:
@@ -233,7 +242,7 @@ class ManagedProcess:
                 _live.discard(self)
         log.debug("%s stopped (exit code %s)", self.name, popen.returncode)
 
-    def __enter__(self) -> "ManagedProcess":
+    def __enter__(self) -> ManagedProcess:
         self.start()
         return self
 

@@ -47,7 +47,7 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.running
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         reason = redis_unavailable_reason()
         if reason:
             raise ServiceStartError(reason)
@@ -79,12 +79,12 @@ class RedisServer:
         if self._process is not None:
             self._process.stop(timeout_s)
 
-    def restart(self) -> "RedisServer":
+    def restart(self) -> RedisServer:
         """Stop and start again on the same port (all data is lost: no persistence)."""
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from stack.ports import free_port
+from stack.ports import free_ports
 from stack.process import ManagedProcess, ServiceStartError
 
 log = logging.getLogger(__name__)
@@ -146,9 +146,10 @@ class TritonServer:
         startup_timeout_s: float = 180,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
-        self.http_port = http_port or free_port()
-        self.grpc_port = grpc_port or free_port()
-        self.metrics_port = metrics_port or free_port()
+        spare = free_ports(3)
+        self.http_port = http_port or spare[0]
+        self.grpc_port = grpc_port or spare[1]
+        self.metrics_port = metrics_port or spare[2]
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models) if load_models is not None else None
         self.startup_timeout_s = startup_timeout_s
@@ -191,7 +192,7 @@ class TritonServer:
                 argv.append(f"--load-model={name}")
         return argv
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         if not self.model_repository.is_dir():
             raise ServiceStartError(f"model repository {self.model_repository} does not exist")
         server_dir = prepare_server_dir()
@@ -217,7 +218,7 @@ class TritonServer:
         if self._process is not None:
             self._process.stop(timeout_s)
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -272,29 +273,34 @@ class TritonServer:
         # Raises URLError / ConnectionError while the server is still coming up: not ready yet.
         if self._request("GET", "/v2/health/live", timeout_s=1)[0] != 200:
             return False
-        if self.model_control_mode == "explicit":
-            index = self.repository_index()
-            expected = (
-                self.load_models if self.load_models is not None
-                else sorted({m["name"] for m in index})
-            )
-            for name in expected:
-                entries = [m for m in index if m.get("name") == name]
-                if any(m.get("state") == "READY" for m in entries):
-                    continue
-                failed = [m for m in entries if m.get("state") == "UNAVAILABLE"]
-                if failed:
-                    reasons = "; ".join(
-                        f"version {m.get('version', '?')}: {m.get('reason') or 'no reason given'}"
-                        for m in failed
-                    )
-                    raise ServiceStartError(f"model {name!r} failed to load: {reasons}")
-                if not entries:
-                    raise ServiceStartError(
-                        f"model {name!r} is not in the repository {self.model_repository}"
-                    )
-                return False  # still loading
+        if not self._models_ready(self.repository_index()):
+            return False
         return self._request("GET", "/v2/health/ready", timeout_s=1)[0] == 200
+
+    def _models_ready(self, index: list[dict[str, Any]]) -> bool:
+        """True when every model that should load is READY; raises if one failed to load."""
+        if self.model_control_mode == "explicit" and self.load_models is not None:
+            expected = self.load_models
+        else:
+            expected = sorted({m["name"] for m in index})
+        all_ready = True
+        for name in expected:
+            entries = [m for m in index if m.get("name") == name]
+            if any(m.get("state") == "READY" for m in entries):
+                continue
+            failed = [m for m in entries if m.get("state") == "UNAVAILABLE"]
+            if failed:
+                reasons = "; ".join(
+                    f"version {m.get('version', '?')}: {m.get('reason') or 'no reason given'}"
+                    for m in failed
+                )
+                raise ServiceStartError(f"model {name!r} failed to load: {reasons}")
+            if not entries:
+                raise ServiceStartError(
+                    f"model {name!r} is not in the repository {self.model_repository}"
+                )
+            all_ready = False  # still loading
+        return all_ready
 
 
 def _error(payload: Any) -> str:

@@ -6,7 +6,6 @@ tests; elsewhere the tests that need it are skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,22 +17,13 @@ from export.pipeline import PipelineResult, run
 from export.train import TrainConfig
 from stack.kafka import KafkaBroker, kafka_unavailable_reason
 from stack.redis import RedisServer, redis_unavailable_reason
+from stack.testing import require_service
 from stack.triton import TritonServer, triton_unavailable_reason
-
-REQUIRED = os.environ.get("RECSYS_REQUIRE_SERVICES") == "1" or os.environ.get("CI") == "true"
-
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.path):
             item.add_marker(pytest.mark.integration)
-
-
-def require(reason: str | None) -> None:
-    if reason:
-        if REQUIRED:
-            pytest.fail(f"required service unavailable: {reason}", pytrace=False)
-        pytest.skip(reason)
 
 
 @dataclass
@@ -53,7 +43,7 @@ def exported(tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def triton(exported, tmp_path_factory) -> Iterator[TritonServer]:
-    require(triton_unavailable_reason())
+    require_service(triton_unavailable_reason())
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer(exported.repository, log_path=log) as server:
         yield server
@@ -61,14 +51,14 @@ def triton(exported, tmp_path_factory) -> Iterator[TritonServer]:
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory) -> Iterator[KafkaBroker]:
-    require(kafka_unavailable_reason())
+    require_service(kafka_unavailable_reason())
     with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    require(redis_unavailable_reason())
+    require_service(redis_unavailable_reason())
     with RedisServer(log_path=tmp_path_factory.mktemp("redis") / "redis.log") as server:
         yield server
 

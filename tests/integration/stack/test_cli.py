@@ -13,6 +13,7 @@ import pytest
 
 from stack.ports import port_is_open
 from stack.redis import redis_unavailable_reason
+from stack.testing import require_service
 
 pytestmark = pytest.mark.integration
 
@@ -20,9 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_cli_redis_runs_until_sigterm() -> None:
-    reason = redis_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_service(redis_unavailable_reason())
     cli = subprocess.Popen(
         [sys.executable, "-m", "stack", "redis"],
         cwd=REPO_ROOT,

@@ -13,7 +13,7 @@ from stack.kafka import KafkaBroker, kafka_unavailable_reason
 from stack.ports import port_is_open
 from stack.process import ServiceStartError
 from stack.redis import RedisServer, redis_unavailable_reason
-from stack.testing import kafka_broker, redis_server  # noqa: F401 - pytest fixtures
+from stack.testing import require_service
 from stack.triton import TritonServer, triton_unavailable_reason
 
 pytestmark = pytest.mark.integration
@@ -22,9 +22,7 @@ pytestmark = pytest.mark.integration
 # --- Redis ------------------------------------------------------------------------------------
 
 def test_redis_set_get_and_port_closed_after_stop(tmp_path: Path) -> None:
-    reason = redis_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_service(redis_unavailable_reason())
     import redis
 
     server = RedisServer(log_path=tmp_path / "redis.log")
@@ -39,9 +37,7 @@ def test_redis_set_get_and_port_closed_after_stop(tmp_path: Path) -> None:
 
 
 def test_redis_restart_keeps_port_and_loses_data(tmp_path: Path) -> None:
-    reason = redis_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_service(redis_unavailable_reason())
     import redis
 
     with RedisServer(log_path=tmp_path / "redis.log") as server:
@@ -55,9 +51,7 @@ def test_redis_restart_keeps_port_and_loses_data(tmp_path: Path) -> None:
 # --- Kafka ------------------------------------------------------------------------------------
 
 def test_kafka_produce_and_consume_keyed_messages(tmp_path: Path) -> None:
-    reason = kafka_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_service(kafka_unavailable_reason())
     from kafka import KafkaConsumer, KafkaProducer
 
     topic = f"events-{uuid.uuid4().hex[:8]}"
@@ -99,9 +93,7 @@ def test_kafka_produce_and_consume_keyed_messages(tmp_path: Path) -> None:
 
 
 def test_kafka_restart_keeps_ports_topics_and_messages(tmp_path: Path) -> None:
-    reason = kafka_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_service(kafka_unavailable_reason())
     from kafka import KafkaConsumer, KafkaProducer
 
     with KafkaBroker(tmp_path / "kafka") as broker:
@@ -120,23 +112,6 @@ def test_kafka_restart_keeps_ports_topics_and_messages(tmp_path: Path) -> None:
         first = next(iter(consumer))
         consumer.close()
         assert (first.key, first.value) == (b"user-1", b"before restart")
-
-
-# --- stack.testing fixtures -------------------------------------------------------------------
-
-def test_session_fixtures_are_usable(kafka_broker: KafkaBroker,  # noqa: F811
-                                     redis_server: RedisServer) -> None:  # noqa: F811
-    import redis
-
-    kafka_broker.create_topics(["fixture-topic"])
-    admin = kafka_broker.admin()
-    try:
-        assert "fixture-topic" in admin.list_topics()
-    finally:
-        admin.close()
-    client = redis.Redis.from_url(redis_server.url)
-    assert client.ping()
-    client.close()
 
 
 # --- Triton -----------------------------------------------------------------------------------
@@ -185,9 +160,7 @@ def _write_python_model(repository: Path, name: str, model_py: str) -> None:
 
 @pytest.fixture
 def triton_available() -> None:
-    reason = triton_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    require_service(triton_unavailable_reason())
 
 
 @pytest.mark.usefixtures("triton_available")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.ports import free_port
+from stack.ports import free_port, free_ports
 from stack.process import ManagedProcess, ServiceStartError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -229,3 +229,8 @@ def test_free_port_is_bindable() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
         sock.listen()
+
+
+def test_free_ports_are_distinct() -> None:
+    ports = free_ports(5)
+    assert len(set(ports)) == 5
