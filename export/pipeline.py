@@ -13,7 +13,7 @@ from export.data import Dataset, leave_last_out, load_movielens_100k
 from export.evaluate import evaluate, popularity_baseline
 from export.repository import ServingConfig, export_repository
 from export.towers import TwoTower
-from export.train import TrainConfig, build_examples, score_histories, train
+from export.train import TrainConfig, build_examples, score_histories, seed_everything, train
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def run(
              len(dataset.interactions), len(split.test), catalog.num_items)
 
     histories, targets = build_examples(split.train, catalog, L)
+    seed_everything(config.seed)  # before the model exists: its initial weights are random too
     model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
 
     def validate(_epoch: int, m: TwoTower) -> dict:
