@@ -69,7 +69,7 @@ def load_movielens_100k() -> Dataset:
         Item(
             item_id=row.item_id,
             title=row.title,
-            genres=tuple(row.genres.split()),
+            categories=tuple(row.genres.split()),
             year=int(row.year) if row.year.isdigit() else None,
         )
         for row in raw_items.itertuples(index=False)

@@ -1,6 +1,6 @@
 """The two towers. Cosine similarity between their outputs ranks the next item.
 
-Both towers share one ``ItemEncoder`` (item id + genres + release-year bucket), so the history the
+Both towers share one ``ItemEncoder`` (item id + categories + year bucket + price bucket), so the history the
 user tower reads and the candidates the item tower scores live in the same space. The item
 attribute tables are buffers, so an exported tower needs nothing but item indices as input.
 """
@@ -15,18 +15,22 @@ from features.catalog import OOV_INDEX, PAD_INDEX, ItemCatalog
 
 
 class ItemEncoder(nn.Module):
-    """Item index -> dense vector from id, genres and year bucket."""
+    """Item index -> dense vector from id, categories, year bucket and price bucket (bucket 0 =
+    unknown, so a dataset without prices or years just learns one constant vector)."""
 
     def __init__(self, catalog: ItemCatalog, dim: int) -> None:
         super().__init__()
-        genres = torch.from_numpy(catalog.genre_matrix())
+        categories = torch.from_numpy(catalog.category_matrix())
         years = torch.from_numpy(catalog.year_buckets())
-        self.register_buffer("genres", genres)
+        prices = torch.from_numpy(catalog.price_buckets())
+        self.register_buffer("categories", categories)
         self.register_buffer("years", years)
+        self.register_buffer("prices", prices)
         self.oov_index = OOV_INDEX  # an attribute, so TorchScript sees it
         self.id_embedding = nn.Embedding(catalog.num_embeddings, dim, padding_idx=PAD_INDEX)
-        self.genre_projection = nn.Linear(genres.shape[1], dim, bias=False)
+        self.category_projection = nn.Linear(categories.shape[1], dim, bias=False)
         self.year_embedding = nn.Embedding(int(years.max()) + 1, dim)
+        self.price_embedding = nn.Embedding(int(prices.max()) + 1, dim)
         nn.init.normal_(self.id_embedding.weight, std=0.05)
         with torch.no_grad():
             self.id_embedding.weight[PAD_INDEX].zero_()
@@ -38,8 +42,9 @@ class ItemEncoder(nn.Module):
         index = torch.where(in_range, index, torch.full_like(index, self.oov_index))
         return (
             self.id_embedding(index)
-            + self.genre_projection(self.genres[index])
+            + self.category_projection(self.categories[index])
             + self.year_embedding(self.years[index])
+            + self.price_embedding(self.prices[index])
         )
 
 

@@ -22,8 +22,9 @@ class Item:
 
     item_id: str
     title: str
-    genres: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # genres for movies, category path for products
     year: int | None = None
+    price: float | None = None
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ItemCatalog:
     """
 
     items: list[Item]
-    genres: list[str]
+    categories: list[str]
     _index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -67,12 +68,12 @@ class ItemCatalog:
             raise IndexError(f"index {index} is not a real item")
         return self.items[index - FIRST_ITEM_INDEX]
 
-    def genre_matrix(self) -> np.ndarray:
-        """Multi-hot genres, shape [num_embeddings, num_genres] (PAD/OOV rows are zero)."""
-        out = np.zeros((self.num_embeddings, max(len(self.genres), 1)), dtype=np.float32)
-        col = {g: j for j, g in enumerate(self.genres)}
+    def category_matrix(self) -> np.ndarray:
+        """Multi-hot categories, shape [num_embeddings, num_categories] (PAD/OOV rows are zero)."""
+        out = np.zeros((self.num_embeddings, max(len(self.categories), 1)), dtype=np.float32)
+        col = {g: j for j, g in enumerate(self.categories)}
         for i, item in enumerate(self.items):
-            for g in item.genres:
+            for g in item.categories:
                 out[FIRST_ITEM_INDEX + i, col[g]] = 1.0
         return out
 
@@ -88,16 +89,28 @@ class ItemCatalog:
                 out[FIRST_ITEM_INDEX + i] = 1 + (item.year - first) // bucket_years
         return out
 
+    def price_buckets(self, buckets_per_decade: int = 4) -> np.ndarray:
+        """Price on a log scale (``buckets_per_decade`` buckets per factor of 10); 0 = unknown.
+        Shape [num_embeddings]."""
+        out = np.zeros(self.num_embeddings, dtype=np.int64)
+        for i, item in enumerate(self.items):
+            if item.price is not None and item.price > 0:
+                # +1 keeps bucket 0 for unknown; clamp: sub-cent prices share the first bucket
+                out[FIRST_ITEM_INDEX + i] = 1 + max(0, int(np.floor(
+                    (np.log10(item.price) + 2) * buckets_per_decade)))
+        return out
+
     @classmethod
     def from_items(cls, items: Sequence[Item]) -> ItemCatalog:
-        genres = sorted({g for item in items for g in item.genres})
-        return cls(items=list(items), genres=genres)
+        categories = sorted({g for item in items for g in item.categories})
+        return cls(items=list(items), categories=categories)
 
     def to_json(self, path: Path) -> None:
         payload = {
-            "genres": self.genres,
+            "categories": self.categories,
             "items": [
-                {"item_id": it.item_id, "title": it.title, "genres": list(it.genres), "year": it.year}
+                {"item_id": it.item_id, "title": it.title, "categories": list(it.categories),
+                 "year": it.year, "price": it.price}
                 for it in self.items
             ],
         }
@@ -107,6 +120,7 @@ class ItemCatalog:
     def from_json(cls, path: Path) -> ItemCatalog:
         payload = json.loads(path.read_text())
         items = [
-            Item(d["item_id"], d["title"], tuple(d["genres"]), d.get("year")) for d in payload["items"]
+            Item(d["item_id"], d["title"], tuple(d["categories"]), d.get("year"), d.get("price"))
+            for d in payload["items"]
         ]
-        return cls(items=items, genres=list(payload["genres"]))
+        return cls(items=items, categories=list(payload["categories"]))

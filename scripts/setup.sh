@@ -2,8 +2,8 @@
 # Idempotent set-up for `make demo` / `make test` / `make serve` on a fresh Debian machine.
 #
 #   * Debian packages: libb64-0d (perf_analyzer), redis-server; Java >= 17 is checked, not installed.
-#   * A virtualenv OUTSIDE the clone, keyed by a hash of requirements.txt and the Python version,
-#     so a fresh clone on the same machine (CI) reuses it instantly; `.venv` links to it.
+#   * A virtualenv OUTSIDE the clone, one per Python version, updated when requirements.txt
+#     changes, so a fresh clone on the same machine (CI) reuses it instantly; `.venv` links to it.
 #   * Apache Kafka broker jars + log4j2 backend, fetched with Maven from stack/kafka_files/pom.xml.
 #   * recbole==1.2.1 (--no-deps), only for the MovieLens-100K files it ships (never imported).
 #
@@ -39,17 +39,23 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- Python virtualenv ------------------------------------------------------------------------
+# One venv per Python version, stamped with the hash of requirements.txt: a change of pins runs
+# an incremental `pip install` (only what changed is downloaded) instead of a new multi-GB venv.
 pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-venv="$CACHE/venv-py$pyver-$(printf '%s' "$pyver" | cat - "$ROOT/requirements.txt" | sha256sum | cut -c1-12)"
-if [ ! -f "$venv/.complete" ]; then
-  say "creating virtualenv $venv (first run downloads several GB: torch, DALI, Triton)"
-  rm -rf "$venv"
-  "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install --progress-bar on -r "$ROOT/requirements.txt"
+venv="$CACHE/venv-py$pyver"
+want="$(hash_of "$ROOT/requirements.txt")"
+if [ "$(cat "$venv/.requirements-sha" 2>/dev/null)" != "$want" ]; then
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating virtualenv $venv (first run downloads several GB: torch, DALI, Triton)"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+  else
+    say "requirements.txt changed: updating $venv"
+  fi
+  "$venv/bin/python" -m pip install --progress-bar on -r "$ROOT/requirements.txt"
   # Only the MovieLens-100K files inside this wheel are used; its dependencies are not wanted.
-  "$venv/bin/pip" install -q --no-deps recbole==1.2.1
-  touch "$venv/.complete"
+  "$venv/bin/python" -m pip install -q --no-deps recbole==1.2.1
+  echo "$want" > "$venv/.requirements-sha"
 fi
 ln -sfn "$venv" "$ROOT/.venv"
 

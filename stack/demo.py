@@ -46,15 +46,15 @@ def show(title: str, recs: dict, catalog: ItemCatalog) -> None:
     flags = [f for f in ("cold_start", "degraded") if recs.get(f)]
     print(f"\n{title}  (model v{recs['model_version']}{', ' + ', '.join(flags) if flags else ''})")
     for rank, item in enumerate(recs["items"], 1):
-        genres = ", ".join(catalog.item_at(catalog.index_of(item["item_id"])).genres)
+        categories = ", ".join(catalog.item_at(catalog.index_of(item["item_id"])).categories)
         score = f"{item['score']:.3f}" if item["score"] is not None else "  -  "
-        print(f"  {rank:>2}. {score}  {item['title'][:44]:<44} [{genres}]")
+        print(f"  {rank:>2}. {score}  {item['title'][:44]:<44} [{categories}]")
 
 
 def pick_items(catalog: ItemCatalog, popular: list[str], seen: set[str], genre: str, n: int) -> list[str]:
     """The ``n`` most popular items of ``genre`` the user has not interacted with."""
     return [i for i in popular
-            if i not in seen and genre in catalog.item_at(catalog.index_of(i)).genres][:n]
+            if i not in seen and genre in catalog.item_at(catalog.index_of(i)).categories][:n]
 
 
 def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: str) -> None:

@@ -7,7 +7,7 @@ from features.catalog import Item, ItemCatalog
 
 @pytest.fixture
 def catalog() -> ItemCatalog:
-    """Six items, three genres: small enough to reason about by hand."""
+    """Six items, three categories: small enough to reason about by hand."""
     return ItemCatalog.from_items([
         Item("a", "Alpha", ("Action",), 1990),
         Item("b", "Bravo", ("Action", "Comedy"), 1995),

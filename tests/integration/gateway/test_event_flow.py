@@ -49,7 +49,7 @@ def horror_items_unseen_by(exported, user, n=3):
     dataset = exported.result.dataset
     seen = set(dataset.user_sequences()[user])
     catalog = dataset.catalog
-    return [i.item_id for i in catalog.items if "Horror" in i.genres and i.item_id not in seen][:n]
+    return [i.item_id for i in catalog.items if "Horror" in i.categories and i.item_id not in seen][:n]
 
 
 @pytest.mark.parametrize("gateway", ["memory", "redis"], indirect=True)
