@@ -1,4 +1,9 @@
-"""CLI: ``python -m export --dataset ml-100k --repository model_repository --artifacts build``."""
+"""Train, evaluate against baselines, and export to a Triton model repository.
+
+    python -m export --dataset ml-100k --seeds 0 1 2          # the documented evaluation
+    python -m export --dataset path/to/log.parquet --items path/to/items.csv
+    python -m export --dataset synthetic --no-export
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,44 @@ import argparse
 import logging
 from pathlib import Path
 
-from export.pipeline import format_table, run
+from export.pipeline import run
+from export.report import format_table
 from export.train import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    parser.add_argument("--dataset", default="ml-100k")
+    d = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-100k", help="ml-100k | synthetic | CSV/Parquet file")
+    parser.add_argument("--items", type=Path, default=None, help="item attributes file (optional)")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--artifacts", type=Path, default=Path("build"))
+    parser.add_argument("--no-export", action="store_true", help="evaluate only")
+    parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--dim", type=int, default=defaults.dim)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[d.seed])
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--patience", type=int, default=d.patience)
+    parser.add_argument("--dim", type=int, default=d.dim)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--temperature", type=float, default=d.temperature)
+    parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
+    parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
+    parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = TrainConfig(epochs=args.epochs, dim=args.dim, seed=args.seed)
-    result = run(args.dataset, args.repository, args.artifacts, config, version=args.version)
+    config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
+                         batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         temperature=args.temperature, loss=args.loss,
+                         uniform_negatives=args.uniform_negatives)
+    result = run(args.dataset, None if args.no_export else args.repository, args.artifacts, config,
+                 seeds=args.seeds, items_path=args.items, loader=args.loader,
+                 baselines=not args.no_baselines, version=args.version)
     print(format_table(result.report))
-    print(f"repository: {args.repository}   report: {args.artifacts / 'report.json'}")
+    print(f"report: {args.artifacts / 'report.json'}  chart: {args.artifacts / 'metrics.png'}"
+          + ("" if args.no_export else f"  repository: {args.repository}"))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Load -> split -> train -> evaluate against baselines -> export. One call, one report."""
+"""Load -> split -> baselines -> train (one run per seed) -> evaluate -> report -> export."""
 
 from __future__ import annotations
 
@@ -6,99 +6,151 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export.data import Dataset, leave_last_out, load_movielens_100k
-from export.evaluate import evaluate, popularity_baseline
+from export.baselines import evaluate_baselines
+from export.data import Dataset, leave_last_out, load_interactions_file, load_movielens_100k
+from export.evaluate import evaluate
+from export.loaders import DaliBatches, InMemoryBatches, write_shards
+from export.report import aggregate_seeds, write_report
 from export.repository import ServingConfig, export_repository
+from export.synthetic import generate
 from export.towers import TwoTower
-from export.train import TrainConfig, build_examples, score_histories, seed_everything, train
+from export.train import (
+    TrainConfig,
+    build_examples,
+    score_histories,
+    seed_everything,
+    target_log_frequencies,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = ("leave-last-out per user (last = test, second last = validation); full ranking over "
-            "all items the user has not interacted with before the target")
+PROTOCOL = ("leave-last-out per user over first interactions with each item (last = test, second "
+            "last = validation); full ranking over all items the user has not interacted with "
+            "before the target; baselines fit on the same histories")
 POPULAR_ITEMS_KEPT = 200
 SNAPSHOT_FILE = "user_histories.json"
-REPORT_FILE = "report.json"
+MODEL_NAME = "two_tower"
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    model: TwoTower
+    epochs: list[dict]
+    best_valid_recall: float
+    test: dict[str, float]
+    seconds: float
 
 
 @dataclass
 class PipelineResult:
-    model: TwoTower
+    model: TwoTower  # the exported one: the seed with the best validation Recall@10
     dataset: Dataset
     report: dict
-    repository: Path
+    repository: Path | None
 
 
-def load_dataset(name: str) -> Dataset:
-    if name == "ml-100k":
+def load_dataset(spec: str, items_path: Path | None = None) -> Dataset:
+    """``ml-100k`` (bundled), ``synthetic`` (seeded generator) or a path to an interactions file."""
+    if spec == "ml-100k":
         return load_movielens_100k()
-    raise ValueError(f"unknown dataset {name!r} (available: ml-100k)")
+    if spec == "synthetic":
+        return generate(seed=0).to_dataset()
+    path = Path(spec)
+    if path.is_file():
+        return load_interactions_file(path, items_path)
+    raise ValueError(f"unknown dataset {spec!r}: use ml-100k, synthetic or a CSV/Parquet file")
 
 
 def run(
-    dataset_name: str,
-    repository: Path,
+    dataset_spec: str,
+    repository: Path | None,
     artifacts: Path,
     config: TrainConfig = TrainConfig(),
+    *,
+    seeds: Sequence[int] = (0,),
+    items_path: Path | None = None,
+    loader: str = "memory",
+    baselines: bool = True,
     version: int = 1,
     serving: ServingConfig = ServingConfig(),
 ) -> PipelineResult:
+    """The whole offline job; ``repository=None`` evaluates without exporting."""
     started = time.perf_counter()
-    dataset = load_dataset(dataset_name)
+    dataset = load_dataset(dataset_spec, items_path)
     split = leave_last_out(dataset)
     catalog = dataset.catalog
     L = config.sequence_length
     log.info("%s: %d interactions, %d users, %d items", dataset.name,
              len(dataset.interactions), len(split.test), catalog.num_items)
 
-    histories, targets = build_examples(split.train, catalog, L)
-    seed_everything(config.seed)  # before the model exists: its initial weights are random too
-    model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
-
-    def validate(_epoch: int, m: TwoTower) -> dict:
-        metrics = evaluate(score_histories(m, catalog, L), split.train, split.valid, catalog)
-        return {f"valid_{k}": v for k, v in metrics.items() if k.endswith("@10")}
-
-    train_started = time.perf_counter()
-    epochs = train(model, histories, targets, config, on_epoch_end=validate)
-    train_s = time.perf_counter() - train_started
-
     test_histories = split.history_for("test")
-    results = {
-        "popularity": evaluate(popularity_baseline(test_histories, catalog), test_histories,
-                               split.test, catalog),
-        "two_tower": evaluate(score_histories(model, catalog, L), test_histories, split.test, catalog),
-    }
+    models: dict[str, dict] = {}
+    if baselines:
+        models.update(evaluate_baselines(test_histories, split.test, catalog))
+
+    histories, targets = build_examples(split.train, catalog, L)
+    log_q = target_log_frequencies(targets, catalog.num_embeddings)
+    shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
+
+    def batches(seed: int) -> Iterable:
+        if shards is not None:
+            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed)
+        return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
+
+    def validate(m: TwoTower) -> dict:
+        metrics = evaluate(score_histories(m, catalog, L), split.train, split.valid, catalog)
+        return {k: metrics[k] for k in ("recall@10", "ndcg@10")}
+
+    runs = []
+    for seed in seeds:
+        seed_config = replace(config, seed=seed)
+        seed_everything(seed)  # before the model exists: its initial weights are random too
+        model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
+        t0 = time.perf_counter()
+        epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
+                       checkpoint_dir=artifacts / "checkpoints" / f"seed{seed}")
+        seconds = time.perf_counter() - t0
+        test = evaluate(score_histories(model, catalog, L), test_histories, split.test, catalog)
+        best_valid = max(e["valid_recall@10"] for e in epochs)
+        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
+        log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
+    models[MODEL_NAME] = aggregate_seeds([r.test for r in runs])
+    # Which model to ship is decided on validation data only, never on the test split.
+    best = max(runs, key=lambda r: r.best_valid_recall)
+
     report = {
         "dataset": dataset.name,
         "protocol": PROTOCOL,
         "users": len(split.test),
         "items": catalog.num_items,
-        "models": results,
-        "train": {"config": config.as_dict(), "seconds": round(train_s, 1), "epochs": epochs},
+        "interactions": len(dataset.interactions),
+        "models": models,
+        "train": {
+            "config": config.as_dict(),
+            "loader": loader,
+            "seeds": [{"seed": r.seed, "seconds": round(r.seconds, 1), "best_valid_recall@10":
+                       r.best_valid_recall, "test": r.test, "epochs": r.epochs} for r in runs],
+            "exported_seed": best.seed,
+        },
     }
+    if dataset.cleaning is not None:
+        report["cleaning"] = dataset.cleaning.summary()
 
-    sequences = dataset.user_sequences()
-    popular = [i for i, _ in Counter(dataset.interactions["item_id"]).most_common(POPULAR_ITEMS_KEPT)]
-    export_repository(
-        model, catalog, repository, sequence_length=L, version=version, serving=serving,
-        metadata={"dataset": dataset.name, "popular_items": popular, "metrics": results["two_tower"]},
-    )
-    artifacts.mkdir(parents=True, exist_ok=True)
-    # Serving starts from everything that has happened; the stream adds to it.
-    (artifacts / SNAPSHOT_FILE).write_text(json.dumps(sequences))
+    if repository is not None:
+        popular = [i for i, _ in Counter(dataset.interactions["item_id"]).most_common(POPULAR_ITEMS_KEPT)]
+        export_repository(
+            best.model, catalog, repository, sequence_length=L, version=version, serving=serving,
+            metadata={"dataset": dataset.name, "popular_items": popular, "metrics": best.test},
+        )
+        artifacts.mkdir(parents=True, exist_ok=True)
+        # Serving starts from everything that has happened; the stream adds to it.
+        (artifacts / SNAPSHOT_FILE).write_text(json.dumps(dataset.user_sequences()))
     report["seconds_total"] = round(time.perf_counter() - started, 1)
-    (artifacts / REPORT_FILE).write_text(json.dumps(report, indent=2))
-    return PipelineResult(model, dataset, report, repository)
-
-
-def format_table(report: dict) -> str:
-    cols = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr"]
-    lines = [f"{report['dataset']} — {report['users']} users, {report['items']} items (full ranking)",
-             f"{'model':<12}" + "".join(f"{c:>11}" for c in cols)]
-    for name, metrics in report["models"].items():
-        lines.append(f"{name:<12}" + "".join(f"{metrics[c]:>11.4f}" for c in cols))
-    return "\n".join(lines)
+    write_report(report, artifacts)
+    return PipelineResult(best.model, dataset, report, repository)

@@ -1,16 +1,28 @@
-"""Train the two towers: next-item prediction with a full softmax over the catalog.
+"""Train the two towers on next-item prediction.
 
 Each training example is (the last L items before position t, the item at t) for every position
-of every user's training sequence. The catalog is small enough (thousands of items) that scoring
-the whole of it each step is cheaper than sampling negatives and needs no correction.
+of every user's training sequence. Two losses, chosen by measurement (see README):
+
+* ``sampled`` — sampled softmax over the other targets in the batch (in-batch negatives), with the
+  logQ correction: an item that appears in many batches is a negative far more often than a rare
+  one, so its logit is lowered by log(expected count in a batch) to undo that popularity bias.
+  Optionally mixed with uniformly sampled negatives (corrected by their own, uniform, logQ), which
+  also reach the long tail that in-batch negatives rarely visit. Scales to any catalog size.
+* ``full`` — softmax over the whole catalog; exact, affordable for thousands of items.
+
+Early stopping watches Recall@10 on the validation split; the best epoch's weights are kept and
+checkpointed.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,18 +35,24 @@ from features.sequence import pad_left
 
 log = logging.getLogger(__name__)
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (histories [B, L], targets [B])
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     dim: int = 64
     sequence_length: int = 50
-    epochs: int = 6
+    epochs: int = 6  # the maximum; early stopping may end sooner
+    patience: int = 2  # epochs without a better validation Recall@10 before stopping
     batch_size: int = 256
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     temperature: float = 0.07
     recency_decay: float = 0.9
     dropout: float = 0.1
+    loss: Literal["full", "sampled"] = "full"
+    uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
+    logq_correction: bool = True
     seed: int = 0
 
     def as_dict(self) -> dict:
@@ -76,47 +94,118 @@ def score_histories(model: TwoTower, catalog: ItemCatalog, length: int):
     return score
 
 
+def target_log_frequencies(targets: np.ndarray, num_embeddings: int) -> torch.Tensor:
+    """log P(item is a given training target), smoothed so unseen items stay finite."""
+    counts = np.bincount(targets, minlength=num_embeddings).astype(np.float64) + 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
+
+
+def full_softmax_loss(model: TwoTower, users: torch.Tensor, targets: torch.Tensor,
+                      config: TrainConfig) -> torch.Tensor:
+    logits = users @ model.item_embeddings().T / config.temperature
+    logits[:, :FIRST_ITEM_INDEX] = float("-inf")  # PAD/OOV are never a right answer
+    return F.cross_entropy(logits, targets)
+
+
+def sampled_softmax_loss(model: TwoTower, users: torch.Tensor, targets: torch.Tensor,
+                         config: TrainConfig, log_q: torch.Tensor,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """In-batch (+ optional uniform) negatives with logQ correction; row i's positive is column i."""
+    batch = len(targets)
+    candidates = model.item_tower(targets)  # [B, D]
+    logits = users @ candidates.T / config.temperature  # [B, B]
+    if config.logq_correction:
+        # expected number of times item j is in a batch of size B: B * q_j
+        logits = logits - (log_q[targets] + np.log(batch)).unsqueeze(0)
+    # The same item twice in a batch: for row i the other copy is not a negative.
+    duplicate = (targets.unsqueeze(1) == targets.unsqueeze(0)) & ~torch.eye(batch, dtype=torch.bool)
+    logits = logits.masked_fill(duplicate, float("-inf"))
+    if config.uniform_negatives > 0:
+        num_items = log_q.shape[0] - FIRST_ITEM_INDEX
+        negatives = torch.randint(FIRST_ITEM_INDEX, log_q.shape[0], (config.uniform_negatives,),
+                                  generator=generator)
+        uniform_logits = users @ model.item_tower(negatives).T / config.temperature
+        if config.logq_correction:
+            uniform_logits = uniform_logits - float(np.log(config.uniform_negatives / num_items))
+        accidental = targets.unsqueeze(1) == negatives.unsqueeze(0)
+        logits = torch.cat([logits, uniform_logits.masked_fill(accidental, float("-inf"))], dim=1)
+    return F.cross_entropy(logits, torch.arange(batch))
+
+
 def train(
     model: TwoTower,
-    histories: np.ndarray,
-    targets: np.ndarray,
+    batches: Batches,
     config: TrainConfig,
-    on_epoch_end=None,
+    *,
+    log_q: torch.Tensor | None = None,
+    validate: Callable[[TwoTower], dict[str, float]] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> list[dict]:
-    """Train in place; returns one dict of epoch statistics per epoch.
+    """Train in place; returns one record per epoch.
 
-    ``on_epoch_end(epoch, model) -> dict`` may add validation metrics to the epoch record.
+    ``batches`` is iterated once per epoch (``export.loaders.InMemoryBatches`` or ``DaliBatches``).
+    ``validate(model)`` returns validation metrics; with it, training stops after ``patience``
+    epochs without a better ``recall@10`` and the best epoch's weights are restored.
     """
+    if config.loss == "sampled" and log_q is None:
+        raise ValueError("loss='sampled' needs log_q (see target_log_frequencies)")
     seed_everything(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
-    x_all = torch.from_numpy(histories)
-    y_all = torch.from_numpy(targets)
-    generator = torch.Generator().manual_seed(config.seed)
-    records = []
+    records: list[dict] = []
+    best_score, best_state, stale = float("-inf"), None, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(y_all), generator=generator)
-        total, batches = 0.0, 0
-        bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
-                   unit="batch", leave=False)
-        for start in bar:
-            idx = order[start:start + config.batch_size]
-            users = model.user_tower(x_all[idx])
-            items = model.item_embeddings()
-            logits = users @ items.T / config.temperature
-            logits[:, :FIRST_ITEM_INDEX] = float("-inf")  # PAD/OOV are never a right answer
-            loss = F.cross_entropy(logits, y_all[idx])
+        total, steps = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                   total=len(batches) if hasattr(batches, "__len__") else None)
+        for histories, targets in bar:
+            users = model.user_tower(histories)
+            if config.loss == "full":
+                loss = full_softmax_loss(model, users, targets, config)
+            else:
+                loss = sampled_softmax_loss(model, users, targets, config, log_q, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss)
-            batches += 1
-            bar.set_postfix(loss=f"{total / batches:.3f}")
-        record = {"epoch": epoch, "loss": total / max(batches, 1)}
-        if on_epoch_end is not None:
-            record.update(on_epoch_end(epoch, model))
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.3f}")
+        record: dict = {"epoch": epoch, "loss": round(total / max(steps, 1), 4)}
+        model.eval()
+        if validate is not None:
+            record.update({f"valid_{k}": round(v, 4) for k, v in validate(model).items()})
+            score = record["valid_recall@10"]
+            if score > best_score:
+                best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+                record["best"] = True
+            else:
+                stale += 1
         log.info("epoch %s", record)
         records.append(record)
+        if checkpoint_dir is not None:
+            save_checkpoint(model, optimizer, config, records, checkpoint_dir / "last.pt")
+            if record.get("best"):
+                save_checkpoint(model, optimizer, config, records, checkpoint_dir / "best.pt")
+        if validate is not None and stale >= config.patience:
+            log.info("early stop: no better validation recall@10 for %d epochs", stale)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return records
+
+
+def save_checkpoint(model: TwoTower, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                    records: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "config": config.as_dict(), "epochs": records}, path)
+
+
+def load_checkpoint(model: TwoTower, path: Path) -> dict:
+    """Load weights saved by ``save_checkpoint`` into ``model``; returns the checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(checkpoint["model"])
+    return checkpoint

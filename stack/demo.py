@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 
 from export import signature as sig
-from export.pipeline import SNAPSHOT_FILE, format_table, run
+from export.pipeline import SNAPSHOT_FILE, run
+from export.report import format_table
 from export.train import TrainConfig
 from features.catalog import ItemCatalog
 from gateway.served_model import load_served_model

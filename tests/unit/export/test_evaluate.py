@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from export.evaluate import evaluate, metrics_from_ranks, popularity_baseline, target_ranks
+from export.evaluate import (
+    coverage,
+    evaluate,
+    metrics_from_ranks,
+    popularity_baseline,
+    target_ranks,
+    top_k,
+)
 from features.catalog import FIRST_ITEM_INDEX
 
 
@@ -41,3 +48,41 @@ def test_popularity_ranks_most_frequent_unseen_item_first(catalog):
     m = evaluate(popularity_baseline(histories, catalog), {"u1": ["a", "b"]}, {"u1": "d"}, catalog)
     assert m["mrr"] == pytest.approx(1 / 2)
     assert FIRST_ITEM_INDEX == 2
+
+
+def test_top_k_uses_the_same_exclusions_and_tie_rule_as_ranks():
+    scores = np.array([[9.0, 9.0, 0.5, 0.9, 0.5, 0.5, 0.1]])
+    exclude = [np.array([3])]
+    # 3 is excluded; 2, 4, 5 tie at 0.5 and go in index order
+    assert top_k(scores, exclude, 4).tolist() == [[2, 4, 5, 6]]
+    # fewer candidates than k: padded with -1, never an excluded or reserved row
+    assert top_k(scores, exclude, 7).tolist() == [[2, 4, 5, 6, -1, -1, -1]]
+
+
+def test_target_is_in_top_k_exactly_when_its_rank_is_below_k():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(50, 30)).astype(float)  # many ties
+    targets = rng.integers(FIRST_ITEM_INDEX, 30, size=50)
+    exclude = [np.setdiff1d(rng.integers(FIRST_ITEM_INDEX, 30, size=5), [t]) for t in targets]
+    ranks = target_ranks(scores, targets, exclude)
+    for k in (1, 5, 10):
+        top = top_k(scores, exclude, k)
+        assert [t in row for t, row in zip(targets, top, strict=True)] == (ranks < k).tolist()
+
+
+def test_coverage_by_hand(catalog):
+    fixed = np.array([0.0, 0.0, 6, 5, 4, 3, 2, 1])  # a > b > c > d > e > f
+    histories = {"u1": ["a"], "u2": ["b", "c"]}
+    targets = {"u1": "b", "u2": "a"}
+    m = evaluate(lambda hist: np.tile(fixed, (len(hist), 1)), histories, targets, catalog, ks=(1, 2))
+    # top-1: u1 b, u2 a -> {a, b}; top-2: u1 b c, u2 a d -> {a, b, c, d}
+    assert m["coverage@1"] == pytest.approx(2 / 6)
+    assert m["coverage@2"] == pytest.approx(4 / 6)
+    assert coverage(np.array([[2, 3, -1], [3, 7, -1]]), catalog) == pytest.approx(3 / 6)
+
+
+def test_evaluate_reports_all_metrics_in_order(catalog):
+    m = evaluate(popularity_baseline({"u": ["a", "b"]}, catalog), {"u": ["a"]}, {"u": "c"}, catalog)
+    assert list(m) == ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr", "coverage@10", "coverage@20"]
+    # one user, 5 candidates: everything unseen is shown
+    assert m["coverage@10"] == pytest.approx(5 / 6)
