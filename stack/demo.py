@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__)
     parser.add_argument("--serve", action="store_true", help="keep the stack up until Ctrl-C")
     parser.add_argument("--skip-train", action="store_true", help="reuse the exported repository")
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    # Fewer than the documented evaluation's 12: the demo should train in about a minute.
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--user", default="1")
     parser.add_argument("--genre", default="Horror")
     parser.add_argument("--gateway-port", type=int, default=None)

@@ -33,3 +33,41 @@ def test_retrieval_never_returns_excluded_or_reserved_rows(catalog):
     assert returned == set(range(FIRST_ITEM_INDEX, catalog.num_embeddings)) - {2, 3}
     assert torch.all(score[0][:-1] >= score[0][1:])
     assert retrieval.num_items() == catalog.num_items
+
+
+def test_sampled_softmax_with_logq_lowers_popular_negatives(catalog):
+    import numpy as np
+
+    from export.train import TrainConfig, sampled_softmax_loss, target_log_frequencies
+
+    torch.manual_seed(0)
+    model = TwoTower(catalog, dim=8).eval()
+    targets = torch.tensor([2, 3, 4, 2])  # item 2 twice: not a negative for itself
+    users = model.user_tower(torch.tensor([[2, 3], [3, 4], [4, 5], [5, 6]]))
+    log_q = target_log_frequencies(np.array([2] * 50 + [3, 4, 5, 6, 7]), catalog.num_embeddings)
+    plain = sampled_softmax_loss(model, users, targets, TrainConfig(logq_correction=False), log_q)
+    corrected = sampled_softmax_loss(model, users, targets, TrainConfig(logq_correction=True), log_q)
+    mixed = sampled_softmax_loss(model, users, targets, TrainConfig(uniform_negatives=4), log_q,
+                                 torch.Generator().manual_seed(0))
+    assert torch.isfinite(plain) and torch.isfinite(corrected) and torch.isfinite(mixed)
+    assert not torch.isclose(plain, corrected)
+
+
+def test_training_improves_the_loss_and_restores_the_best_epoch(catalog, tmp_path):
+    import numpy as np
+
+    from export.loaders import InMemoryBatches
+    from export.train import TrainConfig, load_checkpoint, target_log_frequencies, train
+
+    rng = np.random.default_rng(0)
+    histories = rng.integers(2, catalog.num_embeddings, (64, 3))
+    targets = histories[:, -1].copy()  # learnable: the next item is the last one again
+    calls = iter([0.1, 0.3, 0.2, 0.2])
+    model = TwoTower(catalog, dim=8)
+    records = train(model, InMemoryBatches(histories, targets, 16), TrainConfig(epochs=4, patience=2,
+                    loss="sampled", learning_rate=0.05), log_q=target_log_frequencies(targets, catalog.num_embeddings),
+                    validate=lambda m: {"recall@10": next(calls)}, checkpoint_dir=tmp_path)
+    assert len(records) == 4 and records[1].get("best")
+    assert records[-1]["loss"] < records[0]["loss"]
+    best = load_checkpoint(TwoTower(catalog, dim=8), tmp_path / "best.pt")
+    assert [e["epoch"] for e in best["epochs"]] == [1, 2]
