@@ -2,12 +2,18 @@
 
 ``config.pbtxt`` is generated from protobuf messages (tritonclient's ``model_config_pb2``), never
 from string templates, so every file is a valid ModelConfig by construction and parses back.
+Two targets from the same ``model.pt`` files:
+
+* ``python`` — python backend (the bundled CPU server): ``model.py`` next to ``model.pt``.
+* ``libtorch`` — ``platform: "pytorch_libtorch"`` (the NGC container): tensors named
+  ``INPUT__i`` / ``OUTPUT__i`` in ``forward`` order, the ensemble maps them to the contract names.
 
 Layout written under ``root``::
 
-    user_tower/config.pbtxt  user_tower/<v>/{model.pt, model.py}
-    retrieve/config.pbtxt    retrieve/<v>/{model.pt, model.py, catalog.json, serving.json}
-    recommend/config.pbtxt   recommend/<v>/          (ensemble: user_tower -> retrieve)
+    user_tower/      config.pbtxt  <v>/model.pt [model.py]
+    retrieve/        config.pbtxt  <v>/model.pt [model.py] catalog.json serving.json   warmup/
+    recommend/       config.pbtxt  <v>/          (ensemble: user_tower -> retrieve)
+    recommend_fused/ config.pbtxt  <v>/model.pt [model.py]                            warmup/
 """
 
 from __future__ import annotations
@@ -16,17 +22,22 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export import signature as sig
-from export.retrieval import TopKRetrieval
+from export.retrieval import FusedRecommender, TopKRetrieval
 from export.towers import TwoTower
 from features.catalog import ItemCatalog
 
 MODEL_CODE = Path(__file__).parent / "triton_models"
+Target = Literal["python", "libtorch"]
+WARMUP_EXCLUDE_WIDTH = 16
+WARMUP_K_FILE = "k"
 
 
 @dataclass(frozen=True)
@@ -34,64 +45,125 @@ class ServingConfig:
     """Knobs of the generated configs that are not learned."""
 
     max_batch_size: int = 64
+    dynamic_batching: bool = True
     max_queue_delay_us: int = 200
     instances: int = 1
+    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
+    warmup: bool = True
 
 
-def _tensor(cls, name: str, dtype: str, dims: list[int]):
-    return cls(name=name, data_type=mc.DataType.Value(dtype), dims=dims)
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
 
 
-def _python_model(name: str, inputs, outputs, serving: ServingConfig) -> mc.ModelConfig:
-    return mc.ModelConfig(
-        name=name,
-        backend="python",
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the repository: its contract tensors in ``forward`` order."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    code: str | None = None  # python-backend file in triton_models/
+
+
+def model_specs(sequence_length: int, dim: int) -> dict[str, ModelSpec]:
+    """The single description every config is generated from."""
+    history = Tensor(sig.HISTORY, "TYPE_INT64", (sequence_length,))
+    user_embedding = Tensor(sig.USER_EMBEDDING, "TYPE_FP32", (dim,))
+    exclude = Tensor(sig.EXCLUDE, "TYPE_INT64", (-1,))
+    k = Tensor(sig.K, "TYPE_INT32", (1,))
+    item_index = Tensor(sig.ITEM_INDEX, "TYPE_INT64", (-1,))
+    score = Tensor(sig.SCORE, "TYPE_FP32", (-1,))
+    return {
+        sig.USER_TOWER: ModelSpec(sig.USER_TOWER, (history,), (user_embedding,), "torchscript.py"),
+        sig.RETRIEVE: ModelSpec(sig.RETRIEVE, (user_embedding, exclude, k), (item_index, score),
+                                "retrieve.py"),
+        sig.RECOMMEND: ModelSpec(sig.RECOMMEND, (history, exclude, k), (item_index, score)),
+        sig.RECOMMEND_FUSED: ModelSpec(sig.RECOMMEND_FUSED, (history, exclude, k),
+                                       (item_index, score), "retrieve.py"),
+    }
+
+
+def backend_name(target: Target, tensor: Tensor, position: int, is_input: bool) -> str:
+    """The name a backend sees: the contract name, or libtorch's positional INPUT__i/OUTPUT__i."""
+    if target == "libtorch":
+        return f"{'INPUT' if is_input else 'OUTPUT'}__{position}"
+    return tensor.name
+
+
+def _io(cls, spec_tensors, target: Target, is_input: bool):
+    return [cls(name=backend_name(target, t, i, is_input), data_type=mc.DataType.Value(t.dtype),
+                dims=list(t.dims)) for i, t in enumerate(spec_tensors)]
+
+
+def _warmup(spec: ModelSpec, target: Target) -> list[mc.ModelWarmup]:
+    """One batch-1 request per model at load time, so the first real request does not pay for
+    lazy initialisation. ``k`` comes from a file: zero would be rejected as out of range."""
+    inputs = {}
+    for i, t in enumerate(spec.inputs):
+        dims = [WARMUP_EXCLUDE_WIDTH if d == -1 else d for d in t.dims]
+        data = mc.ModelWarmup.Input(data_type=mc.DataType.Value(t.dtype), dims=dims)
+        if t.name == sig.K:
+            data.input_data_file = WARMUP_K_FILE
+        else:
+            data.zero_data = True
+        inputs[backend_name(target, t, i, True)] = data
+    return [mc.ModelWarmup(name=f"{spec.name}_warmup", batch_size=1, inputs=inputs)]
+
+
+def model_config(spec: ModelSpec, target: Target, serving: ServingConfig) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=spec.name,
         max_batch_size=serving.max_batch_size,
-        input=[_tensor(mc.ModelInput, *t) for t in inputs],
-        output=[_tensor(mc.ModelOutput, *t) for t in outputs],
-        dynamic_batching=mc.ModelDynamicBatching(
-            max_queue_delay_microseconds=serving.max_queue_delay_us
-        ),
-        instance_group=[
-            mc.ModelInstanceGroup(count=serving.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
-        ],
+        input=_io(mc.ModelInput, spec.inputs, target, True),
+        output=_io(mc.ModelOutput, spec.outputs, target, False),
+        instance_group=[mc.ModelInstanceGroup(
+            count=serving.instances, kind=mc.ModelInstanceGroup.Kind.Value(serving.instance_kind))],
         # Serve only the newest version; older ones stay on disk for roll-back.
         version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
     )
+    if target == "python":
+        config.backend = "python"
+    else:
+        config.platform = "pytorch_libtorch"
+    if serving.dynamic_batching:
+        config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    if serving.warmup:
+        config.model_warmup.extend(_warmup(spec, target))
+    return config
 
 
-def model_configs(sequence_length: int, dim: int, serving: ServingConfig) -> dict[str, mc.ModelConfig]:
-    """The three configs, from one description of the tensors."""
-    history = (sig.HISTORY, "TYPE_INT64", [sequence_length])
-    user_embedding = (sig.USER_EMBEDDING, "TYPE_FP32", [dim])
-    exclude = (sig.EXCLUDE, "TYPE_INT64", [-1])
-    k = (sig.K, "TYPE_INT32", [1])
-    item_index = (sig.ITEM_INDEX, "TYPE_INT64", [-1])
-    score = (sig.SCORE, "TYPE_FP32", [-1])
-
-    user_tower = _python_model(sig.USER_TOWER, [history], [user_embedding], serving)
-    retrieve = _python_model(sig.RETRIEVE, [user_embedding, exclude, k], [item_index, score], serving)
-
-    def step(model: str, inputs: list[str], outputs: list[str]):
-        return mc.ModelEnsembling.Step(
-            model_name=model,
-            model_version=-1,
-            input_map={n: n for n in inputs},
-            output_map={n: n for n in outputs},
-        )
-
-    recommend = mc.ModelConfig(
-        name=sig.RECOMMEND,
+def ensemble_config(spec: ModelSpec, steps: list[ModelSpec], target: Target,
+                    serving: ServingConfig) -> mc.ModelConfig:
+    """Chain ``steps``; tensors flow by contract name, mapped to each step's backend names."""
+    config = mc.ModelConfig(
+        name=spec.name,
         platform="ensemble",
         max_batch_size=serving.max_batch_size,
-        input=[_tensor(mc.ModelInput, *t) for t in (history, exclude, k)],
-        output=[_tensor(mc.ModelOutput, *t) for t in (item_index, score)],
-        ensemble_scheduling=mc.ModelEnsembling(step=[
-            step(sig.USER_TOWER, [sig.HISTORY], [sig.USER_EMBEDDING]),
-            step(sig.RETRIEVE, [sig.USER_EMBEDDING, sig.EXCLUDE, sig.K], [sig.ITEM_INDEX, sig.SCORE]),
-        ]),
+        input=_io(mc.ModelInput, spec.inputs, "python", True),
+        output=_io(mc.ModelOutput, spec.outputs, "python", False),
     )
-    return {sig.USER_TOWER: user_tower, sig.RETRIEVE: retrieve, sig.RECOMMEND: recommend}
+    for step in steps:
+        config.ensemble_scheduling.step.append(mc.ModelEnsembling.Step(
+            model_name=step.name,
+            model_version=-1,
+            input_map={backend_name(target, t, i, True): t.name for i, t in enumerate(step.inputs)},
+            output_map={backend_name(target, t, i, False): t.name for i, t in enumerate(step.outputs)},
+        ))
+    return config
+
+
+def model_configs(sequence_length: int, dim: int, serving: ServingConfig,
+                  target: Target = "python") -> dict[str, mc.ModelConfig]:
+    specs = model_specs(sequence_length, dim)
+    configs = {name: model_config(spec, target, serving)
+               for name, spec in specs.items() if name != sig.RECOMMEND}
+    configs[sig.RECOMMEND] = ensemble_config(
+        specs[sig.RECOMMEND], [specs[sig.USER_TOWER], specs[sig.RETRIEVE]], target, serving)
+    return configs
 
 
 def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
@@ -105,6 +177,18 @@ def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
+def scripted_modules(model: TwoTower) -> dict[str, torch.jit.ScriptModule]:
+    """TorchScript of every model that has weights, from one trained TwoTower."""
+    model = model.eval()
+    with torch.no_grad():
+        retrieval = TopKRetrieval(model.item_embeddings())
+    return {
+        sig.USER_TOWER: torch.jit.script(model.user_tower),
+        sig.RETRIEVE: torch.jit.script(retrieval),
+        sig.RECOMMEND_FUSED: torch.jit.script(FusedRecommender(model.user_tower, retrieval)),
+    }
+
+
 def export_repository(
     model: TwoTower,
     catalog: ItemCatalog,
@@ -113,34 +197,40 @@ def export_repository(
     sequence_length: int,
     version: int = 1,
     serving: ServingConfig = ServingConfig(),
+    target: Target = "python",
     metadata: dict | None = None,
 ) -> Path:
     """TorchScript the towers and write a complete, loadable repository under ``root``.
 
     Re-exporting the same version replaces it; other versions are left alone.
     """
-    model = model.eval()
-    with torch.no_grad():
-        item_embeddings = model.item_embeddings()
-    dim = int(item_embeddings.shape[1])
-    scripted = {
-        sig.USER_TOWER: (torch.jit.script(model.user_tower), "torchscript.py"),
-        sig.RETRIEVE: (torch.jit.script(TopKRetrieval(item_embeddings)), "retrieve.py"),
-    }
-    for name, config in model_configs(sequence_length, dim, serving).items():
+    modules = scripted_modules(model)
+    dim = int(modules[sig.RETRIEVE].item_embeddings.shape[1])
+    specs = model_specs(sequence_length, dim)
+    for name, config in model_configs(sequence_length, dim, serving, target).items():
         model_dir = root / name
         write_config(config, model_dir)
         version_dir = model_dir / str(version)
         if version_dir.exists():
             shutil.rmtree(version_dir)
         version_dir.mkdir(parents=True)
-        if name in scripted:
-            module, code = scripted[name]
-            module.save(str(version_dir / "model.pt"))
-            shutil.copyfile(MODEL_CODE / code, version_dir / "model.py")
-    retrieve_dir = root / sig.RETRIEVE / str(version)
-    catalog.to_json(retrieve_dir / sig.CATALOG_FILE)
-    serving_info = {"version": version, "sequence_length": sequence_length, "dim": dim,
-                    **(metadata or {})}
-    (retrieve_dir / sig.SERVING_FILE).write_text(json.dumps(serving_info, indent=2))
+        if name in modules:
+            modules[name].save(str(version_dir / "model.pt"))
+            if target == "python":
+                shutil.copyfile(MODEL_CODE / specs[name].code, version_dir / "model.py")
+        if config.model_warmup:
+            warmup = model_dir / "warmup"
+            warmup.mkdir(exist_ok=True)
+            # raw little-endian int32, as Triton reads input_data_file
+            np.array([min(10, catalog.num_items)], dtype="<i4").tofile(warmup / WARMUP_K_FILE)
+    write_serving_files(root / sig.RETRIEVE / str(version), catalog, version, sequence_length, dim,
+                        metadata)
     return root
+
+
+def write_serving_files(version_dir: Path, catalog: ItemCatalog, version: int, sequence_length: int,
+                        dim: int, metadata: dict | None) -> None:
+    """The catalog and serving facts that belong to one retrieval version (read by the gateway)."""
+    catalog.to_json(version_dir / sig.CATALOG_FILE)
+    info = {"version": version, "sequence_length": sequence_length, "dim": dim, **(metadata or {})}
+    (version_dir / sig.SERVING_FILE).write_text(json.dumps(info, indent=2))

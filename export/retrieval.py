@@ -47,5 +47,34 @@ class TopKRetrieval(nn.Module):
         values, indices = torch.topk(scores, k, dim=1)
         return indices, values
 
-    def forward(self, user_embedding: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.top_k(self.scores(user_embedding), exclude, k)
+    def forward(self, user_embedding: torch.Tensor, exclude: torch.Tensor,
+                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tensor-only signature for the libtorch backend, which batches requests into one call:
+        every row gets the batch's largest ``k`` (callers slice to their own)."""
+        return self.top_k(self.scores(user_embedding), exclude, int(k.max()))
+
+
+class FusedRecommender(nn.Module):
+    """User tower and retrieval in one TorchScript module: one Triton step instead of two, which
+    saves the ensemble's hop between model instances per request."""
+
+    def __init__(self, user_tower: nn.Module, retrieval: TopKRetrieval) -> None:
+        super().__init__()
+        self.user_tower = user_tower
+        self.retrieval = retrieval
+
+    @torch.jit.export
+    def num_items(self) -> int:
+        return self.retrieval.num_items()
+
+    @torch.jit.export
+    def scores(self, history: torch.Tensor) -> torch.Tensor:
+        return self.retrieval.scores(self.user_tower(history))
+
+    @torch.jit.export
+    def top_k(self, scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.retrieval.top_k(scores, exclude, k)
+
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor,
+                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.retrieval.top_k(self.scores(history), exclude, int(k.max()))

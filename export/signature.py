@@ -7,6 +7,7 @@ requests with it). Kept free of heavy imports so the gateway does not pull in to
 USER_TOWER = "user_tower"
 RETRIEVE = "retrieve"
 RECOMMEND = "recommend"  # the ensemble: user_tower -> retrieve
+RECOMMEND_FUSED = "recommend_fused"  # the same inputs/outputs, one TorchScript step
 
 HISTORY = "HISTORY"  # INT64 [L] item indices, left-padded, most recent last
 USER_EMBEDDING = "USER_EMBEDDING"  # FP32 [D]

@@ -1,6 +1,8 @@
-"""`retrieve`: top-k items for user embeddings, excluding items the user has already seen.
+"""Top-k items, excluding items the user has already seen: the `retrieve` and `recommend_fused` models.
 
-``model.pt`` is export.retrieval.TopKRetrieval. Scores for every request in the batch come from one
+``model.pt`` is export.retrieval.TopKRetrieval (first input: user embeddings) or
+export.retrieval.FusedRecommender (first input: the history); both expose ``scores``, ``top_k``
+and ``num_items``, so one file serves both. Scores for every request in the batch come from one
 matrix product; masking and top-k are per request because each request has its own ``k`` and its
 own exclusion list. A bad request gets an error of its own; the rest of the batch is answered.
 """
@@ -16,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        # Input order in config.pbtxt: user embedding, exclusion list, k.
+        # Input order in config.pbtxt: what to score (user embedding or history), exclusions, k.
         self.user_input, self.exclude_input, self.k_input = (i["name"] for i in config["input"])
         (self.index_output, self.index_dtype), (self.score_output, self.score_dtype) = (
             (o["name"], pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]

@@ -55,7 +55,13 @@ def reference(model, histories: np.ndarray, exclude: np.ndarray, k: int):
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
-def infer(client, histories, exclude, k=K):
+@pytest.fixture(params=[sig.RECOMMEND, sig.RECOMMEND_FUSED])
+def model_name(request):
+    """The ensemble and the fused model must give the same answers."""
+    return request.param
+
+
+def infer(client, histories, exclude, k=K, model=sig.RECOMMEND):
     n = len(histories)
     inputs = [grpcclient.InferInput(sig.HISTORY, list(histories.shape), "INT64"),
               grpcclient.InferInput(sig.EXCLUDE, list(exclude.shape), "INT64"),
@@ -63,7 +69,7 @@ def infer(client, histories, exclude, k=K):
     inputs[0].set_data_from_numpy(histories)
     inputs[1].set_data_from_numpy(exclude)
     inputs[2].set_data_from_numpy(np.full((n, 1), k, dtype=np.int32))
-    result = client.infer(sig.RECOMMEND, inputs)
+    result = client.infer(model, inputs)
     return result.as_numpy(sig.ITEM_INDEX), result.as_numpy(sig.SCORE)
 
 
@@ -75,25 +81,26 @@ def assert_same_ranking(ids, scores, ref_ids, ref_scores):
     assert differ.mean() < 0.05
 
 
-def test_batch_of_one_matches_pytorch(exported, client, requests):
+def test_batch_of_one_matches_pytorch(exported, client, requests, model_name):
     histories, exclude = requests
     ref_ids, ref_scores = reference(exported.result.model, histories, exclude, K)
     for row in range(len(histories)):
-        ids, scores = infer(client, histories[row:row + 1], exclude[row:row + 1])
+        ids, scores = infer(client, histories[row:row + 1], exclude[row:row + 1], model=model_name)
         assert_same_ranking(ids[0], scores[0], ref_ids[row], ref_scores[row])
         assert not set(ids[0]) & set(exclude[row])
 
 
-def test_client_batch_and_concurrent_requests_match_pytorch(exported, client, triton, requests):
+def test_client_batch_and_concurrent_requests_match_pytorch(exported, client, triton, requests,
+                                                             model_name):
     histories, exclude = requests
     ref_ids, ref_scores = reference(exported.result.model, histories, exclude, K)
-    ids, scores = infer(client, histories, exclude)  # one request, batch of 24
+    ids, scores = infer(client, histories, exclude, model=model_name)  # one request, batch of 24
     assert_same_ranking(ids, scores, ref_ids, ref_scores)
 
     def one(row):
         # each thread its own client: a sync client is not shared across threads
         with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-            return infer(c, histories[row:row + 1], exclude[row:row + 1])
+            return infer(c, histories[row:row + 1], exclude[row:row + 1], model=model_name)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(len(histories))))
@@ -101,11 +108,12 @@ def test_client_batch_and_concurrent_requests_match_pytorch(exported, client, tr
         assert_same_ranking(ids[0], scores[0], ref_ids[row], ref_scores[row])
 
 
-def test_k_beyond_catalog_fails_that_request_only(exported, client, requests):
+def test_k_beyond_catalog_fails_that_request_only(exported, client, requests, model_name):
     histories, exclude = requests
     with pytest.raises(InferenceServerException, match="catalog size"):
-        infer(client, histories[:1], exclude[:1], k=exported.result.dataset.catalog.num_items + 1)
-    ids, _ = infer(client, histories[:1], exclude[:1])  # the server is still fine
+        infer(client, histories[:1], exclude[:1], k=exported.result.dataset.catalog.num_items + 1,
+              model=model_name)
+    ids, _ = infer(client, histories[:1], exclude[:1], model=model_name)  # the server is still fine
     assert ids.shape == (1, K)
 
 

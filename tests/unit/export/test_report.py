@@ -5,7 +5,7 @@ import pytest
 from export.report import aggregate_seeds, format_table, write_report
 
 # matplotlib 3.9 calls pyparsing 3.2 APIs that now warn; nothing to fix on our side
-pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated - use:DeprecationWarning")
+
 
 
 def make_report(models):

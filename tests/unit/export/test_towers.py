@@ -28,7 +28,7 @@ def test_retrieval_never_returns_excluded_or_reserved_rows(catalog):
         retrieval = torch.jit.script(TopKRetrieval(model.item_embeddings()))
         users = model.user_tower(torch.tensor([[2, 3, 4]]))
         exclude = torch.tensor([[2, 3, PAD_INDEX, 10_000]])  # out-of-range exclusions are ignored
-        index, score = retrieval(users, exclude, catalog.num_items - 2)
+        index, score = retrieval(users, exclude, torch.tensor([[catalog.num_items - 2]]))
     returned = set(index[0].tolist())
     assert returned == set(range(FIRST_ITEM_INDEX, catalog.num_embeddings)) - {2, 3}
     assert torch.all(score[0][:-1] >= score[0][1:])
