@@ -77,16 +77,21 @@ class ItemCatalog:
                 out[FIRST_ITEM_INDEX + i, col[g]] = 1.0
         return out
 
-    def year_buckets(self, bucket_years: int = 5) -> np.ndarray:
-        """Release year bucketed to ``bucket_years``; bucket 0 = unknown. Shape [num_embeddings]."""
+    def first_year(self) -> int | None:
         years = [item.year for item in self.items if item.year is not None]
+        return min(years) if years else None
+
+    def year_buckets(self, bucket_years: int = 5, first_year: int | None = None) -> np.ndarray:
+        """Release year bucketed to ``bucket_years`` from ``first_year`` (default: the earliest
+        in the catalog; a trained model passes its own so buckets keep their meaning); bucket 0 =
+        unknown, earlier years share bucket 1. Shape [num_embeddings]."""
+        first = self.first_year() if first_year is None else first_year
         out = np.zeros(self.num_embeddings, dtype=np.int64)
-        if not years:
+        if first is None:
             return out
-        first = min(years)
         for i, item in enumerate(self.items):
             if item.year is not None:
-                out[FIRST_ITEM_INDEX + i] = 1 + (item.year - first) // bucket_years
+                out[FIRST_ITEM_INDEX + i] = 1 + max(0, (item.year - first) // bucket_years)
         return out
 
     def price_buckets(self, buckets_per_decade: int = 4) -> np.ndarray:
