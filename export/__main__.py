@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-export", action="store_true", help="evaluate only")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--target", choices=["python", "libtorch"], default="python",
+                        help="python backend (bundled CPU server) or pytorch_libtorch (NGC)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[d.seed])
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--patience", type=int, default=d.patience)
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                          uniform_negatives=args.uniform_negatives)
     result = run(args.dataset, None if args.no_export else args.repository, args.artifacts, config,
                  seeds=args.seeds, items_path=args.items, loader=args.loader,
-                 baselines=not args.no_baselines, version=args.version)
+                 baselines=not args.no_baselines, version=args.version,
+                 target=args.target)
     print(format_table(result.report))
     print(f"report: {args.artifacts / 'report.json'}  chart: {args.artifacts / 'metrics.png'}"
           + ("" if args.no_export else f"  repository: {args.repository}"))

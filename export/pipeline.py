@@ -79,6 +79,7 @@ def run(
     baselines: bool = True,
     version: int = 1,
     serving: ServingConfig = ServingConfig(),
+    target: str = "python",
 ) -> PipelineResult:
     """The whole offline job; ``repository=None`` evaluates without exporting."""
     started = time.perf_counter()
@@ -146,7 +147,7 @@ def run(
         popular = [i for i, _ in Counter(dataset.interactions["item_id"]).most_common(POPULAR_ITEMS_KEPT)]
         export_repository(
             best.model, catalog, repository, sequence_length=L, version=version, serving=serving,
-            metadata={"dataset": dataset.name, "popular_items": popular, "metrics": best.test},
+            target=target, metadata={"dataset": dataset.name, "popular_items": popular, "metrics": best.test},
         )
         artifacts.mkdir(parents=True, exist_ok=True)
         # Serving starts from everything that has happened; the stream adds to it.

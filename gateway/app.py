@@ -37,7 +37,8 @@ async def lifespan(app: FastAPI):
             histories = json.loads(Path(settings.snapshot_path).read_text())
             await asyncio.to_thread(store.load_snapshot, histories)
             log.info("seeded %d users from %s", len(histories), settings.snapshot_path)
-        triton = TritonRecommender(settings.triton_grpc_url, settings.triton_timeout_ms)
+        triton = TritonRecommender(settings.triton_grpc_url, settings.triton_timeout_ms,
+                                   settings.triton_model)
         await triton.connect()
         if triton.sequence_length != served.sequence_length:
             raise RuntimeError(f"Triton serves sequence length {triton.sequence_length}, the "

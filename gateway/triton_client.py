@@ -21,8 +21,9 @@ def pad_exclusions(indices: np.ndarray, minimum: int = 16) -> np.ndarray:
 
 
 class TritonRecommender:
-    def __init__(self, url: str, timeout_ms: int) -> None:
+    def __init__(self, url: str, timeout_ms: int, model: str = sig.RECOMMEND) -> None:
         self.url = url
+        self.model = model
         self.timeout_s = timeout_ms / 1000
         self._client = grpcclient.InferenceServerClient(url)
         self.sequence_length: int | None = None
@@ -30,7 +31,7 @@ class TritonRecommender:
     async def connect(self) -> None:
         """Read the ensemble's input shape from its config (the contract) once at start-up."""
         try:
-            config = (await self._client.get_model_config(sig.RECOMMEND, as_json=True))["config"]
+            config = (await self._client.get_model_config(self.model, as_json=True))["config"]
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton at {self.url}: {exc}") from exc
         history = next(i for i in config["input"] if i["name"] == sig.HISTORY)
@@ -38,7 +39,7 @@ class TritonRecommender:
 
     async def ready(self) -> bool:
         try:
-            return bool(await self._client.is_model_ready(sig.RECOMMEND))
+            return bool(await self._client.is_model_ready(self.model))
         except InferenceServerException:
             return False
 
@@ -56,7 +57,7 @@ class TritonRecommender:
         outputs = [grpcclient.InferRequestedOutput(sig.ITEM_INDEX),
                    grpcclient.InferRequestedOutput(sig.SCORE)]
         try:
-            result = await self._client.infer(sig.RECOMMEND, inputs, outputs=outputs,
+            result = await self._client.infer(self.model, inputs, outputs=outputs,
                                               client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc
