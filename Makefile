@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve test test-unit test-integration train clean
+.PHONY: setup demo serve test test-unit test-integration train lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,9 @@ test-unit: setup
 
 test-integration: setup
 	RECSYS_REQUIRE_SERVICES=1 $(PY) -m pytest tests/integration
+
+lint: setup
+	.venv/bin/ruff check .
 
 clean:
 	rm -rf build .pytest_cache

@@ -28,13 +28,16 @@ from features.catalog import FIRST_ITEM_INDEX
 IndexKind = Literal["exact", "hnsw", "ivf"]
 KINDS: tuple[IndexKind, ...] = get_args(IndexKind)
 
-# choose_index: largest catalog served by brute force. Measured on 2 CPU cores, D=64, batch 1:
-# exact p99 is ~2 ms at 100k items but ~30 ms at 1M (one pass over 256 MB per query, memory bound),
-# over the 20 ms budget; HNSW stays ~1 ms with recall@10 >= 0.95 at every size. Below this size an
-# ANN index buys little latency and costs recall, a build step and a second file per version.
-EXACT_MAX_ITEMS = 200_000
-# The ANN kind above EXACT_MAX_ITEMS. HNSW over IVF: lower and flatter p99 at the same recall; IVF
-# builds faster (k-means instead of graph construction) and is the fallback when build time matters.
+# choose_index: the largest catalog served by brute force (D=64; perf/results/retrieval_scale.*,
+# 2 shared CPU cores, batch 1). Exact p50 is ~2 ms at 100k items, where the 26 MB matrix still fits
+# the 32 MiB L3 cache; beyond that every query streams the matrix from DRAM: ~7 ms at 200k, ~13 ms
+# at 500k, ~25 ms at 1M (over the 20 ms p99 budget), and its tail is the most exposed to other
+# processes on the box (p99 up to 150 ms at 200k-1M). HNSW stays ~1 ms p50 at 1M with recall@10
+# ~0.97. Up to this size an ANN index buys ~1-2 ms and costs recall, a build step and a second file.
+EXACT_MAX_ITEMS = 100_000
+# The ANN kind above EXACT_MAX_ITEMS. HNSW over IVF at 1M: ~3x lower latency (p50 ~1 ms vs ~3.6 ms)
+# for recall ~0.97 vs ~0.99. IVF builds ~15x faster (15 s vs ~4 min on 2 cores) in half the memory:
+# the choice when rebuild time matters more than latency.
 ANN_KIND: IndexKind = "hnsw"
 
 # IVF: k-means wants ~40+ training points per centroid, and ~sqrt(N) lists balances the cost of
@@ -55,7 +58,7 @@ class RetrievalIndexConfig:
     kind: IndexKind = "exact"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 40
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 128
     ivf_nlist: int = 1024
     ivf_nprobe: int = 16
 
@@ -68,17 +71,19 @@ class RetrievalIndexConfig:
 
 
 def config_for(kind: IndexKind, num_items: int) -> RetrievalIndexConfig:
-    """Default knobs for ``kind`` at a catalog of ``num_items`` real items.
+    """Default knobs for ``kind`` at a catalog of ``num_items`` real items, tuned for recall@10
+    >= ~0.95 on the benchmark's clustered data.
 
-    The HNSW defaults do not depend on size (recall at fixed efSearch degrades only slowly with N);
-    IVF scales nlist with sqrt(N) and probes a fixed fraction of the lists.
+    HNSW does not depend on size: M=32, efConstruction=40, efSearch=128 gave recall@10 0.97 at 1M
+    (efSearch 64: 0.92; M=16 with efSearch 128: 0.91, and built no faster). IVF scales nlist with
+    sqrt(N) and probes 1/8 of the lists, at least 16 (recall 0.96-0.99 from 10k to 1M).
     """
     config = RetrievalIndexConfig(kind=kind)
     if kind != "ivf":
         return config
     nlist = 2 ** round(math.log2(max(1.0, math.sqrt(num_items))))
     nlist = max(1, min(nlist, num_items // _IVF_MIN_POINTS_PER_LIST))
-    nprobe = max(1, min(nlist, math.ceil(nlist / 32)))
+    nprobe = min(nlist, max(16, nlist // 8))
     return replace(config, ivf_nlist=nlist, ivf_nprobe=nprobe)
 
 
@@ -155,11 +160,14 @@ class RetrievalIndex:
 
 
 class ExactIndex(RetrievalIndex):
-    """Brute force: one matmul and a top-k, the arithmetic of ``TopKRetrieval`` (the reference)."""
+    """Brute force: one matmul and a top-k, the arithmetic of ``TopKRetrieval`` (the reference).
+
+    Scores every item, so the cost grows linearly with the catalog: one pass over N*D*4 bytes per
+    request, memory-bandwidth bound at batch 1."""
 
     def __init__(self, items: np.ndarray) -> None:
         """``items``: [N, D] real-item rows only (reserved rows already dropped)."""
-        self._items = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
+        self._items = np.ascontiguousarray(items, dtype=np.float32)
         self.config = RetrievalIndexConfig(kind="exact")
 
     @property
@@ -171,20 +179,21 @@ class ExactIndex(RetrievalIndex):
         return int(self._items.shape[1])
 
     def memory_bytes(self) -> int:
-        return self._items.numel() * self._items.element_size()
+        return int(self._items.nbytes)
 
     def save(self, path: str | Path) -> None:
         with open(path, "wb") as f:  # a file object, so numpy does not append ".npy"
-            np.save(f, self._items.numpy())
+            np.save(f, self._items)
 
     def _search(self, queries: np.ndarray, k: int,
                 exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            scores = torch.from_numpy(queries) @ self._items.T
-            rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
-            if rows.size:
-                scores[torch.from_numpy(rows), torch.from_numpy(np.concatenate(exclude))] = float("-inf")
-            values, indices = torch.topk(scores, min(k, self.num_items), dim=1)
+        # numpy's BLAS for the product (measured ~3x faster than torch's CPU kernel for [B, D] x [D, N]
+        # at small B), torch for the selection (torch.topk ~2x faster than np.argpartition at 1M).
+        scores = queries @ self._items.T
+        rows = np.repeat(np.arange(len(exclude)), [len(e) for e in exclude])
+        if rows.size:
+            scores[rows, np.concatenate(exclude)] = -np.inf
+        values, indices = torch.topk(torch.from_numpy(scores), min(k, self.num_items), dim=1)
         ids, values = indices.numpy(), values.numpy()
         ids = np.where(np.isneginf(values), -1, ids)  # masked items only surface when the catalog runs out
         return _pad(ids, values, k)
@@ -218,35 +227,42 @@ class FaissIndex(RetrievalIndex):
 
     def _search(self, queries: np.ndarray, k: int,
                 exclude: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        batch = len(queries)
-        want = np.array([min(k, self.num_items - len(e)) for e in exclude])
+        n, batch = self.num_items, len(queries)
+        # Excluded (row, id) pairs as sorted keys row * n + id: one searchsorted filters the batch.
+        keys = np.sort(np.concatenate([row * n + e for row, e in enumerate(exclude)]))
+        want = np.minimum(k, n - np.array([len(e) for e in exclude]))
         ids = np.full((batch, k), -1, dtype=np.int64)
         scores = np.full((batch, k), -np.inf, dtype=np.float32)
-        fetch = min(self.num_items, k + max(len(e) for e in exclude))
+        fetch = min(n, k + max(len(e) for e in exclude))
         nprobe = self.config.ivf_nprobe
         todo = np.arange(batch)
         while True:
             got_scores, got_ids = self._index.search(queries[todo], fetch, params=self._params(nprobe))
-            for row, found_ids, found_scores in zip(todo, got_ids, got_scores):
-                keep = (found_ids >= 0) & ~np.isin(found_ids, exclude[row])
-                kept = found_ids[keep][:k]
-                ids[row, :len(kept)] = kept
-                scores[row, :len(kept)] = found_scores[keep][:k]
+            keep = got_ids >= 0
+            if keys.size:
+                pair = todo[:, None] * n + got_ids
+                keep &= keys[np.searchsorted(keys, pair).clip(max=keys.size - 1)] != pair
+            first = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept positions, in score order
+            kept = np.take_along_axis(keep, first, axis=1)
+            ids[todo, :first.shape[1]] = np.where(kept, np.take_along_axis(got_ids, first, axis=1), -1)
+            scores[todo, :first.shape[1]] = np.where(
+                kept, np.take_along_axis(got_scores, first, axis=1), -np.inf)
             todo = todo[(ids[todo] >= 0).sum(axis=1) < want[todo]]
             # Rare: the approximate search found too few non-excluded items (IVF's probed lists too
             # small, or an HNSW beam full of exclusions). Widen the search for those rows only.
-            exhausted = fetch == self.num_items and (self.kind != "ivf" or nprobe >= self.config.ivf_nlist)
+            exhausted = fetch == n and (self.kind != "ivf" or nprobe >= self.config.ivf_nlist)
             if not todo.size or exhausted:
                 return ids, scores
-            fetch = min(self.num_items, 2 * fetch)
+            fetch = min(n, 2 * fetch)  # HNSW's beam is max(efSearch, fetch): this widens it too
             nprobe = min(self.config.ivf_nlist, 2 * nprobe)
 
     def _params(self, nprobe: int):
+        """None (the index's own efSearch / nprobe) unless IVF is widening its probe."""
+        if self.kind != "ivf" or nprobe == self.config.ivf_nprobe:
+            return None
         import faiss
 
-        if self.kind == "ivf":
-            return faiss.SearchParametersIVF(nprobe=nprobe)
-        return faiss.SearchParametersHNSW(efSearch=self.config.hnsw_ef_search)
+        return faiss.SearchParametersIVF(nprobe=nprobe)
 
 
 def build_index(item_embeddings: np.ndarray, config: RetrievalIndexConfig | None = None) -> RetrievalIndex:
@@ -292,7 +308,7 @@ def load_index(path: str | Path) -> RetrievalIndex:
 
     import faiss
 
-    index = faiss.downcast_index(faiss.read_index(str(path)))
+    index = faiss.read_index(str(path))  # swig returns the concrete class
     if isinstance(index, faiss.IndexHNSWFlat):
         hnsw = index.hnsw
         config = RetrievalIndexConfig(kind="hnsw", hnsw_m=hnsw.nb_neighbors(1),

@@ -46,8 +46,11 @@ class ServingConfig:
 
     max_batch_size: int = 64
     dynamic_batching: bool = True
-    max_queue_delay_us: int = 200
+    # Tuned with perf/triton_perf.py --tune: any wait costs latency at low load, and requests
+    # still batch while an instance is busy (see perf/README.md).
+    max_queue_delay_us: int = 0
     instances: int = 1
+    torch_threads: int = 1  # per python-backend instance (each is a process)
     instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
     warmup: bool = True
 
@@ -127,9 +130,11 @@ def model_config(spec: ModelSpec, target: Target, serving: ServingConfig) -> mc.
     )
     if target == "python":
         config.backend = "python"
+        config.parameters["torch_threads"].string_value = str(serving.torch_threads)
     else:
         config.platform = "pytorch_libtorch"
     if serving.dynamic_batching:
+        config.dynamic_batching.SetInParent()  # present even when every field is the default 0
         config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
     if serving.warmup:
         config.model_warmup.extend(_warmup(spec, target))

@@ -14,8 +14,9 @@ class GatewaySettings(BaseSettings):
     port: int = 8080
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_timeout_ms: int = 500
-    # "recommend" (ensemble) or "recommend_fused": same inputs and outputs, see perf/README.md
-    triton_model: str = "recommend"
+    # "recommend_fused" (default: one step, measured 1.2-1.7x the ensemble's throughput, see
+    # perf/README.md) or "recommend" (the ensemble); same inputs and outputs
+    triton_model: str = "recommend_fused"
     model_repository: str = "model_repository"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     events_topic: str = "user-events"

@@ -36,7 +36,9 @@ class Recommendations(BaseModel):
 
 
 class Recommender(Protocol):
-    async def recommend(self, history: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    async def recommend(
+        self, history: np.ndarray, exclude: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class Publisher(Protocol):
@@ -71,12 +73,12 @@ class RecommendationService:
         except UpstreamUnavailable as exc:
             log.warning("model unavailable, serving popular items: %s", exc)
             return self._popular(user_id, k, features.seen_items, cold_start=False, degraded=True)
-        items = [
-            RecommendedItem(item_id=item.item_id, title=item.title, score=float(score))
-            for index, score in zip(indices.tolist(), scores.tolist())
-            # -inf: fewer than k candidates were left after exclusions.
-            if np.isfinite(score) and (item := catalog.item_at(index))
-        ]
+        items = []
+        for index, score in zip(indices.tolist(), scores.tolist(), strict=True):
+            if not np.isfinite(score):  # fewer than k candidates were left after exclusions
+                continue
+            item = catalog.item_at(index)
+            items.append(RecommendedItem(item_id=item.item_id, title=item.title, score=score))
         return Recommendations(user_id=user_id, items=items, cold_start=False, degraded=False,
                                model_version=self.served.version,
                                features_updated_at_ms=features.updated_at_ms)

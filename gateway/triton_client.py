@@ -43,7 +43,9 @@ class TritonRecommender:
         except InferenceServerException:
             return False
 
-    async def recommend(self, history: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    async def recommend(
+        self, history: np.ndarray, exclude: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One user's top ``k``: (item indices, scores)."""
         exclude = pad_exclusions(exclude)
         inputs = [

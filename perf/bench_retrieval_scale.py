@@ -1,6 +1,7 @@
 """Retrieval at catalog scale: exact brute force vs faiss HNSW / IVF on CPU.
 
-    python perf/bench_retrieval_scale.py --sizes 10000 100000 1000000 --dim 64 --queries 500 --k 10 --out perf/results
+    python perf/bench_retrieval_scale.py --sizes 10000 100000 1000000 --dim 64 --queries 500 --k 10 \
+        --out perf/results
 
 For each catalog size, builds seeded synthetic item embeddings and queries (see ``synthetic``), then
 for each index kind (``export.ann.config_for(kind, size)`` knobs) measures: build time, index memory,
@@ -112,7 +113,7 @@ def check(ids: np.ndarray, scores: np.ndarray, k: int, num_embeddings: int,
     problems = []
     if ids.shape != (len(scores), k) or ids.dtype != np.int64 or scores.dtype != np.float32:
         return [f"shape/dtype {ids.shape} {ids.dtype} {scores.dtype}"]
-    for row, (r_ids, r_scores) in enumerate(zip(ids, scores)):
+    for row, (r_ids, r_scores) in enumerate(zip(ids, scores, strict=True)):
         if (r_ids < FIRST_ITEM_INDEX).any() or (r_ids >= num_embeddings).any():
             problems.append(f"query {row}: reserved, missing or out-of-range id")
         if len(set(r_ids.tolist())) != k:
@@ -125,7 +126,7 @@ def check(ids: np.ndarray, scores: np.ndarray, k: int, num_embeddings: int,
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth)]))
+    return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
 def measure(index: RetrievalIndex, queries: np.ndarray, k: int, batch: int,
@@ -166,7 +167,8 @@ def run_size(num_items: int, args: argparse.Namespace) -> list[dict]:
     print(f"\n== {num_items:,} items: data in {time.perf_counter() - t0:.1f} s", flush=True)
     reference = build_index(embeddings, config_for("exact", num_items))
     exclude = seen_items(reference, queries, args.exclude, args.seed)
-    truth = {0: reference.search(queries, args.k, None), args.exclude: reference.search(queries, args.k, exclude)}
+    truth = {0: reference.search(queries, args.k, None),
+             args.exclude: reference.search(queries, args.k, exclude)}
     chosen = choose_index(num_items).kind
     rows = []
     for kind in args.kinds:

@@ -43,7 +43,10 @@ def test_models_batch_dynamically_warm_up_and_serve_the_latest_version():
     assert k_input.input_data_file == "k"  # zero would be an invalid k
 
 
-def test_batching_can_be_switched_off():
+def test_batching_is_on_by_default_even_without_delay_and_can_be_switched_off():
+    config = model_configs(7, 16, ServingConfig())[sig.USER_TOWER]
+    assert config.HasField("dynamic_batching") and "dynamic_batching {" in str(config)
+    assert config.parameters["torch_threads"].string_value == "1"
     config = model_configs(7, 16, ServingConfig(dynamic_batching=False))[sig.USER_TOWER]
     assert not config.HasField("dynamic_batching")
 
