@@ -86,7 +86,7 @@ def write_files(data: SyntheticData, out_dir: str | Path, fmt: str = "csv") -> t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = out_dir / f"interactions.{fmt}", out_dir / f"items.{fmt}"
-    for frame, path in zip((data.interactions[list(INTERACTION_COLUMNS)], data.items), paths):
+    for frame, path in zip((data.interactions[list(INTERACTION_COLUMNS)], data.items), paths, strict=False):
         if fmt == "csv":
             frame.to_csv(path, index=False)
         else:
@@ -109,7 +109,7 @@ def _items(rng: np.random.Generator, n_items: int, n_categories: int, zipf_expon
     return pd.DataFrame({
         "item_id": ids,
         "title": [f"Product {i} (cat {c:02d})" for i, c in enumerate(category)],
-        "categories": [f"dept_{d:02d}|cat_{c:02d}" for d, c in zip(departments, category)],
+        "categories": [f"dept_{d:02d}|cat_{c:02d}" for d, c in zip(departments, category, strict=False)],
         "price": np.maximum(price_usd, 0.01),
         "stock": stock.astype(np.int64),
         "category": category,

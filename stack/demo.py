@@ -68,10 +68,11 @@ def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: 
     show(f"User {user}: recommendations before", before, catalog)
 
     items = pick_items(catalog, popular, seen, genre, 3)
+    events = list(zip(("view", "cart", "purchase"), items, strict=False))
     print(f"\nPosting events for user {user}: " + ", ".join(
-        f"{t} '{catalog.item_at(catalog.index_of(i)).title}'" for t, i in zip(("view", "cart", "purchase"), items)))
+        f"{t} '{catalog.item_at(catalog.index_of(i)).title}'" for t, i in events))
     posted_at = time.perf_counter()
-    for event_type, item in zip(("view", "cart", "purchase"), items):
+    for event_type, item in events:
         status, body = http("POST", f"{gateway_url}/v1/events",
                             {"user_id": user, "item_id": item, "event_type": event_type})
         assert status == 202, body

@@ -70,7 +70,7 @@ def _stop_all_live() -> None:
 def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a log file ('' if it does not exist)."""
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             return "".join(deque(f, maxlen=lines))
     except FileNotFoundError:
         return ""

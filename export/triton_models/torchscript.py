@@ -44,7 +44,7 @@ class TritonPythonModel:
         for size in sizes:
             tensors = [
                 pb_utils.Tensor(name, out[offset:offset + size].numpy().astype(dtype, copy=False))
-                for (name, dtype), out in zip(self.outputs, results)
+                for (name, dtype), out in zip(self.outputs, results, strict=False)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             offset += size

@@ -20,6 +20,7 @@ from stack.redis import RedisServer, redis_unavailable_reason
 from stack.testing import require_service
 from stack.triton import TritonServer, triton_unavailable_reason
 
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/integration" in str(item.path):

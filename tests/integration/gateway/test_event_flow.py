@@ -57,7 +57,7 @@ def test_posted_events_reach_the_features_and_change_the_recommendations(gateway
     before = gateway.get(f"/v1/users/{USER}/recommendations", params={"k": 10}).json()
     assert not before["cold_start"] and not before["degraded"] and len(before["items"]) == 10
     items = horror_items_unseen_by(exported, USER)
-    for event_type, item in zip(["view", "cart", "purchase"], items):
+    for event_type, item in zip(["view", "cart", "purchase"], items, strict=False):
         response = gateway.post("/v1/events", json={"user_id": USER, "item_id": item,
                                                      "event_type": event_type})
         assert response.status_code == 202, response.text

@@ -8,9 +8,9 @@ import torch
 
 from export.loaders import (
     DaliBatches,
-    _define_pipeline,
     InMemoryBatches,
     ShardManifest,
+    _define_pipeline,
     write_shard_chunks,
     write_shards,
 )
@@ -70,7 +70,7 @@ def test_write_shard_chunks_streams_uneven_chunks_into_even_files(tmp_path, shar
     edges = [0, 7, 7, 250, 251, 600, ROWS]  # chunk sizes unrelated to the file size, one empty
 
     def chunks():
-        for a, b in zip(edges, edges[1:]):
+        for a, b in zip(edges, edges[1:], strict=False):
             # Streaming: every full file is on disk before the next chunk is asked for.
             assert len(list(tmp_path.glob("part-*.npy"))) == a // ROWS_PER_FILE
             yield histories[a:b], targets[a:b]

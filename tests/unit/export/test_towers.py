@@ -64,8 +64,9 @@ def test_training_improves_the_loss_and_restores_the_best_epoch(catalog, tmp_pat
     targets = histories[:, -1].copy()  # learnable: the next item is the last one again
     calls = iter([0.1, 0.3, 0.2, 0.2])
     model = TwoTower(catalog, dim=8)
-    records = train(model, InMemoryBatches(histories, targets, 16), TrainConfig(epochs=4, patience=2,
-                    loss="sampled", learning_rate=0.05), log_q=target_log_frequencies(targets, catalog.num_embeddings),
+    config = TrainConfig(epochs=4, patience=2, loss="sampled", learning_rate=0.05)
+    records = train(model, InMemoryBatches(histories, targets, 16), config,
+                    log_q=target_log_frequencies(targets, catalog.num_embeddings),
                     validate=lambda m: {"recall@10": next(calls)}, checkpoint_dir=tmp_path)
     assert len(records) == 4 and records[1].get("best")
     assert records[-1]["loss"] < records[0]["loss"]

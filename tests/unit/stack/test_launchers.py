@@ -10,8 +10,8 @@ import pytest
 from stack.kafka import KafkaBroker, _random_cluster_id
 from stack.process import ServiceStartError
 from stack.redis import RedisServer
-from stack.triton import TritonServer, prepare_server_dir, triton_unavailable_reason
 from stack.testing import require_service
+from stack.triton import TritonServer, prepare_server_dir, triton_unavailable_reason
 
 
 def test_triton_loads_every_model_by_default(tmp_path: Path) -> None:
