@@ -145,8 +145,8 @@ class RetrievalIndex:
             return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)
         if exclude is not None and len(exclude) != batch:
             raise ValueError(f"exclude has {len(exclude)} rows for {batch} queries")
-        internal = [self._internal_ids(e) for e in exclude] if exclude is not None else [
-            np.empty(0, dtype=np.int64)] * batch
+        none = np.empty(0, dtype=np.int64)
+        internal = [self._internal_ids(e) for e in exclude] if exclude is not None else [none] * batch
         ids, scores = self._search(queries, k, internal)
         return np.where(ids >= 0, ids + FIRST_ITEM_INDEX, -1), scores
 
