@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve test test-unit test-integration train lint clean
+.PHONY: setup demo serve test test-unit test-integration train lint perf clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,10 @@ test-unit: setup
 
 test-integration: setup
 	RECSYS_REQUIRE_SERVICES=1 $(PY) -m pytest tests/integration
+
+## perf_analyzer suite against a real Triton (writes perf/results/).
+perf: setup
+	$(PY) perf/triton_perf.py --out perf/results
 
 lint: setup
 	.venv/bin/ruff check .
