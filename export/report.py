@@ -64,7 +64,8 @@ def format_table(report: dict) -> str:
     _check(report)
     models: dict[str, dict] = report["models"]
     columns = [c for c in TABLE_COLUMNS if any(c in m for m in models.values())]
-    with_std = any(c + STD_SUFFIX in m for m in models.values() for c in columns)
+    # A std over one seed is always 0: show it only when there was more than one run.
+    with_std = any(m.get("seeds", 1) > 1 for m in models.values())
     width = max((len(c) for c in columns), default=9) + (9 if with_std else 2)
     name_width = max([12, *(len(name) + 2 for name in models)])
 
@@ -72,14 +73,14 @@ def format_table(report: dict) -> str:
         if column not in metrics:
             return f"{'-':>{width}}"
         text = f"{metrics[column]:.4f}"
-        if column + STD_SUFFIX in metrics:
+        if with_std and column + STD_SUFFIX in metrics:
             text += f" ± {metrics[column + STD_SUFFIX]:.4f}"
         return f"{text:>{width}}"
 
     lines = [f"{_title(report)} (full ranking)",
              f"{'model':<{name_width}}" + "".join(f"{c:>{width}}" for c in columns)]
     for name, metrics in models.items():
-        seeds = f"  ({metrics['seeds']} seeds)" if "seeds" in metrics else ""
+        seeds = f"  ({metrics['seeds']} seeds)" if metrics.get("seeds", 1) > 1 else ""
         lines.append(f"{name:<{name_width}}" + "".join(cell(metrics, c) for c in columns) + seeds)
     return "\n".join(lines)
 
