@@ -125,7 +125,9 @@ class ItemCatalog:
     def from_json(cls, path: Path) -> ItemCatalog:
         payload = json.loads(path.read_text())
         items = [
-            Item(d["item_id"], d["title"], tuple(d["categories"]), d.get("year"), d.get("price"))
+            # "genres": the key before categories were generalised (repositories exported then)
+            Item(d["item_id"], d["title"], tuple(d.get("categories", d.get("genres", ()))),
+                 d.get("year"), d.get("price"))
             for d in payload["items"]
         ]
-        return cls(items=items, categories=list(payload["categories"]))
+        return cls(items=items, categories=list(payload.get("categories", payload.get("genres", []))))
