@@ -30,6 +30,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export import signature as sig
+from export.ann import RetrievalIndexConfig, build_index, choose_index
 from export.retrieval import FusedRecommender, TopKRetrieval
 from export.towers import TwoTower
 from features.catalog import ItemCatalog
@@ -38,6 +39,7 @@ MODEL_CODE = Path(__file__).parent / "triton_models"
 Target = Literal["python", "libtorch"]
 WARMUP_EXCLUDE_WIDTH = 16
 WARMUP_K_FILE = "k"
+INDEX_FILE = "index.faiss"  # read by triton_models/retrieve.py when present
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,21 @@ def export_repository(
     version: int = 1,
     serving: ServingConfig = ServingConfig(),
     target: Target = "python",
+    index: RetrievalIndexConfig | None = None,
     metadata: dict | None = None,
 ) -> Path:
     """TorchScript the towers and write a complete, loadable repository under ``root``.
 
-    Re-exporting the same version replaces it; other versions are left alone.
+    ``index`` (default: ``choose_index`` for the catalog size) decides how ``retrieve`` and
+    ``recommend_fused`` search: exact scoring, or an ANN index file next to their model.pt
+    (python target only). Re-exporting the same version replaces it; other versions are left alone.
     """
+    index = index or choose_index(catalog.num_items)
+    if index.kind != "exact" and target != "python":
+        raise ValueError("an ANN index is served by the python target only")
     modules = scripted_modules(model)
+    ann = (build_index(modules[sig.RETRIEVE].item_embeddings.numpy(), index)
+           if index.kind != "exact" else None)
     dim = int(modules[sig.RETRIEVE].item_embeddings.shape[1])
     specs = model_specs(sequence_length, dim)
     for name, config in model_configs(sequence_length, dim, serving, target).items():
@@ -223,13 +233,15 @@ def export_repository(
             modules[name].save(str(version_dir / "model.pt"))
             if target == "python":
                 shutil.copyfile(MODEL_CODE / specs[name].code, version_dir / "model.py")
+            if name in (sig.RETRIEVE, sig.RECOMMEND_FUSED) and ann is not None:
+                ann.save(version_dir / INDEX_FILE)
         if config.model_warmup:
             warmup = model_dir / "warmup"
             warmup.mkdir(exist_ok=True)
             # raw little-endian int32, as Triton reads input_data_file
             np.array([min(10, catalog.num_items)], dtype="<i4").tofile(warmup / WARMUP_K_FILE)
     write_serving_files(root / sig.RETRIEVE / str(version), catalog, version, sequence_length, dim,
-                        metadata)
+                        {"retrieval_index": index.kind, **(metadata or {})})
     return root
 
 

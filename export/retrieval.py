@@ -28,6 +28,11 @@ class TopKRetrieval(nn.Module):
         return int(self.item_embeddings.shape[0]) - self.first_item_index
 
     @torch.jit.export
+    def embed(self, user_embedding: torch.Tensor) -> torch.Tensor:
+        """The query vector for an ANN index: already a user embedding here."""
+        return user_embedding
+
+    @torch.jit.export
     def scores(self, user_embedding: torch.Tensor) -> torch.Tensor:
         """[B, D] -> [B, num_embeddings] cosine scores, unrecommendable rows at -inf."""
         s = user_embedding @ self.item_embeddings.T
@@ -66,6 +71,10 @@ class FusedRecommender(nn.Module):
     @torch.jit.export
     def num_items(self) -> int:
         return self.retrieval.num_items()
+
+    @torch.jit.export
+    def embed(self, history: torch.Tensor) -> torch.Tensor:
+        return self.user_tower(history)
 
     @torch.jit.export
     def scores(self, history: torch.Tensor) -> torch.Tensor:

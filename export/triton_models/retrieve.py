@@ -15,6 +15,10 @@ import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 
+INDEX_FILE = "index.faiss"
+# Index ids are catalog rows minus the reserved PAD and OOV rows (export.ann's convention).
+FIRST_ITEM_INDEX = 2
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -30,6 +34,14 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
         self.model = torch.jit.load(str(path), map_location="cpu").eval()
         self.num_items = int(self.model.num_items())
+        # Large catalogs ship an ANN index (export.ann.choose_index); small ones score exactly.
+        self.index = None
+        index_path = path.parent / INDEX_FILE
+        if index_path.exists():
+            import faiss
+
+            faiss.omp_set_num_threads(torch.get_num_threads())
+            self.index = faiss.read_index(str(index_path))
 
     def _k(self, request, rows):
         k = pb_utils.get_input_tensor_by_name(request, self.k_input).as_numpy().reshape(-1)
@@ -56,11 +68,18 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(str(exc)))
         with torch.inference_mode():
-            scores = self.model.scores(torch.from_numpy(np.concatenate(users)))
+            inputs = torch.from_numpy(np.concatenate(users))
+            if self.index is None:
+                scores = self.model.scores(inputs)
+            else:
+                queries = self.model.embed(inputs).numpy()
             for (k, _), members in groups.items():
                 rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i, _ in members])
                 exclude = torch.from_numpy(np.concatenate([e for _, e in members]).astype(np.int64))
-                index, score = self.model.top_k(scores.index_select(0, rows), exclude, k)
+                if self.index is None:
+                    index, score = self.model.top_k(scores.index_select(0, rows), exclude, k)
+                else:
+                    index, score = self._ann_top_k(queries[rows.numpy()], inputs, rows, exclude, k)
                 index = index.numpy().astype(self.index_dtype)
                 score = score.numpy().astype(self.score_dtype)
                 offset = 0
@@ -72,3 +91,25 @@ class TritonPythonModel:
                     ])
                     offset += n
         return responses
+
+    def _ann_top_k(self, queries, inputs, rows, exclude, k):
+        """Over-fetch k + exclusions from the index and drop the excluded; a row left with fewer
+        than k falls back to exact scoring, so exclusions can never shorten an answer."""
+        found_scores, found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32),
+                                                k + exclude.shape[1])
+        found = np.where(found >= 0, found + FIRST_ITEM_INDEX, -1)
+        out_index = np.empty((len(queries), k), dtype=np.int64)
+        out_score = np.empty((len(queries), k), dtype=np.float32)
+        for r in range(len(queries)):
+            banned = set(exclude[r].tolist())
+            keep = [(i, s) for i, s in zip(found[r].tolist(), found_scores[r].tolist(), strict=True)
+                    if i >= 0 and i not in banned][:k]
+            if len(keep) < k:
+                row = rows[r:r + 1]
+                index, score = self.model.top_k(self.model.scores(inputs.index_select(0, row)),
+                                                exclude[r:r + 1], k)
+                out_index[r], out_score[r] = index[0].numpy(), score[0].numpy()
+            else:
+                out_index[r] = [i for i, _ in keep]
+                out_score[r] = [s for _, s in keep]
+        return torch.from_numpy(out_index), torch.from_numpy(out_score)

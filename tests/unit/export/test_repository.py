@@ -97,3 +97,17 @@ def test_export_writes_a_complete_repository(tmp_path, catalog):
         assert {p.name for p in (tmp_path / name / "3").iterdir()} >= {"model.pt", "model.py"}
     assert np.fromfile(tmp_path / sig.RETRIEVE / "warmup" / "k", dtype="<i4").tolist() == [6]
     assert (tmp_path / sig.RETRIEVE / "3" / sig.CATALOG_FILE).is_file()
+
+
+def test_an_ann_index_ships_next_to_the_searching_models(tmp_path, catalog):
+    from export.ann import RetrievalIndexConfig, load_index
+
+    model = TwoTower(catalog, dim=8)
+    export_repository(model, catalog, tmp_path, sequence_length=5,
+                      index=RetrievalIndexConfig(kind="hnsw"))
+    for name in (sig.RETRIEVE, sig.RECOMMEND_FUSED):
+        assert load_index(tmp_path / name / "1" / "index.faiss").num_items == catalog.num_items
+    assert not (tmp_path / sig.USER_TOWER / "1" / "index.faiss").exists()
+    with pytest.raises(ValueError, match="python target"):
+        export_repository(model, catalog, tmp_path / "lt", sequence_length=5, target="libtorch",
+                          index=RetrievalIndexConfig(kind="hnsw"))
