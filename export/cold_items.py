@@ -30,10 +30,6 @@ from features.catalog import PAD_INDEX, Item, ItemCatalog
 log = logging.getLogger(__name__)
 
 
-def latest_version(model_dir: Path) -> int:
-    return max(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def extend_catalog(catalog: ItemCatalog, new_items: list[Item]) -> ItemCatalog:
     """Append items; unseen categories go after the trained ones so column meanings stay put."""
     known = [item.item_id for item in new_items if item.item_id in catalog]
@@ -70,7 +66,7 @@ def publish_cold_items(repository: Path, checkpoint: Path, new_items: list[Item]
     newest, and the old version stays on disk for roll-back.
     """
     retrieve_dir = repository / sig.RETRIEVE
-    current = latest_version(retrieve_dir)
+    current = sig.latest_version(retrieve_dir)
     catalog = ItemCatalog.from_json(retrieve_dir / str(current) / sig.CATALOG_FILE)
     info = json.loads((retrieve_dir / str(current) / sig.SERVING_FILE).read_text())
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -18,17 +18,10 @@ class ServedModel:
     sequence_length: int
 
 
-def latest_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    if not versions:
-        raise FileNotFoundError(f"no version directories under {model_dir}")
-    return max(versions)
-
-
 def load_served_model(repository: Path) -> ServedModel:
     """Read the catalog that belongs to the newest ``retrieve`` version (the one Triton serves)."""
     retrieve = repository / sig.RETRIEVE
-    version = latest_version(retrieve)
+    version = sig.latest_version(retrieve)
     version_dir = retrieve / str(version)
     info = json.loads((version_dir / sig.SERVING_FILE).read_text())
     return ServedModel(

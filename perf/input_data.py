@@ -135,10 +135,8 @@ def model_tensors(rows: RequestRows, embeddings: np.ndarray | None) -> dict[str,
 
 
 def latest_version(model_dir: Path) -> Path:
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
-    if not versions:
-        raise FileNotFoundError(f"no version folder in {model_dir}")
-    return max(versions, key=lambda p: int(p.name))
+    """The newest version folder itself (``sig.latest_version`` gives its number)."""
+    return model_dir / str(sig.latest_version(model_dir))
 
 
 def write_input_files(
