@@ -1,100 +1,178 @@
-"""Per-user real-time features: recent items (by event time) and the set of items seen.
+"""Per-user real-time features and the catalog's trending items, behind one interface.
 
-Two implementations behind one interface: ``InMemoryStore`` (the embedded default, lives in the
-gateway process) and ``RedisStore`` (shared by several gateway and consumer processes). Writes are
-idempotent by ``event_id`` so that Kafka's at-least-once delivery becomes effectively-once.
+``InMemoryStore`` is the embedded default (it lives in the gateway process and is rebuilt from the
+topic when the process starts); ``RedisStore`` is shared by several gateway and consumer processes
+and survives them. Both apply the rules in ``features.user_state`` and pass the same contract tests
+(tests/unit/feature_service/store_contract.py). Writes are idempotent by ``event_id`` within a
+bounded window, so Kafka's at-least-once delivery becomes effectively-once; each event is applied
+atomically (de-duplication mark and every feature update together, or nothing).
+
+Recent events are ordered by event time, ties by event id, so a late event lands where it belongs.
 """
 
 from __future__ import annotations
 
-import bisect
+import heapq
+import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
 
-from features.events import Event
+from features.events import Event, EventType
+from features.user_state import (
+    EVENT_WEIGHTS,
+    FeatureRules,
+    RecentEvent,
+    UserFeatures,
+    decayed_value,
+    log_decayed_add,
+    recent_event,
+)
 
 
 class StoreUnavailable(RuntimeError):
     """The backing store cannot be reached; callers retry or degrade."""
 
 
-@dataclass
-class UserFeatures:
-    user_id: str
-    recent_items: list[str]  # chronological by event time, most recent last
-    seen_items: set[str] = field(default_factory=set)
-    updated_at_ms: int | None = None  # wall-clock time of the last write
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _snapshot_event(position: int, item_id: str) -> RecentEvent:
+    # Snapshot rows have no event time or type: time 0 keeps them before every live event, and the
+    # zero-padded position keeps their order (ties are broken by event id).
+    return RecentEvent(f"snapshot:{position:06d}", item_id, EventType.VIEW, 0)
 
 
 class FeatureStore(Protocol):
+    rules: FeatureRules
+    # True when the state outlives the process, so consumed offsets may be committed.
+    durable: bool
+
     def apply(self, event: Event) -> bool:
         """Record ``event``; False when its ``event_id`` was already applied."""
 
-    def get(self, user_id: str) -> UserFeatures | None:
-        """The user's features, or None for a user the store has never heard of."""
+    def apply_many(self, events: Sequence[Event]) -> list[bool]:
+        """``apply`` for each event, in order, in as few round trips as the store allows."""
+
+    def get(self, user_id: str, now_ms: int | None = None) -> UserFeatures | None:
+        """The user's features (affinities decayed to ``now_ms``), or None for an unknown user."""
+
+    def trending(self, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` items with the highest decayed popularity, best first."""
 
     def load_snapshot(self, histories: dict[str, list[str]]) -> None:
-        """Seed users from chronological item histories (a batch snapshot)."""
+        """Merge chronological item histories (a batch snapshot) in front of any live events.
+        Idempotent: loading the same snapshot again changes nothing."""
 
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+@dataclass
+class _UserState:
+    recent: list[RecentEvent] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    bought: set[str] = field(default_factory=set)
+    affinity_log: dict[str, float] = field(default_factory=dict)
+    updated_at_ms: int | None = None
+
+
+def _order(e: RecentEvent) -> tuple[int, str]:
+    return e.ts_ms, e.event_id
 
 
 class InMemoryStore:
     """Thread-safe: the consumer thread writes while request handlers read."""
 
-    def __init__(self, history_items: int = 100, dedup_window_events: int = 200_000) -> None:
-        self.history_items = history_items
+    durable = False
+
+    def __init__(self, rules: FeatureRules | None = None, *,
+                 item_categories: Mapping[str, Sequence[str]] | None = None,
+                 dedup_window_events: int = 200_000) -> None:
+        self.rules = rules or FeatureRules()
+        self.item_categories = item_categories or {}
         self.dedup_window_events = dedup_window_events
         self._lock = threading.Lock()
-        self._recent: dict[str, list[tuple[int, str]]] = {}
-        self._seen: dict[str, set[str]] = {}
-        self._updated: dict[str, int] = {}
+        self._users: dict[str, _UserState] = {}
+        self._trending_log: dict[str, float] = {}
         self._applied: OrderedDict[str, None] = OrderedDict()
 
     def apply(self, event: Event) -> bool:
         with self._lock:
-            if event.event_id in self._applied:
-                return False
-            self._applied[event.event_id] = None
-            if len(self._applied) > self.dedup_window_events:
-                self._applied.popitem(last=False)
-            recent = self._recent.setdefault(event.user_id, [])
-            # Late events land at their place in time, not at the end.
-            bisect.insort(recent, (event.ts_ms, event.item_id), key=lambda r: r[0])
-            del recent[:-self.history_items]
-            self._seen.setdefault(event.user_id, set()).add(event.item_id)
-            self._updated[event.user_id] = _now_ms()
-            return True
+            return self._apply(event)
 
-    def get(self, user_id: str) -> UserFeatures | None:
+    def apply_many(self, events: Sequence[Event]) -> list[bool]:
         with self._lock:
-            if user_id not in self._seen:
+            return [self._apply(e) for e in events]
+
+    def _apply(self, event: Event) -> bool:
+        if event.event_id in self._applied:
+            return False
+        self._applied[event.event_id] = None
+        if len(self._applied) > self.dedup_window_events:
+            self._applied.popitem(last=False)
+        rules = self.rules
+        state = self._users.setdefault(event.user_id, _UserState())
+        # Late events land at their place in time, not at the end.
+        insert_at = len(state.recent)
+        key = (event.ts_ms, event.event_id)
+        while insert_at and _order(state.recent[insert_at - 1]) > key:
+            insert_at -= 1
+        state.recent.insert(insert_at, recent_event(event))
+        del state.recent[:-rules.history_items]
+        state.seen.add(event.item_id)
+        if event.event_type is EventType.PURCHASE:
+            state.bought.add(event.item_id)
+        weight = EVENT_WEIGHTS[event.event_type]
+        for category in self.item_categories.get(event.item_id, ()):
+            state.affinity_log[category] = log_decayed_add(
+                state.affinity_log.get(category), event.ts_ms, weight, rules.affinity_half_life_ms)
+        self._trending_log[event.item_id] = log_decayed_add(
+            self._trending_log.get(event.item_id), event.ts_ms, weight, rules.trending_half_life_ms)
+        state.updated_at_ms = _now_ms()
+        return True
+
+    def get(self, user_id: str, now_ms: int | None = None) -> UserFeatures | None:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        with self._lock:
+            state = self._users.get(user_id)
+            if state is None:
                 return None
+            half_life = self.rules.affinity_half_life_ms
             return UserFeatures(
                 user_id=user_id,
-                recent_items=[item for _, item in self._recent.get(user_id, [])],
-                seen_items=set(self._seen[user_id]),
-                updated_at_ms=self._updated.get(user_id),
+                recent=list(state.recent),
+                seen_items=set(state.seen),
+                bought_items=set(state.bought),
+                category_affinity={c: decayed_value(v, now_ms, half_life)
+                                   for c, v in state.affinity_log.items()},
+                updated_at_ms=state.updated_at_ms,
             )
+
+    def trending(self, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        with self._lock:
+            top = heapq.nlargest(k, self._trending_log.items(), key=lambda kv: (kv[1], kv[0]))
+        return [(item, decayed_value(v, now_ms, self.rules.trending_half_life_ms)) for item, v in top]
 
     def load_snapshot(self, histories: dict[str, list[str]]) -> None:
         with self._lock:
             for user, items in histories.items():
-                # Snapshot items carry no event time: order is what counts, ts 0 keeps them
-                # before any live event.
-                self._recent[user] = [(0, item) for item in items[-self.history_items:]]
-                self._seen[user] = set(items)
+                state = self._users.setdefault(user, _UserState())
+                have = {e.event_id for e in state.recent}
+                offset = len(items) - len(items[-self.rules.history_items:])
+                added = [_snapshot_event(offset + i, item)
+                         for i, item in enumerate(items[offset:])]
+                state.recent = sorted(state.recent + [e for e in added if e.event_id not in have],
+                                      key=_order)[-self.rules.history_items:]
+                state.seen.update(items)
 
     def ping(self) -> bool:
         return True
@@ -103,79 +181,156 @@ class InMemoryStore:
         pass
 
 
-# Atomic apply: de-duplicate, add to the time-ordered recent set, trim, mark seen, stamp.
-# One script, so a crash can never leave an event marked as applied but not written.
+# Atomic apply. KEYS: dedup mark, recent (ZSET by event time), seen, bought, affinity (HASH of log
+# scores), updated, trending (ZSET of log scores). ARGV: dedup ttl s, ts ms, recent member, item,
+# history length, now ms, is purchase, log2(weight), affinity half life, trending half life,
+# categories... The log-space arithmetic is features.user_state.log_decayed_add.
 _APPLY_LUA = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[3])
+local ts = tonumber(ARGV[2])
+local log2w = tonumber(ARGV[8])
+local function logadd(current, term)
+  if not current then return term end
+  current = tonumber(current)
+  local hi, lo = math.max(current, term), math.min(current, term)
+  return hi + math.log(1 + 2 ^ (lo - hi)) / math.log(2)
+end
+local function fmt(x) return string.format('%.17g', x) end
+redis.call('ZADD', KEYS[2], ts, ARGV[3])
 local n = redis.call('ZCARD', KEYS[2])
 local keep = tonumber(ARGV[5])
 if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1) end
 redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('SET', KEYS[4], ARGV[6])
+if ARGV[7] == '1' then redis.call('SADD', KEYS[4], ARGV[4]) end
+local aff_term = log2w + ts / tonumber(ARGV[9])
+for i = 11, #ARGV do
+  local cur = redis.call('HGET', KEYS[5], ARGV[i])
+  redis.call('HSET', KEYS[5], ARGV[i], fmt(logadd(cur, aff_term)))
+end
+local cur = redis.call('ZSCORE', KEYS[7], ARGV[4])
+redis.call('ZADD', KEYS[7], fmt(logadd(cur, log2w + ts / tonumber(ARGV[10]))), ARGV[4])
+redis.call('SET', KEYS[6], ARGV[6])
 return 1
+"""
+
+_SNAPSHOT_LUA = """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+local n = redis.call('ZCARD', KEYS[1])
+local keep = tonumber(ARGV[1])
+if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1) end
+return n
 """
 
 
 class RedisStore:
-    """Features in Redis: ``<prefix>:u:<user>:recent`` (ZSET by event time), ``:seen`` (SET),
-    ``:updated`` (ms), and ``<prefix>:e:<event_id>`` de-duplication keys with a TTL."""
+    """Features in Redis under ``<prefix>:u:<user>:{recent,seen,bought,aff,updated}``, trending in
+    ``<prefix>:trending``, de-duplication marks ``<prefix>:e:<event_id>`` with a TTL.
 
-    def __init__(self, url: str, *, prefix: str = "recsys", history_items: int = 100,
+    A recent-event member is ``<event_id>|<item_id>|<event_type>`` scored by event time, so that
+    repeated views of one item are all kept."""
+
+    durable = True
+
+    def __init__(self, url: str, rules: FeatureRules | None = None, *, prefix: str = "recsys",
+                 item_categories: Mapping[str, Sequence[str]] | None = None,
                  dedup_ttl_s: int = 7 * 24 * 3600, timeout_ms: int = 1000) -> None:
+        self.rules = rules or FeatureRules()
         self.prefix = prefix
-        self.history_items = history_items
+        self.item_categories = item_categories or {}
         self.dedup_ttl_s = dedup_ttl_s
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000
         )
         self._apply = self._redis.register_script(_APPLY_LUA)
+        self._snapshot = self._redis.register_script(_SNAPSHOT_LUA)
 
-    def _user_keys(self, user_id: str) -> tuple[str, str, str]:
+    def _user_keys(self, user_id: str) -> list[str]:
         base = f"{self.prefix}:u:{user_id}"
-        return f"{base}:recent", f"{base}:seen", f"{base}:updated"
+        return [f"{base}:recent", f"{base}:seen", f"{base}:bought", f"{base}:aff", f"{base}:updated"]
+
+    @property
+    def _trending_key(self) -> str:
+        return f"{self.prefix}:trending"
+
+    def _apply_call(self, event: Event, client) -> object:
+        recent, seen, bought, aff, updated = self._user_keys(event.user_id)
+        rules = self.rules
+        return self._apply(
+            keys=[f"{self.prefix}:e:{event.event_id}", recent, seen, bought, aff, updated,
+                  self._trending_key],
+            args=[self.dedup_ttl_s, event.ts_ms,
+                  f"{event.event_id}|{event.item_id}|{event.event_type.value}", event.item_id,
+                  rules.history_items, _now_ms(), int(event.event_type is EventType.PURCHASE),
+                  repr(math.log2(EVENT_WEIGHTS[event.event_type])), rules.affinity_half_life_ms,
+                  rules.trending_half_life_ms, *self.item_categories.get(event.item_id, ())],
+            client=client,
+        )
 
     def apply(self, event: Event) -> bool:
-        recent, seen, updated = self._user_keys(event.user_id)
-        # The member is unique per event so that repeated views of one item are all kept.
-        member = f"{event.event_id}|{event.item_id}"
+        return self.apply_many([event])[0]
+
+    def apply_many(self, events: Sequence[Event]) -> list[bool]:
+        if not events:
+            return []
         try:
-            return bool(self._apply(
-                keys=[f"{self.prefix}:e:{event.event_id}", recent, seen, updated],
-                args=[self.dedup_ttl_s, event.ts_ms, member, event.item_id, self.history_items,
-                      _now_ms()],
-            ))
+            pipe = self._redis.pipeline(transaction=False)
+            for event in events:
+                self._apply_call(event, pipe)
+            return [bool(r) for r in pipe.execute()]
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
-    def get(self, user_id: str) -> UserFeatures | None:
-        recent, seen, updated = self._user_keys(user_id)
+    def get(self, user_id: str, now_ms: int | None = None) -> UserFeatures | None:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        recent, seen, bought, aff, updated = self._user_keys(user_id)
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.zrange(recent, 0, -1)
+            pipe.zrange(recent, 0, -1, withscores=True)
             pipe.smembers(seen)
+            pipe.smembers(bought)
+            pipe.hgetall(aff)
             pipe.get(updated)
-            members, seen_items, updated_at = pipe.execute()
+            members, seen_items, bought_items, affinity, updated_at = pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         if not seen_items:
             return None
+        events = []
+        for member, ts in members:
+            event_id, item_id, event_type = member.decode().split("|")
+            events.append(RecentEvent(event_id, item_id, EventType(event_type), int(ts)))
+        half_life = self.rules.affinity_half_life_ms
         return UserFeatures(
             user_id=user_id,
-            recent_items=[m.decode().split("|", 1)[1] for m in members],
+            recent=events,
             seen_items={s.decode() for s in seen_items},
+            bought_items={b.decode() for b in bought_items},
+            category_affinity={c.decode(): decayed_value(float(v), now_ms, half_life)
+                               for c, v in affinity.items()},
             updated_at_ms=int(updated_at) if updated_at else None,
         )
+
+    def trending(self, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
+        now_ms = _now_ms() if now_ms is None else now_ms
+        try:
+            top = self._redis.zrevrange(self._trending_key, 0, k - 1, withscores=True)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        half_life = self.rules.trending_half_life_ms
+        return [(item.decode(), decayed_value(score, now_ms, half_life)) for item, score in top]
 
     def load_snapshot(self, histories: dict[str, list[str]]) -> None:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for user, items in histories.items():
-                recent, seen, _ = self._user_keys(user)
-                pipe.delete(recent, seen)
-                tail = items[-self.history_items:]
-                # Score 0 (no event time) and a position prefix keep the snapshot's order.
-                pipe.zadd(recent, {f"snap{i:06d}|{item}": 0 for i, item in enumerate(tail)})
+                if not items:
+                    continue
+                recent, seen, *_ = self._user_keys(user)
+                offset = len(items) - len(items[-self.rules.history_items:])
+                members = [f"{e.event_id}|{e.item_id}|{e.event_type.value}"
+                           for e in (_snapshot_event(offset + i, item)
+                                     for i, item in enumerate(items[offset:]))]
+                self._snapshot(keys=[recent], args=[self.rules.history_items, *members], client=pipe)
                 pipe.sadd(seen, *items)
             pipe.execute()
         except redis.RedisError as exc:
@@ -191,10 +346,13 @@ class RedisStore:
         self._redis.close()
 
 
-def create_store(kind: str, *, redis_url: str = "", prefix: str = "recsys", history_items: int = 100,
+def create_store(kind: str, rules: FeatureRules | None = None, *, redis_url: str = "",
+                 prefix: str = "recsys", item_categories: Mapping[str, Sequence[str]] | None = None,
                  dedup_window_events: int = 200_000, dedup_ttl_s: int = 7 * 24 * 3600) -> FeatureStore:
     if kind == "memory":
-        return InMemoryStore(history_items, dedup_window_events)
+        return InMemoryStore(rules, item_categories=item_categories,
+                             dedup_window_events=dedup_window_events)
     if kind == "redis":
-        return RedisStore(redis_url, prefix=prefix, history_items=history_items, dedup_ttl_s=dedup_ttl_s)
+        return RedisStore(redis_url, rules, prefix=prefix, item_categories=item_categories,
+                          dedup_ttl_s=dedup_ttl_s)
     raise ValueError(f"unknown store {kind!r} (memory | redis)")

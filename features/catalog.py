@@ -63,6 +63,10 @@ class ItemCatalog:
     def indices_of(self, item_ids: Iterable[str]) -> np.ndarray:
         return np.fromiter((self.index_of(i) for i in item_ids), dtype=np.int64)
 
+    def categories_by_item(self) -> dict[str, tuple[str, ...]]:
+        """item id -> categories: what the feature stores need for category affinities."""
+        return {item.item_id: item.categories for item in self.items if item.categories}
+
     def item_at(self, index: int) -> Item:
         if index < FIRST_ITEM_INDEX or index >= self.num_embeddings:
             raise IndexError(f"index {index} is not a real item")

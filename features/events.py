@@ -6,7 +6,7 @@ import time
 import uuid
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Ids end up in Kafka keys and Redis keys: keep them short and printable.
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
@@ -37,3 +37,43 @@ class Event(BaseModel):
     @classmethod
     def from_bytes(cls, raw: bytes) -> Event:
         return cls.model_validate_json(raw)
+
+
+class InvalidEvent(ValueError):
+    """A message that is not an acceptable event; ``reason`` says why (for the dead-letter topic)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Far larger than any real event (the schema bounds every field); anything bigger is an abuse.
+MAX_EVENT_BYTES = 4096
+# Client clocks drift a little; an event from further ahead than this would sort after every real
+# one in a user's history for as long as the clock skew lasts.
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+
+
+def check_event_time(event: Event, now_ms: int, max_future_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
+    ahead_ms = event.ts_ms - now_ms
+    if ahead_ms > max_future_skew_ms:
+        raise InvalidEvent(f"ts_ms: {ahead_ms} ms in the future (at most {max_future_skew_ms} ms allowed)")
+
+
+def parse_event(raw: bytes | None, now_ms: int, *, max_bytes: int = MAX_EVENT_BYTES,
+                max_future_skew_ms: int = MAX_FUTURE_SKEW_MS) -> Event:
+    """Decode and check one message from the events topic, or raise InvalidEvent with the reason."""
+    if raw is None:
+        raise InvalidEvent("body: empty message (tombstone)")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"body: {len(raw)} bytes, larger than the {max_bytes}-byte limit")
+    try:
+        event = Event.from_bytes(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(validation_reason(exc)) from None
+    check_event_time(event, now_ms, max_future_skew_ms)
+    return event
+
+
+def validation_reason(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())

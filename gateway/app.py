@@ -10,7 +10,6 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from feature_service.config import FeatureServiceSettings
 from feature_service.consumer import BackgroundConsumer
 from feature_service.store import create_store
 from gateway.config import GatewaySettings
@@ -29,8 +28,10 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI):
     settings: GatewaySettings = app.state.settings
     served = load_served_model(Path(settings.model_repository))
-    store = create_store(settings.store, redis_url=settings.redis_url, prefix=settings.redis_key_prefix,
-                         history_items=settings.history_items)
+    features = settings.features()
+    store = create_store(settings.store, features.rules(), redis_url=settings.redis_url,
+                         prefix=settings.redis_key_prefix,
+                         item_categories=served.catalog.categories_by_item())
     triton = producer = consumer = None
     try:
         if settings.snapshot_path and Path(settings.snapshot_path).is_file():
@@ -51,11 +52,7 @@ async def lifespan(app: FastAPI):
             "store": lambda: asyncio.to_thread(store.ping),
         }
         if settings.embedded_consumer:
-            consumer = BackgroundConsumer(FeatureServiceSettings(
-                kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-                events_topic=settings.events_topic,
-                group_id=settings.consumer_group,
-            ), store)
+            consumer = BackgroundConsumer(features, store)
             consumer.start()
             readiness["consumer"] = lambda: _true_if(consumer.alive and consumer.consumer.ready.is_set())
         app.state.readiness = readiness

@@ -6,8 +6,13 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feature_service.config import FeatureServiceSettings
+
 
 class GatewaySettings(BaseSettings):
+    """The embedded consumer's other settings (half lives, dead-letter limits, partitions) are the
+    feature service's own, read from ``RECSYS_FEATURES_*``."""
+
     model_config = SettingsConfigDict(env_prefix="RECSYS_GATEWAY_")
 
     host: str = "127.0.0.1"  # not 0.0.0.0 unless an operator says so
@@ -31,3 +36,16 @@ class GatewaySettings(BaseSettings):
     embedded_consumer: bool = True
     consumer_group: str = "feature-service"
     max_k: int = 100
+
+    def features(self) -> FeatureServiceSettings:
+        """Feature-service settings for this gateway's store and embedded consumer: the fields the
+        two share come from here, everything else from ``RECSYS_FEATURES_*``."""
+        return FeatureServiceSettings(
+            kafka_bootstrap_servers=self.kafka_bootstrap_servers,
+            events_topic=self.events_topic,
+            group_id=self.consumer_group,
+            store=self.store,
+            redis_url=self.redis_url,
+            redis_key_prefix=self.redis_key_prefix,
+            history_items=self.history_items,
+        )

@@ -27,6 +27,8 @@ class EventProducer:
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers,
             acks="all",
+            # Retries cannot duplicate or reorder a user's events on a partition.
+            enable_idempotence=True,
             retries=5,
             linger_ms=1,
             request_timeout_ms=timeout_ms,

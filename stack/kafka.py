@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOG4J2_CONFIG = Path(__file__).resolve().parent / "kafka_files" / "log4j2.xml"
 _MIN_JAVA = 17
-_TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 
 
 def default_libs_dir() -> Path:
@@ -215,22 +214,7 @@ class KafkaBroker:
 
     def create_topics(self, names: Iterable[str], partitions: int = 3,
                       timeout_s: float = 30) -> None:
-        """Create topics (replication factor 1) and wait until every partition has a leader.
-        Topics that already exist are left as they are."""
-        names = list(names)
-        admin = self.admin(request_timeout_ms=int(timeout_s * 1000))
-        try:
-            result = admin.create_topics(
-                {name: {"num_partitions": partitions, "replication_factor": 1} for name in names},
-                raise_errors=False,
-            )
-            errors = [
-                f"{t['name']}: error {t['error_code']} {t.get('error_message') or ''}".strip()
-                for t in result["topics"]
-                if t["error_code"] not in (0, _TOPIC_ALREADY_EXISTS)
-            ]
-            if errors:
-                raise RuntimeError("creating Kafka topics failed: " + "; ".join(errors))
-            admin.wait_for_topics(names, timeout_ms=int(timeout_s * 1000))
-        finally:
-            admin.close()
+        """Create topics (replication factor 1) unless they exist; wait for their leaders."""
+        from feature_service.topics import ensure_topics
+
+        ensure_topics(self.bootstrap_servers, names, partitions, timeout_s)

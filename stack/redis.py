@@ -1,4 +1,4 @@
-"""A throw-away Redis server (Debian's redis-server) on a free port, without persistence."""
+"""A Redis server (Debian's redis-server) on a free port: throw-away, or persistent (AOF)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ def redis_unavailable_reason() -> str | None:
 
 
 class RedisServer:
-    """redis-server on 127.0.0.1 with no RDB snapshots and no AOF: state lives only in memory,
-    so a restart() starts empty — which is what tests of a lost feature store need."""
+    """redis-server on 127.0.0.1 without RDB snapshots. By default state lives only in memory, so
+    a restart() starts empty. ``persistent=True`` turns on the append-only file with an fsync per
+    write batch (appendfsync always), next to the log: what a feature store needs whose consumers
+    commit Kafka offsets once Redis has acknowledged a write; restart() then keeps every write."""
 
     def __init__(
         self,
@@ -30,8 +32,10 @@ class RedisServer:
         port: int | None = None,
         startup_timeout_s: float = 20,
         log_path: Path | None = None,
+        persistent: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.persistent = persistent
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkdtemp(prefix="redis-server-")
@@ -53,7 +57,9 @@ class RedisServer:
             raise ServiceStartError(reason)
         argv = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no",
+            "--save", "",
+            *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+              else ["--appendonly", "no"]),
             # The working dir is where redis would write dumps; keep it out of the repo.
             "--dir", str(self.log_path.parent),
         ]
@@ -80,7 +86,7 @@ class RedisServer:
             self._process.stop(timeout_s)
 
     def restart(self) -> RedisServer:
-        """Stop and start again on the same port (all data is lost: no persistence)."""
+        """Stop and start again on the same port (data kept only when persistent)."""
         self.stop()
         return self.start()
 

@@ -48,6 +48,16 @@ def test_redis_restart_keeps_port_and_loses_data(tmp_path: Path) -> None:
         assert redis.Redis.from_url(server.url).get("k") is None
 
 
+def test_persistent_redis_keeps_acknowledged_writes_across_a_restart(tmp_path: Path) -> None:
+    require_service(redis_unavailable_reason())
+    import redis
+
+    with RedisServer(log_path=tmp_path / "redis.log", persistent=True) as server:
+        redis.Redis.from_url(server.url).set("k", "v")
+        server.restart()
+        assert redis.Redis.from_url(server.url).get("k") == b"v"
+
+
 # --- Kafka ------------------------------------------------------------------------------------
 
 def test_kafka_produce_and_consume_keyed_messages(tmp_path: Path) -> None:

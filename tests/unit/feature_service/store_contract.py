@@ -3,7 +3,15 @@ real Redis in tests/integration/feature_service/test_redis_store.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from features.events import Event
+from features.user_state import FeatureRules
+
+HALF_LIFE_MS = 1000
+RULES = FeatureRules(history_items=3, affinity_half_life_ms=HALF_LIFE_MS,
+                     trending_half_life_ms=HALF_LIFE_MS)
+CATEGORIES = {"a": ("Action",), "b": ("Action", "Comedy"), "c": ("Comedy",)}
 
 
 def ev(user: str, item: str, ts: int, event_id: str | None = None, kind: str = "view") -> Event:
@@ -12,23 +20,34 @@ def ev(user: str, item: str, ts: int, event_id: str | None = None, kind: str = "
 
 
 class StoreContract:
-    """Subclasses provide a ``store`` fixture with history_items=3."""
+    """Subclasses provide ``make_store(rules, item_categories) -> FeatureStore``."""
+
+    @pytest.fixture
+    def store(self, make_store):
+        return make_store(RULES, CATEGORIES)
 
     def test_unknown_user_has_no_features(self, store):
         assert store.get("nobody") is None
 
-    def test_events_build_a_time_ordered_history_and_seen_set(self, store):
-        assert store.apply(ev("u", "a", 10))
-        assert store.apply(ev("u", "b", 20))
+    def test_events_build_a_time_ordered_history_with_types_and_times(self, store):
+        assert store.apply(ev("u", "a", 10, event_id="e1"))
+        assert store.apply(ev("u", "b", 20, event_id="e2", kind="purchase"))
         features = store.get("u")
         assert features.recent_items == ["a", "b"]
+        assert [(e.event_id, e.event_type.value, e.ts_ms) for e in features.recent] == [
+            ("e1", "view", 10), ("e2", "purchase", 20)]
         assert features.seen_items == {"a", "b"}
+        assert features.bought_items == {"b"}
         assert features.updated_at_ms is not None
 
     def test_same_event_id_is_applied_once(self, store):
         assert store.apply(ev("u", "a", 10, event_id="e1"))
         assert not store.apply(ev("u", "a", 10, event_id="e1"))
-        assert store.get("u").recent_items == ["a"]
+        assert store.apply_many([ev("u", "b", 11, event_id="e2"), ev("u", "b", 11, event_id="e2"),
+                                 ev("u", "a", 10, event_id="e1")]) == [True, False, False]
+        assert store.get("u").recent_items == ["a", "b"]
+        # neither was counted twice in the trending scores
+        assert dict(store.trending(5, now_ms=11)) == pytest.approx({"b": 1.0, "a": 2 ** (-1 / 1000)})
 
     def test_late_events_land_at_their_time_and_history_is_trimmed(self, store):
         for item, ts in [("a", 10), ("c", 30), ("d", 40), ("b", 20)]:
@@ -37,13 +56,47 @@ class StoreContract:
         assert features.recent_items == ["b", "c", "d"]  # 3 most recent by event time
         assert features.seen_items == {"a", "b", "c", "d"}  # seen is never trimmed
 
-    def test_snapshot_seeds_users_and_live_events_follow_it(self, store):
+    def test_repeated_views_of_one_item_are_all_kept(self, store):
+        store.apply_many([ev("u", "a", 1, "x1"), ev("u", "a", 2, "x2")])
+        assert store.get("u").recent_items == ["a", "a"]
+
+    def test_category_affinity_is_weighted_and_decays_with_event_time(self, store):
+        store.apply(ev("u", "a", 0, kind="view"))       # Action 1
+        store.apply(ev("u", "c", 1000, kind="cart"))    # Comedy 4, one half life later
+        store.apply(ev("u", "unknown", 1000))           # no categories: no affinity
+        aff = store.get("u", now_ms=1000).category_affinity
+        assert aff == pytest.approx({"Action": 0.5, "Comedy": 4.0})
+        later = store.get("u", now_ms=3000).category_affinity
+        assert later == pytest.approx({"Action": 0.125, "Comedy": 1.0})
+        assert store.get("u", now_ms=3000).top_categories(1) == ["Comedy"]
+
+    def test_affinity_does_not_depend_on_arrival_order(self, store, make_store):
+        events = [ev("u", "b", 500, kind="click"), ev("u", "a", 0), ev("u", "b", 2000, kind="purchase")]
+        other = make_store(RULES, CATEGORIES)
+        store.apply_many(events)
+        other.apply_many(events[::-1])  # the late events first
+        assert store.get("u", 2000).category_affinity == pytest.approx(
+            other.get("u", 2000).category_affinity)
+        assert store.get("u", 2000).category_affinity["Comedy"] == pytest.approx(2 * 2 ** -1.5 + 8)
+
+    def test_trending_is_time_decayed_popularity(self, store):
+        # "a": 3 views long ago; "b": one click just now; "c": one view just now
+        store.apply_many([ev(f"u{i}", "a", 0) for i in range(3)]
+                         + [ev("v", "b", 4000, kind="click"), ev("w", "c", 4000)])
+        top = store.trending(3, now_ms=4000)
+        assert [item for item, _ in top] == ["b", "c", "a"]
+        assert [score for _, score in top] == pytest.approx([2.0, 1.0, 3 / 16])
+        assert [item for item, _ in store.trending(1, now_ms=4000)] == ["b"]
+
+    def test_snapshot_seeds_users_merges_and_is_idempotent(self, store):
+        store.apply(ev("s", "live", 5))
         store.load_snapshot({"s": ["x", "y", "z", "w"], "t": ["q"]})
-        assert store.get("s").recent_items == ["y", "z", "w"]
-        assert store.get("s").seen_items == {"x", "y", "z", "w"}
-        store.apply(ev("s", "new", 5))
-        assert store.get("s").recent_items == ["z", "w", "new"]
+        store.load_snapshot({"s": ["x", "y", "z", "w"], "t": ["q"]})
+        assert store.get("s").recent_items == ["z", "w", "live"]  # live events stay the newest
+        assert store.get("s").seen_items == {"x", "y", "z", "w", "live"}
         assert store.get("t").recent_items == ["q"]
+        store.apply(ev("t", "new", 5))
+        assert store.get("t").recent_items == ["q", "new"]
 
     def test_users_are_isolated(self, store):
         store.apply(ev("u", "a", 1))

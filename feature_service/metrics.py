@@ -1,0 +1,21 @@
+"""Prometheus metrics of the feature consumer (served by the gateway's /metrics when embedded,
+or on ``RECSYS_FEATURES_METRICS_PORT`` by ``python -m feature_service``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS = Counter(
+    "feature_events_total", "Events consumed, by outcome", ["outcome"],
+)  # outcome: applied | duplicate | dead_lettered
+STORE_RETRIES = Counter(
+    "feature_store_retries_total", "Batches rewound because the feature store was unavailable",
+)
+COMMIT_FAILURES = Counter(
+    "feature_commit_failures_total", "Offset commits that failed (the events are re-delivered)",
+)
+FRESHNESS_SECONDS = Histogram(
+    "feature_freshness_seconds",
+    "From the producer's record timestamp to the event being visible in the feature store",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
