@@ -37,7 +37,7 @@ def main() -> int:
     if settings.snapshot_path:
         store.load_snapshot(json.loads(Path(settings.snapshot_path).read_text()))
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1")
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

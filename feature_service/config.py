@@ -21,6 +21,8 @@ class FeatureServiceSettings(BaseSettings):
     topic_partitions: int = Field(default=6, ge=1)
     create_topics: bool = True
     group_id: str = "feature-service"
+    # How long a silent (crashed) member keeps its partitions before the group rebalances.
+    session_timeout_ms: int = 10_000
     poll_timeout_ms: int = 100
     max_poll_records: int = 500
     retry_backoff_ms: int = 500
@@ -41,7 +43,9 @@ class FeatureServiceSettings(BaseSettings):
     # A catalog.json (as in model_repository/retrieve/<v>/): item categories for affinities.
     catalog_path: str | None = None
     snapshot_path: str | None = None
-    metrics_port: int = 0  # 0: no metrics endpoint (python -m feature_service only)
+    # Prometheus endpoint of `python -m feature_service` (embedded, the gateway's /metrics has it).
+    metrics_port: int = 0  # 0: none
+    metrics_host: str = "127.0.0.1"
 
     @property
     def dlq_topic(self) -> str:

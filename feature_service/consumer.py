@@ -85,6 +85,8 @@ class FeatureConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_poll_records,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 5),
         )
         dead_letters = KafkaProducer(
             bootstrap_servers=s.kafka_bootstrap_servers, acks="all", enable_idempotence=True,
@@ -139,6 +141,7 @@ class FeatureConsumer:
         if self._catch_up is None or all(consumer.position(tp) >= end
                                          for tp, end in self._catch_up.items()):
             self.ready.set()
+            metrics.READY.set(1)
 
     def process(self, consumer: KafkaConsumer, dead_letters: KafkaProducer,
                 batch: dict[TopicPartition, list]) -> None:

@@ -3,7 +3,7 @@ or on ``RECSYS_FEATURES_METRICS_PORT`` by ``python -m feature_service``)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "feature_events_total", "Events consumed, by outcome", ["outcome"],
@@ -18,4 +18,7 @@ FRESHNESS_SECONDS = Histogram(
     "feature_freshness_seconds",
     "From the producer's record timestamp to the event being visible in the feature store",
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+READY = Gauge(
+    "feature_consumer_ready", "1 once partitions are assigned (and, replaying, caught up)",
 )
