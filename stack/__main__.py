@@ -47,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     kafka.add_argument("--topic", action="append", dest="topics", default=[], metavar="NAME",
                        help="topic to create (repeatable; 3 partitions)")
 
-    redis = sub.add_parser("redis", help="redis-server without persistence")
+    redis = sub.add_parser("redis", help="redis-server (in memory unless --persistent)")
     redis.add_argument("--port", type=int)
+    redis.add_argument("--persistent", action="store_true",
+                       help="append-only file with an fsync per write, kept across restarts")
     return parser
 
 
@@ -64,7 +66,7 @@ def _build(args: argparse.Namespace, temp_dirs: list[Path]) -> Any:
             temp_dirs.append(data_dir)
         return KafkaBroker(data_dir, port=args.port, controller_port=args.controller_port,
                            heap_mb=args.heap_mb)
-    return RedisServer(port=args.port)
+    return RedisServer(port=args.port, persistent=args.persistent)
 
 
 def _addresses(service: Any) -> list[str]:

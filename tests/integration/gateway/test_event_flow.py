@@ -74,6 +74,16 @@ def test_posted_events_reach_the_features_and_change_the_recommendations(gateway
     assert after_ids != [i["item_id"] for i in before["items"]]
     assert not set(items) & set(after_ids)  # what the user just interacted with is excluded
 
+    features = gateway.app.state.service.store.get(USER)
+    assert set(items[2:]) <= features.bought_items  # the purchase
+    # all three were horror films, just now: no category can weigh more
+    assert features.category_affinity["Horror"] == max(features.category_affinity.values())
+
+    # A brand-new user gets what is trending in the stream: the purchase weighs most.
+    cold = gateway.get("/v1/users/someone-new/recommendations", params={"k": 3}).json()
+    assert cold["cold_start"] and cold["source"] == "trending"
+    assert cold["items"][0]["item_id"] == items[2]
+
 
 @pytest.mark.parametrize("gateway", ["memory"], indirect=True)
 def test_bad_input_is_rejected_and_nothing_reaches_kafka(gateway, kafka, topic):
