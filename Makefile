@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve test test-unit test-integration train lint perf clean
+.PHONY: setup demo serve test test-unit test-integration train lint perf proto clean
 
 setup:
 	@bash scripts/setup.sh
@@ -35,6 +35,10 @@ perf: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+## Regenerate the gRPC modules in gateway/proto/ from recsys.proto (package-qualified imports).
+proto: setup
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. gateway/proto/recsys.proto
 
 clean:
 	rm -rf build .pytest_cache

@@ -53,6 +53,8 @@ class FeatureStore(Protocol):
     rules: FeatureRules
     # True when the state outlives the process, so consumed offsets may be committed.
     durable: bool
+    # True when calls do network I/O: async callers run them in a worker thread.
+    blocking: bool
 
     def apply(self, event: Event) -> bool:
         """Record ``event``; False when its ``event_id`` was already applied."""
@@ -92,6 +94,7 @@ class InMemoryStore:
     """Thread-safe: the consumer thread writes while request handlers read."""
 
     durable = False
+    blocking = False
 
     def __init__(self, rules: FeatureRules | None = None, *,
                  item_categories: Mapping[str, Sequence[str]] | None = None,
@@ -230,6 +233,7 @@ class RedisStore:
     repeated views of one item are all kept."""
 
     durable = True
+    blocking = True
 
     def __init__(self, url: str, rules: FeatureRules | None = None, *, prefix: str = "recsys",
                  item_categories: Mapping[str, Sequence[str]] | None = None,

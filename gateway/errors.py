@@ -1,9 +1,14 @@
-"""One error hierarchy; one handler maps it to an HTTP response at the boundary."""
+"""One error hierarchy; one handler maps it to an HTTP response at the boundary (and the gRPC
+front end maps the same classes to gRPC status codes)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 
 class RecsysError(Exception):
@@ -24,13 +29,70 @@ class UnknownItem(InvalidRequest):
     code = "unknown_item"
 
 
+class Unauthorized(RecsysError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(RecsysError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Conflict(RecsysError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(RecsysError):
+    status_code = 413
+    code = "payload_too_large"
+
+
 class UpstreamUnavailable(RecsysError):
     status_code = 503
     code = "upstream_unavailable"
 
 
+class Overloaded(RecsysError):
+    status_code = 503
+    code = "overloaded"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None  # per-field problems of a 422
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx the gateway sends has this shape."""
+
+    error: ErrorDetail
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (replacing FastAPI's own 422 shape)."""
+    text = {401: "missing or wrong admin bearer token", 403: "admin API disabled",
+            409: "conflicts with the current state", 413: "request body too large",
+            422: "invalid request, with the reason", 503: "a dependency is unavailable"}
+    return {status: {"model": ErrorResponse, "description": text[status]} for status in statuses}
+
+
+def error_body(code: str, message: str, **extra: object) -> dict:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
 def install_error_handler(app: FastAPI) -> None:
     @app.exception_handler(RecsysError)
     async def _handle(_request: Request, exc: RecsysError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code,
-                            content={"error": {"code": exc.code, "message": exc.message}})
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(status_code=exc.status_code, content=error_body(exc.code, exc.message),
+                            headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details)
+        return JSONResponse(status_code=422,
+                            content=error_body("invalid_request", message, details=details))

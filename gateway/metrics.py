@@ -4,24 +4,50 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request
-from prometheus_client import Counter, Histogram
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_SECONDS = Histogram(
     "gateway_request_seconds", "HTTP request latency", ["method", "route", "status"],
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 RECOMMENDATIONS = Counter(
-    "gateway_recommendations_total", "Recommendation responses by kind", ["kind"],
+    "gateway_recommendations_total", "Recommendation responses by source and fallback reason",
+    ["source", "reason"],  # source: model | trending | popular; reason: none | cold_start |
+)                          # model_unavailable | deadline | store_unavailable
+TRITON_SECONDS = Histogram(
+    "gateway_triton_seconds", "Triton recommend call latency, as the gateway sees it",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
 )
+PUSHES = Counter(
+    "gateway_pushes_total", "Refreshed recommendations after high-intent events, by outcome",
+    ["outcome"],  # pushed | capped | not_visible | failed
+)
+PUSH_STREAMS = Gauge("gateway_push_streams", "Open SSE push streams")
+
+
+class RequestMetrics:
+    """Request latency per route, up to the response's start (so an SSE stream counts its set-up,
+    not its lifetime). Plain ASGI: Starlette's BaseHTTPMiddleware measured at ~1 ms a request."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def observing_send(message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")  # set by the router while it dispatched
+                REQUEST_SECONDS.labels(scope["method"], getattr(route, "path", "unmatched"),
+                                       str(message["status"])).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, observing_send)
 
 
 def install_metrics(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        REQUEST_SECONDS.labels(request.method, getattr(route, "path", "unmatched"),
-                               str(response.status_code)).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics)

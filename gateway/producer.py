@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
@@ -35,15 +36,37 @@ class EventProducer:
             max_block_ms=timeout_ms,
         )
 
+    @property
+    def client(self) -> KafkaProducer:
+        """The underlying producer (thread-safe), shared with the pusher."""
+        return self._producer
+
     def _send(self, event: Event) -> Published:
         future = self._producer.send(self.topic, key=event.user_id.encode(), value=event.to_bytes())
         meta = future.get(timeout=self.timeout_s)
         return Published(event.event_id, meta.topic, meta.partition, meta.offset)
 
+    def _send_many(self, events: Sequence[Event]) -> list[Published]:
+        futures = [self._producer.send(self.topic, key=e.user_id.encode(), value=e.to_bytes())
+                   for e in events]
+        self._producer.flush(timeout=self.timeout_s)
+        out = []
+        for event, future in zip(events, futures, strict=True):
+            meta = future.get(timeout=self.timeout_s)
+            out.append(Published(event.event_id, meta.topic, meta.partition, meta.offset))
+        return out
+
     async def publish(self, event: Event) -> Published:
         """Wait for the broker's acknowledgement: a 202 means the event is durable."""
         try:
             return await asyncio.to_thread(self._send, event)
+        except KafkaError as exc:
+            raise UpstreamUnavailable(f"Kafka: {exc}") from exc
+
+    async def publish_many(self, events: Sequence[Event]) -> list[Published]:
+        """Send all, then wait for every acknowledgement (one round of batching, not N)."""
+        try:
+            return await asyncio.to_thread(self._send_many, events)
         except KafkaError as exc:
             raise UpstreamUnavailable(f"Kafka: {exc}") from exc
 

@@ -1,10 +1,15 @@
-"""The service layer: what the REST (and later gRPC) front ends call."""
+"""The service layer: what the REST and gRPC front ends call. Validation, business rules, the
+deadline and every fallback live here, so the two front ends cannot disagree."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
 from typing import Literal, Protocol
 
 import numpy as np
@@ -12,18 +17,27 @@ from pydantic import BaseModel
 
 from feature_service.store import FeatureStore, StoreUnavailable
 from features.catalog import FIRST_ITEM_INDEX
-from features.events import Event, InvalidEvent, check_event_time
+from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
 from features.sequence import encode_history
+from features.user_state import UserFeatures
+from gateway import metrics
 from gateway.errors import InvalidRequest, UnknownItem, UpstreamUnavailable
+from gateway.inventory import Inventory
 from gateway.producer import Published
+from gateway.rules import Rules
 from gateway.served_model import ServedModel
 
 log = logging.getLogger(__name__)
+
+MAX_EXCLUDE = 100  # item ids a request may ask to exclude
+MAX_CATEGORIES = 20
+_ID = re.compile(ID_PATTERN)
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     title: str
+    categories: list[str]
     score: float | None  # model: cosine similarity; trending: decayed popularity; popular: None
 
 
@@ -31,7 +45,7 @@ class Recommendations(BaseModel):
     user_id: str
     items: list[RecommendedItem]
     cold_start: bool  # the user has no features yet: trending items
-    degraded: bool  # the model or the feature store was unavailable: trending or popular items
+    degraded: bool  # the model or the feature store failed or was too slow: trending or popular
     source: Literal["model", "trending", "popular"]  # popular: from training data, not the stream
     model_version: int
     features_updated_at_ms: int | None = None
@@ -46,80 +60,194 @@ class Recommender(Protocol):
 class Publisher(Protocol):
     async def publish(self, event: Event) -> Published: ...
 
+    async def publish_many(self, events: Sequence[Event]) -> list[Published]: ...
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """The knobs of GatewaySettings the service layer uses."""
+
+    max_k: int = 100
+    deadline_ms: int = 250
+    exclude_seen: bool = True
+    max_per_category: int = 0
+    max_batch_events: int = 500
+    push_event_types: frozenset[EventType] = frozenset({EventType.CART, EventType.PURCHASE})
+
 
 class RecommendationService:
     def __init__(self, served: ServedModel, store: FeatureStore, recommender: Recommender,
-                 publisher: Publisher, max_k: int = 100) -> None:
-        self.served = served
+                 publisher: Publisher, inventory: Inventory, policy: ServicePolicy | None = None,
+                 on_high_intent: Callable[[Event], None] | None = None) -> None:
+        self.served = served  # replaced whole by reload(): a request reads it once
         self.store = store
         self.recommender = recommender
         self.publisher = publisher
-        self.max_k = min(max_k, served.catalog.num_items)
+        self.inventory = inventory
+        self.policy = policy or ServicePolicy()
+        self.on_high_intent = on_high_intent
 
-    async def recommend(self, user_id: str, k: int) -> Recommendations:
+    @property
+    def max_k(self) -> int:
+        return min(self.policy.max_k, self.served.catalog.num_items)
+
+    def reload(self, served: ServedModel) -> None:
+        self.served = served
+
+    async def _store_call(self, fn, *args):
+        if self.store.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    # --- recommend ------------------------------------------------------------------------------
+
+    def _validate(self, served: ServedModel, k: int, exclude: Sequence[str],
+                  categories: Sequence[str], max_per_category: int | None) -> None:
         if not 1 <= k <= self.max_k:
             raise InvalidRequest(f"k must be between 1 and {self.max_k}, got {k}")
+        if len(exclude) > MAX_EXCLUDE:
+            raise InvalidRequest(f"exclude: at most {MAX_EXCLUDE} item ids, got {len(exclude)}")
+        bad = [i for i in exclude if not _ID.match(i)]
+        if bad:
+            raise InvalidRequest(f"exclude: invalid item id {bad[0]!r}")
+        if len(categories) > MAX_CATEGORIES:
+            raise InvalidRequest(f"category: at most {MAX_CATEGORIES}, got {len(categories)}")
+        unknown = sorted(set(categories) - set(served.catalog.categories))
+        if unknown:
+            raise InvalidRequest(f"category: unknown {unknown[0]!r}; known: "
+                                 f"{', '.join(served.catalog.categories)}")
+        if max_per_category is not None and not 0 <= max_per_category <= 100:
+            raise InvalidRequest(f"max_per_category must be between 0 and 100, got {max_per_category}")
+
+    async def recommend(self, user_id: str, k: int, *, exclude: Sequence[str] = (),
+                        categories: Sequence[str] = (),
+                        max_per_category: int | None = None) -> Recommendations:
+        """Top ``k`` for the user under the business rules, answered within the deadline: the
+        model when it can, else trending items (cold start, or degraded), else popular ones."""
+        served = self.served
+        self._validate(served, k, exclude, categories, max_per_category)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.deadline_ms / 1000
+        # Keep a fifth of the budget for the fallback: a slow model must not eat it all.
+        model_deadline = deadline - self.policy.deadline_ms / 5000
+        cap = self.policy.max_per_category if max_per_category is None else max_per_category
+        base = Rules(exclude=frozenset(exclude) | self.inventory.out_of_stock(),
+                     categories=frozenset(categories), max_per_category=cap)
         try:
-            features = await asyncio.to_thread(self.store.get, user_id)
-        except StoreUnavailable as exc:
-            log.warning("feature store unavailable: %s", exc)
-            return await self._fallback(user_id, k, set(), cold_start=False, degraded=True)
-        if features is None or not features.recent_items:
-            return await self._fallback(user_id, k, set(), cold_start=True, degraded=False)
-        catalog = self.served.catalog
-        history = encode_history(features.recent_items, catalog, self.served.sequence_length)
-        exclude = np.unique(catalog.indices_of(features.seen_items))
+            async with asyncio.timeout_at(model_deadline):
+                features = await self._store_call(self.store.get, user_id)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("feature store unavailable or slow: %r", exc)
+            return await self._fallback(served, user_id, k, base, deadline, reason="store_unavailable")
+        if features is None or not features.recent:
+            return await self._fallback(served, user_id, k, base, deadline, reason="cold_start")
+        rules = Rules(exclude=base.exclude | self._excluded_for(features), categories=base.categories,
+                      max_per_category=cap)
+        try:
+            async with asyncio.timeout_at(model_deadline):
+                candidates = await self._model_candidates(served, features, rules, k)
+        except (UpstreamUnavailable, TimeoutError) as exc:
+            reason = "deadline" if isinstance(exc, TimeoutError) else "model_unavailable"
+            log.warning("model %s, serving the fallback: %r", reason, exc)
+            return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
+                                        updated_at_ms=features.updated_at_ms)
+        metrics.RECOMMENDATIONS.labels("model", "none").inc()
+        return self._response(served, user_id, rules.select(candidates, served.catalog, k),
+                              source="model", cold_start=False, degraded=False,
+                              updated_at_ms=features.updated_at_ms)
+
+    def _excluded_for(self, features: UserFeatures) -> frozenset[str]:
+        if self.policy.exclude_seen:
+            return frozenset(features.seen_items | features.bought_items)
+        return frozenset(features.bought_items)
+
+    async def _model_candidates(self, served: ServedModel, features: UserFeatures, rules: Rules,
+                                k: int) -> list[tuple[str, float | None]]:
+        catalog = served.catalog
+        history = encode_history(features.recent_items, catalog, served.sequence_length)
+        exclude = np.unique(catalog.indices_of(rules.exclude))
         exclude = exclude[exclude >= FIRST_ITEM_INDEX]
+        # Rules applied after retrieval (category filter, per-category cap) may drop items: ask
+        # the model for more so that k usually survive.
+        fetch_k = min(catalog.num_items, max(4 * k, k + 50)) if rules.filters_after_retrieval else k
+        started = time.perf_counter()
         try:
-            indices, scores = await self.recommender.recommend(history, exclude, k)
-        except UpstreamUnavailable as exc:
-            log.warning("model unavailable, serving popular items: %s", exc)
-            return await self._fallback(user_id, k, features.seen_items, cold_start=False,
-                                        degraded=True)
+            indices, scores = await self.recommender.recommend(history, exclude, fetch_k)
+        finally:
+            metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
+        return [(catalog.item_at(i).item_id, s)
+                for i, s in zip(indices.tolist(), scores.tolist(), strict=True)
+                if np.isfinite(s)]  # -inf: fewer than fetch_k items were left after exclusions
+
+    async def _fallback(self, served: ServedModel, user_id: str, k: int, rules: Rules,
+                        deadline: float, *, reason: str,
+                        updated_at_ms: int | None = None) -> Recommendations:
+        """Trending in the event stream now; topped up with the training data's popular items
+        (all of them when the store cannot answer before the deadline)."""
+        trending: list[tuple[str, float]] = []
+        try:
+            async with asyncio.timeout_at(deadline):
+                # Ask for extra: the rules will drop some.
+                trending = await self._store_call(self.store.trending, 4 * k + len(rules.exclude))
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning("trending unavailable, serving popular items: %r", exc)
+        popular = ((item_id, None) for item_id in served.popular_items)
+        picked = rules.select(chain(trending, popular), served.catalog, k)
+        source: Literal["trending", "popular"] = (
+            "trending" if any(score is not None for _, score in picked) else "popular")
+        metrics.RECOMMENDATIONS.labels(source, reason).inc()
+        return self._response(served, user_id, picked, source=source,
+                              cold_start=reason == "cold_start", degraded=reason != "cold_start",
+                              updated_at_ms=updated_at_ms)
+
+    @staticmethod
+    def _response(served: ServedModel, user_id: str, picked: list[tuple[str, float | None]], *,
+                  source: Literal["model", "trending", "popular"], cold_start: bool, degraded: bool,
+                  updated_at_ms: int | None) -> Recommendations:
+        catalog = served.catalog
         items = []
-        for index, score in zip(indices.tolist(), scores.tolist(), strict=True):
-            if not np.isfinite(score):  # fewer than k candidates were left after exclusions
-                continue
-            item = catalog.item_at(index)
-            items.append(RecommendedItem(item_id=item.item_id, title=item.title, score=score))
-        return Recommendations(user_id=user_id, items=items, cold_start=False, degraded=False,
-                               source="model", model_version=self.served.version,
-                               features_updated_at_ms=features.updated_at_ms)
-
-    async def _fallback(self, user_id: str, k: int, seen: set[str], *, cold_start: bool,
-                        degraded: bool) -> Recommendations:
-        """What is trending in the event stream right now; the training data's popular items when
-        the stream has too little (or the store cannot be reached)."""
-        catalog = self.served.catalog
-        picked: list[tuple[str, float | None]] = []
-        source: Literal["trending", "popular"] = "popular"
-        try:
-            # Ask for extra: some trending items may be seen or no longer in the catalog.
-            trending = await asyncio.to_thread(self.store.trending, k + len(seen) + 16)
-        except StoreUnavailable as exc:
-            log.warning("feature store unavailable, serving popular items: %s", exc)
-            trending = []
-        for item_id, score in trending:
-            if item_id in catalog and item_id not in seen:
-                picked.append((item_id, score))
-        if picked:
-            source = "trending"
-        chosen = {item_id for item_id, _ in picked}
-        for item_id in self.served.popular_items:
-            if len(picked) >= k:
-                break
-            if item_id in catalog and item_id not in seen and item_id not in chosen:
-                picked.append((item_id, None))
-        items = [RecommendedItem(item_id=i, title=catalog.item_at(catalog.index_of(i)).title,
-                                 score=score) for i, score in picked[:k]]
+        for item_id, score in picked:
+            item = catalog.item_at(catalog.index_of(item_id))
+            items.append(RecommendedItem(item_id=item_id, title=item.title,
+                                         categories=list(item.categories), score=score))
         return Recommendations(user_id=user_id, items=items, cold_start=cold_start,
-                               degraded=degraded, source=source, model_version=self.served.version)
+                               degraded=degraded, source=source, model_version=served.version,
+                               features_updated_at_ms=updated_at_ms)
 
-    async def ingest(self, event: Event) -> Published:
+    # --- ingest ---------------------------------------------------------------------------------
+
+    def _check_event(self, event: Event, now_ms: int) -> None:
         if event.item_id not in self.served.catalog:
             raise UnknownItem(f"unknown item_id {event.item_id!r}: not in the catalog")
         try:
-            check_event_time(event, int(time.time() * 1000))
+            check_event_time(event, now_ms)
         except InvalidEvent as exc:
             raise InvalidRequest(exc.reason) from None
-        return await self.publisher.publish(event)
+
+    async def ingest(self, event: Event) -> Published:
+        self._check_event(event, int(time.time() * 1000))
+        published = await self.publisher.publish(event)
+        self._after_ingest(event)
+        return published
+
+    async def ingest_many(self, events: Sequence[Event]) -> list[Published]:
+        """All or nothing at validation: one bad event rejects the batch before any is produced.
+        A Kafka failure part way raises UpstreamUnavailable; re-sending the batch is safe when the
+        events carry their own event_id (the consumer drops duplicates)."""
+        if not 1 <= len(events) <= self.policy.max_batch_events:
+            raise InvalidRequest(f"events: between 1 and {self.policy.max_batch_events} per batch, "
+                                 f"got {len(events)}")
+        now_ms = int(time.time() * 1000)
+        for position, event in enumerate(events):
+            try:
+                self._check_event(event, now_ms)
+            except InvalidRequest as exc:
+                raise type(exc)(f"events[{position}]: {exc.message}") from None
+        published = await self.publisher.publish_many(events)
+        for event in events:
+            self._after_ingest(event)
+        return published
+
+    def _after_ingest(self, event: Event) -> None:
+        if self.on_high_intent is not None and event.event_type in self.policy.push_event_types:
+            self.on_high_intent(event)

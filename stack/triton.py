@@ -6,6 +6,7 @@ No Docker and no pytriton import: the wheel's server folder is copied once into 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -217,6 +218,13 @@ class TritonServer:
     def stop(self, timeout_s: float = 30) -> None:
         if self._process is not None:
             self._process.stop(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its backend stubs at once (a crash, for fault tests)."""
+        if self._process is not None and self._process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.stop(timeout_s=5)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,24 +17,31 @@ from gateway.app import create_app
 from gateway.config import GatewaySettings
 from gateway.deps import get_service
 from gateway.errors import UpstreamUnavailable
+from gateway.inventory import InMemoryInventory
 from gateway.producer import Published
 from gateway.served_model import ServedModel
-from gateway.service import RecommendationService
+from gateway.service import RecommendationService, ServicePolicy
+
+TOKEN = "s3cret-admin-token"
 
 
 class FakeRecommender:
+    """Scores items by index, highest first (so "f" > "e" > ... > "a")."""
+
     def __init__(self, catalog):
         self.catalog = catalog
         self.calls = []
         self.fail = False
+        self.delay_s = 0.0
 
     async def recommend(self, history, exclude, k):
         self.calls.append((history.copy(), exclude.copy(), k))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.fail:
             raise UpstreamUnavailable("triton down")
-        # the best-scored unexcluded items, highest index first
         candidates = [i for i in range(self.catalog.num_embeddings - 1, 1, -1) if i not in set(exclude)]
-        picked = np.array(candidates[:k])
+        picked = np.array(candidates[:k], dtype=np.int64)
         scores = np.linspace(0.9, 0.5, len(picked)).astype(np.float32)
         return picked, scores
 
@@ -45,81 +54,150 @@ class FakePublisher:
         self.events.append(event)
         return Published(event.event_id, "user-events", 0, len(self.events) - 1)
 
+    async def publish_many(self, events):
+        return [await self.publish(e) for e in events]
 
-@pytest.fixture
-def parts(catalog):
+
+@dataclass
+class Parts:
+    client: TestClient
+    service: RecommendationService
+    recommender: FakeRecommender
+    publisher: FakePublisher
+    store: InMemoryStore
+    high_intent: list
+
+
+def make_parts(catalog, **settings) -> Parts:
     store = InMemoryStore(FeatureRules(history_items=10))
     store.load_snapshot({"u1": ["a", "b"]})
     served = ServedModel(version=3, catalog=catalog, popular_items=["c", "a", "e", "b"], sequence_length=4)
-    recommender, publisher = FakeRecommender(catalog), FakePublisher()
-    service = RecommendationService(served, store, recommender, publisher, max_k=100)
-    app = create_app(GatewaySettings())
+    recommender, publisher, high_intent = FakeRecommender(catalog), FakePublisher(), []
+    config = GatewaySettings(**settings)
+    policy = ServicePolicy(max_k=config.max_k, deadline_ms=config.request_deadline_ms,
+                           exclude_seen=config.exclude_seen, max_batch_events=config.max_batch_events)
+    service = RecommendationService(served, store, recommender, publisher, InMemoryInventory(),
+                                    policy, on_high_intent=high_intent.append)
+    app = create_app(config)
     app.dependency_overrides[get_service] = lambda: service
     # no `with`: the lifespan (real Triton/Kafka clients) is not started
-    return TestClient(app), recommender, publisher, store
+    return Parts(TestClient(app), service, recommender, publisher, store, high_intent)
+
+
+@pytest.fixture
+def parts(catalog) -> Parts:
+    return make_parts(catalog, admin_token=TOKEN)
+
+
+def ids(body) -> list[str]:
+    return [i["item_id"] for i in body["items"]]
+
+
+def recommend(parts, user="u1", **params):
+    response = parts.client.get(f"/v1/users/{user}/recommendations", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_known_user_gets_model_recommendations_without_seen_items(parts, catalog):
-    client, recommender, _, _ = parts
-    response = client.get("/v1/users/u1/recommendations", params={"k": 3})
-    assert response.status_code == 200
-    body = response.json()
+    body = recommend(parts, k=3)
     assert not body["cold_start"] and not body["degraded"] and body["model_version"] == 3
-    assert [i["item_id"] for i in body["items"]] == ["f", "e", "d"]
-    assert body["items"][0]["title"] == "Foxtrot"
-    history, exclude, k = recommender.calls[0]
+    assert body["source"] == "model"
+    assert ids(body) == ["f", "e", "d"]
+    assert body["items"][0]["title"] == "Foxtrot" and body["items"][1]["categories"] == ["Drama", "Action"]
+    history, exclude, k = parts.recommender.calls[0]
     assert history.tolist() == [0, 0, catalog.index_of("a"), catalog.index_of("b")]
     assert sorted(exclude.tolist()) == sorted(catalog.indices_of(["a", "b"]).tolist()) and k == 3
 
 
+def test_exclude_param_and_out_of_stock_items_are_never_recommended(parts):
+    assert ids(recommend(parts, k=3, exclude=["f"])) == ["e", "d", "c"]
+    response = parts.client.put("/v1/admin/stock", json={"quantities": {"e": 0, "d": 5}},
+                                headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200 and response.json() == {"out_of_stock": ["e"]}
+    assert ids(recommend(parts, k=3, exclude=["f"])) == ["d", "c"]  # only 2 unseen items left
+    assert ids(recommend(parts, user="stranger", k=2)) == ["c", "a"]  # fallbacks obey it too
+
+
+def test_bought_items_are_excluded_even_when_seen_items_are_allowed(catalog):
+    parts = make_parts(catalog, exclude_seen=False)
+    now = int(time.time() * 1000)
+    parts.store.apply(Event(user_id="u1", item_id="f", event_type="purchase", ts_ms=now))
+    body = recommend(parts, k=6)
+    assert "f" not in ids(body) and {"a", "b"} <= set(ids(body))  # seen, not bought: allowed
+
+
+def test_category_filter_and_per_category_cap(parts):
+    assert ids(recommend(parts, k=3, category=["Drama"])) == ["e", "d"]
+    assert ids(recommend(parts, k=3, category=["Comedy", "Drama"])) == ["e", "d", "c"]
+    # primary categories: f none, e Drama, d Drama, c Comedy
+    assert ids(recommend(parts, k=3, max_per_category=1)) == ["f", "e", "c"]
+    assert parts.recommender.calls[-1][2] == 6  # more than k (here: all): the cap may drop some
+
+
 def test_unknown_user_gets_popular_items_flagged_cold_start(parts):
-    client, recommender, _, _ = parts
-    body = client.get("/v1/users/stranger/recommendations", params={"k": 2}).json()
+    body = recommend(parts, user="stranger", k=2)
     assert body["cold_start"] and not body["degraded"] and body["source"] == "popular"
-    assert [i["item_id"] for i in body["items"]] == ["c", "a"]
-    assert recommender.calls == []
+    assert ids(body) == ["c", "a"]
+    assert parts.recommender.calls == []
 
 
 def test_cold_start_follows_what_is_trending_in_the_stream(parts):
-    client, _, _, store = parts
     now = int(time.time() * 1000)
-    store.apply_many([Event(user_id=f"v{i}", item_id="e", event_type="view", ts_ms=now) for i in range(3)]
-                     + [Event(user_id="w", item_id="d", event_type="purchase", ts_ms=now)])
-    body = client.get("/v1/users/stranger/recommendations", params={"k": 3}).json()
+    parts.store.apply_many(
+        [Event(user_id=f"v{i}", item_id="e", event_type="view", ts_ms=now) for i in range(3)]
+        + [Event(user_id="w", item_id="d", event_type="purchase", ts_ms=now)])
+    body = recommend(parts, user="stranger", k=3)
     assert body["cold_start"] and body["source"] == "trending"
-    # trending first (purchase weighs more than three views), then the training data's popular
-    assert [i["item_id"] for i in body["items"]] == ["d", "e", "c"]
+    # trending first (a purchase weighs more than three views), then the training data's popular
+    assert ids(body) == ["d", "e", "c"]
     assert body["items"][0]["score"] > body["items"][1]["score"] and body["items"][2]["score"] is None
 
 
 def test_model_failure_degrades_to_unseen_popular_items(parts):
-    client, recommender, _, _ = parts
-    recommender.fail = True
-    response = client.get("/v1/users/u1/recommendations", params={"k": 2})
-    assert response.status_code == 200
-    body = response.json()
-    assert body["degraded"] and [i["item_id"] for i in body["items"]] == ["c", "e"]
+    parts.recommender.fail = True
+    body = recommend(parts, k=2)
+    assert body["degraded"] and not body["cold_start"] and ids(body) == ["c", "e"]
     assert body["source"] == "popular"
 
 
-@pytest.mark.parametrize("k", [0, -1, 101, "ten"])
-def test_k_out_of_range_is_422(parts, k):
-    client, _, _, _ = parts
-    assert client.get("/v1/users/u1/recommendations", params={"k": k}).status_code == 422
+def test_a_model_slower_than_the_deadline_is_abandoned_for_the_fallback(catalog):
+    parts = make_parts(catalog, request_deadline_ms=50)
+    parts.recommender.delay_s = 5
+    body = recommend(parts, k=2)
+    assert body["degraded"] and ids(body) == ["c", "e"]
+    metrics = parts.client.get("/metrics").text
+    assert 'gateway_recommendations_total{reason="deadline",source="popular"}' in metrics
+
+
+@pytest.mark.parametrize("params", [
+    {"k": 0}, {"k": -1}, {"k": 101}, {"k": "ten"}, {"exclude": "no spaces"},
+    {"exclude": [f"i{n}" for n in range(101)]}, {"category": "Western"},
+    {"max_per_category": -1}, {"max_per_category": 101},
+])
+def test_invalid_parameters_are_422_with_a_reason(parts, params):
+    response = parts.client.get("/v1/users/u1/recommendations", params=params)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and error["message"]
 
 
 def test_k_larger_than_catalog_is_422_with_reason(parts):
-    client, _, _, _ = parts
-    response = client.get("/v1/users/u1/recommendations", params={"k": 50})
+    response = parts.client.get("/v1/users/u1/recommendations", params={"k": 50})
     assert response.status_code == 422
     assert "between 1 and 6" in response.json()["error"]["message"]
 
 
-def test_valid_event_is_published(parts):
-    client, _, publisher, _ = parts
-    response = client.post("/v1/events", json={"user_id": "u1", "item_id": "c", "event_type": "cart"})
+def test_invalid_user_id_is_422(parts):
+    assert parts.client.get("/v1/users/bad%20id/recommendations").status_code == 422
+
+
+def test_valid_event_is_published_and_high_intent_events_trigger_a_push(parts):
+    response = parts.client.post("/v1/events", json={"user_id": "u1", "item_id": "c", "event_type": "cart"})
     assert response.status_code == 202
-    assert response.json()["event_id"] == publisher.events[0].event_id
+    assert response.json()["event_id"] == parts.publisher.events[0].event_id
+    parts.client.post("/v1/events", json={"user_id": "u1", "item_id": "c", "event_type": "view"})
+    assert [e.event_type.value for e in parts.high_intent] == ["cart"]
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -131,14 +209,58 @@ def test_valid_event_is_published(parts):
      "in the future"),
 ])
 def test_bad_events_are_422_with_a_reason_and_nothing_is_published(parts, payload, reason):
-    client, _, publisher, _ = parts
-    response = client.post("/v1/events", json=payload)
+    response = parts.client.post("/v1/events", json=payload)
     assert response.status_code == 422
     assert reason in response.text
-    assert publisher.events == []
+    assert parts.publisher.events == []
+
+
+def test_batch_is_published_whole_or_rejected_whole(parts):
+    good = {"user_id": "u1", "item_id": "c", "event_type": "view"}
+    response = parts.client.post("/v1/events:batch", json={"events": [good, good | {"item_id": "d"}]})
+    assert response.status_code == 202 and len(response.json()["accepted"]) == 2
+    bad = parts.client.post("/v1/events:batch", json={"events": [good, good | {"item_id": "nope"}]})
+    assert bad.status_code == 422 and "events[1]" in bad.json()["error"]["message"]
+    assert len(parts.publisher.events) == 2  # nothing of the bad batch
+
+
+def test_batch_size_is_bounded(catalog):
+    parts = make_parts(catalog, max_batch_events=2)
+    event = {"user_id": "u1", "item_id": "c", "event_type": "view"}
+    response = parts.client.post("/v1/events:batch", json={"events": [event] * 3})
+    assert response.status_code == 422 and "between 1 and 2" in response.text
+    assert parts.client.post("/v1/events:batch", json={"events": []}).status_code == 422
 
 
 def test_malformed_json_body_is_422(parts):
-    client, _, publisher, _ = parts
-    response = client.post("/v1/events", content=b"{oops", headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and publisher.events == []
+    response = parts.client.post("/v1/events", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and parts.publisher.events == []
+
+
+def test_oversized_bodies_are_413_before_they_are_read(catalog):
+    parts = make_parts(catalog, max_body_bytes=1000)
+    big = {"user_id": "u1", "item_id": "c", "event_type": "view", "context": {"x": "y" * 2000}}
+    response = parts.client.post("/v1/events", json=big)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced as the body streams in
+        yield b'{"events": ['
+        for _ in range(50):
+            yield b'{"user_id": "u1", "item_id": "c", "event_type": "view"},'
+    streamed = parts.client.post("/v1/events:batch", content=chunks(),
+                                 headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and parts.publisher.events == []
+
+
+def test_admin_needs_the_bearer_token(parts, catalog):
+    body = {"quantities": {"a": 0}}
+    assert parts.client.put("/v1/admin/stock", json=body).status_code == 401
+    wrong = parts.client.put("/v1/admin/stock", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    unknown = parts.client.put("/v1/admin/stock", json={"quantities": {"zzz": 0}}, headers=auth)
+    assert unknown.status_code == 422
+    assert parts.client.get("/v1/admin/stock", headers=auth).json() == {"out_of_stock": []}
+    disabled = make_parts(catalog)  # no token configured: the admin API is off
+    assert disabled.client.put("/v1/admin/stock", json=body,
+                               headers={"Authorization": "Bearer x"}).status_code == 403

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, StringConstraints
+
+from features.events import ID_PATTERN
+from gateway.deps import AdminDep, ServiceDep
+from gateway.errors import Conflict, UnknownItem, documented
+from gateway.served_model import load_served_model
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep],
+                   responses=documented(401, 403, 409, 413, 422, 503))
+
+ItemId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+
+class StockUpdate(BaseModel):
+    quantities: dict[ItemId, Annotated[int, Field(ge=0, le=1_000_000_000)]] = Field(
+        min_length=1, max_length=10_000, description="item id -> units in stock (0: out of stock)")
+
+
+class StockState(BaseModel):
+    out_of_stock: list[str]
+
+
+class Reloaded(BaseModel):
+    model_version: int
+    items: int
+
+
+@router.put("/stock", response_model=StockState)
+async def put_stock(update: StockUpdate, service: ServiceDep) -> StockState:
+    """Set stock levels; items at 0 are not recommended (by any gateway sharing the Redis store)."""
+    unknown = sorted(set(update.quantities) - {i for i in update.quantities if i in service.served.catalog})
+    if unknown:
+        raise UnknownItem(f"unknown item_id {unknown[0]!r}: not in the catalog")
+    await asyncio.to_thread(service.inventory.set_quantities, update.quantities)
+    return StockState(out_of_stock=sorted(service.inventory.out_of_stock()))
+
+
+@router.get("/stock", response_model=StockState)
+async def get_stock(service: ServiceDep) -> StockState:
+    return StockState(out_of_stock=sorted(service.inventory.out_of_stock()))
+
+
+@router.post("/reload", response_model=Reloaded)
+async def reload_model(service: ServiceDep, request: Request) -> Reloaded:
+    """Re-read the catalog of the newest version in the model repository (after a rollout)."""
+    served = await asyncio.to_thread(load_served_model, Path(request.app.state.settings.model_repository))
+    if served.sequence_length != service.served.sequence_length:
+        raise Conflict(f"the new version expects sequence length {served.sequence_length}, "
+                       f"this gateway's Triton inputs have {service.served.sequence_length}")
+    service.reload(served)
+    return Reloaded(model_version=served.version, items=served.catalog.num_items)

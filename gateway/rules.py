@@ -1,0 +1,43 @@
+"""Business rules applied to every response, model or fallback alike."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from features.catalog import ItemCatalog
+
+
+@dataclass(frozen=True)
+class Rules:
+    exclude: frozenset[str] = frozenset()  # seen/bought, out of stock, asked to exclude
+    categories: frozenset[str] = frozenset()  # when given: only items in at least one of them
+    max_per_category: int = 0  # by the item's primary (first) category; 0 = no cap
+
+    @property
+    def filters_after_retrieval(self) -> bool:
+        """True when the model's top k may lose items to the rules (so ask it for more)."""
+        return bool(self.categories) or self.max_per_category > 0
+
+    def select(self, candidates: Iterable[tuple[str, float | None]], catalog: ItemCatalog,
+               k: int) -> list[tuple[str, float | None]]:
+        """The first ``k`` candidates (best first) that pass every rule."""
+        picked: list[tuple[str, float | None]] = []
+        per_category: Counter[str] = Counter()
+        chosen: set[str] = set()
+        for item_id, score in candidates:
+            if item_id in self.exclude or item_id in chosen or item_id not in catalog:
+                continue
+            categories = catalog.item_at(catalog.index_of(item_id)).categories
+            if self.categories and not self.categories.intersection(categories):
+                continue
+            if self.max_per_category and categories:
+                if per_category[categories[0]] >= self.max_per_category:
+                    continue
+                per_category[categories[0]] += 1
+            picked.append((item_id, score))
+            chosen.add(item_id)
+            if len(picked) == k:
+                break
+        return picked
