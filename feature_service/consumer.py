@@ -165,16 +165,19 @@ class FeatureConsumer:
             time.sleep(self.settings.retry_backoff_ms / 1000)
             return
         visible_ms = _now_ms()
-        for (event, message), applied in zip(valid, results, strict=True):
-            if not applied:
-                self.duplicates += 1
-                metrics.EVENTS.labels("duplicate").inc()
+        applied = 0
+        for (event, message), was_new in zip(valid, results, strict=True):
+            if not was_new:
                 continue
-            self.applied += 1
-            metrics.EVENTS.labels("applied").inc()
+            applied += 1
             metrics.FRESHNESS_SECONDS.observe(max(0, visible_ms - message.timestamp) / 1000)
             if self.on_applied is not None:
                 self.on_applied(event, message.timestamp)
+        # Counted per batch, not per event: per-event calls were ~8% of the consumer's CPU.
+        self.applied += applied
+        self.duplicates += len(valid) - applied
+        metrics.APPLIED.inc(applied)
+        metrics.DUPLICATES.inc(len(valid) - applied)
         if invalid:
             try:
                 self._dead_letter(dead_letters, invalid)
@@ -201,7 +204,7 @@ class FeatureConsumer:
         for future in futures:
             future.get(timeout=0)  # raises the send's error, if any
         self.dead_lettered += len(invalid)
-        metrics.EVENTS.labels("dead_lettered").inc(len(invalid))
+        metrics.DEAD_LETTERED.inc(len(invalid))
 
     def _commit(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list]) -> None:
         offsets = {tp: OffsetAndMetadata(messages[-1].offset + 1, None, -1)

@@ -7,7 +7,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "feature_events_total", "Events consumed, by outcome", ["outcome"],
-)  # outcome: applied | duplicate | dead_lettered
+)
+# The children, resolved once: labels() on every batch is measurable at 20k events/s.
+APPLIED = EVENTS.labels("applied")
+DUPLICATES = EVENTS.labels("duplicate")
+DEAD_LETTERED = EVENTS.labels("dead_lettered")
 STORE_RETRIES = Counter(
     "feature_store_retries_total", "Batches rewound because the feature store was unavailable",
 )

@@ -112,8 +112,12 @@ class InMemoryStore:
             return self._apply(event)
 
     def apply_many(self, events: Sequence[Event]) -> list[bool]:
-        with self._lock:
-            return [self._apply(e) for e in events]
+        # The lock is taken per event so that readers (request handlers) never wait for a batch.
+        out = []
+        for event in events:
+            with self._lock:
+                out.append(self._apply(event))
+        return out
 
     def _apply(self, event: Event) -> bool:
         if event.event_id in self._applied:
@@ -256,33 +260,42 @@ class RedisStore:
     def _trending_key(self) -> str:
         return f"{self.prefix}:trending"
 
-    def _apply_call(self, event: Event, client) -> object:
+    def _queue_apply(self, pipe, event: Event, now_ms: int) -> None:
         recent, seen, bought, aff, updated = self._user_keys(event.user_id)
         rules = self.rules
-        return self._apply(
-            keys=[f"{self.prefix}:e:{event.event_id}", recent, seen, bought, aff, updated,
-                  self._trending_key],
-            args=[self.dedup_ttl_s, event.ts_ms,
-                  f"{event.event_id}|{event.item_id}|{event.event_type.value}", event.item_id,
-                  rules.history_items, _now_ms(), int(event.event_type is EventType.PURCHASE),
-                  repr(math.log2(EVENT_WEIGHTS[event.event_type])), rules.affinity_half_life_ms,
-                  rules.trending_half_life_ms, *self.item_categories.get(event.item_id, ())],
-            client=client,
-        )
+        keys = [f"{self.prefix}:e:{event.event_id}", recent, seen, bought, aff, updated,
+                self._trending_key]
+        args = [self.dedup_ttl_s, event.ts_ms,
+                f"{event.event_id}|{event.item_id}|{event.event_type.value}", event.item_id,
+                rules.history_items, now_ms, int(event.event_type is EventType.PURCHASE),
+                repr(math.log2(EVENT_WEIGHTS[event.event_type])), rules.affinity_half_life_ms,
+                rules.trending_half_life_ms, *self.item_categories.get(event.item_id, ())]
+        pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
 
     def apply(self, event: Event) -> bool:
         return self.apply_many([event])[0]
 
     def apply_many(self, events: Sequence[Event]) -> list[bool]:
+        """One pipeline of EVALSHAs. Not redis-py's script-in-pipeline helper: that adds a
+        SCRIPT EXISTS round trip to every batch; the script is loaded only when Redis lacks it
+        (first use, or after a restart) and the batch re-sent, which the dedup marks make safe."""
         if not events:
             return []
+        now_ms = _now_ms()
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for event in events:
-                self._apply_call(event, pipe)
-            return [bool(r) for r in pipe.execute()]
+            for attempt in range(2):
+                pipe = self._redis.pipeline(transaction=False)
+                for event in events:
+                    self._queue_apply(pipe, event, now_ms)
+                try:
+                    return [bool(r) for r in pipe.execute()]
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+                    self._redis.script_load(_APPLY_LUA)
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     def get(self, user_id: str, now_ms: int | None = None) -> UserFeatures | None:
         now_ms = _now_ms() if now_ms is None else now_ms

@@ -36,6 +36,7 @@ def _policy(settings: GatewaySettings) -> ServicePolicy:
         max_k=settings.max_k, deadline_ms=settings.request_deadline_ms,
         exclude_seen=settings.exclude_seen, max_per_category=settings.max_per_category,
         max_batch_events=settings.max_batch_events,
+        max_inflight_model_calls=settings.max_inflight_model_calls,
         push_event_types=frozenset(EventType(t) for t in settings.push_event_types))
 
 

@@ -24,6 +24,8 @@ class GatewaySettings(BaseSettings):
     triton_timeout_ms: int = Field(default=500, gt=0)
     # The whole recommendation, fallback included, answers within this; Triton gets what is left.
     request_deadline_ms: int = Field(default=250, gt=0)
+    # More model calls in flight than this: answer from the fallback at once (load shedding).
+    max_inflight_model_calls: int = Field(default=64, ge=1)
     # "recommend_fused" (default: one step, measured 1.2-1.7x the ensemble's throughput, see
     # perf/README.md) or "recommend" (the ensemble); same inputs and outputs
     triton_model: str = "recommend_fused"

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 
 class RecsysError(Exception):
@@ -89,6 +90,15 @@ def install_error_handler(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return JSONResponse(status_code=exc.status_code, content=error_body(exc.code, exc.message),
                             headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own errors, in our shape. A body it cannot even decode (not UTF-8) is as
+        # invalid as malformed JSON, which is a 422.
+        status = 422 if exc.status_code == 400 else exc.status_code
+        code = {404: "not_found", 405: "method_not_allowed", 422: "invalid_request"}.get(status, "http_error")
+        return JSONResponse(status_code=status, content=error_body(code, str(exc.detail)),
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -72,6 +72,9 @@ class ServicePolicy:
     exclude_seen: bool = True
     max_per_category: int = 0
     max_batch_events: int = 500
+    # Model calls in flight beyond this are answered from the fallback at once: under overload,
+    # queueing more work for Triton only makes every answer late.
+    max_inflight_model_calls: int = 64
     push_event_types: frozenset[EventType] = frozenset({EventType.CART, EventType.PURCHASE})
 
 
@@ -86,6 +89,7 @@ class RecommendationService:
         self.inventory = inventory
         self.policy = policy or ServicePolicy()
         self.on_high_intent = on_high_intent
+        self._inflight = 0
 
     @property
     def max_k(self) -> int:
@@ -143,6 +147,10 @@ class RecommendationService:
             return await self._fallback(served, user_id, k, base, deadline, reason="cold_start")
         rules = Rules(exclude=base.exclude | self._excluded_for(features), categories=base.categories,
                       max_per_category=cap)
+        if self._inflight >= self.policy.max_inflight_model_calls:
+            return await self._fallback(served, user_id, k, rules, deadline, reason="overload",
+                                        updated_at_ms=features.updated_at_ms)
+        self._inflight += 1
         try:
             async with asyncio.timeout_at(model_deadline):
                 candidates = await self._model_candidates(served, features, rules, k)
@@ -151,6 +159,8 @@ class RecommendationService:
             log.warning("model %s, serving the fallback: %r", reason, exc)
             return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
                                         updated_at_ms=features.updated_at_ms)
+        finally:
+            self._inflight -= 1
         metrics.RECOMMENDATIONS.labels("model", "none").inc()
         return self._response(served, user_id, rules.select(candidates, served.catalog, k),
                               source="model", cold_start=False, degraded=False,

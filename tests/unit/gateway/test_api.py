@@ -264,3 +264,22 @@ def test_admin_needs_the_bearer_token(parts, catalog):
     disabled = make_parts(catalog)  # no token configured: the admin API is off
     assert disabled.client.put("/v1/admin/stock", json=body,
                                headers={"Authorization": "Bearer x"}).status_code == 403
+
+
+def test_model_calls_beyond_the_in_flight_cap_are_shed_to_the_fallback(catalog):
+    parts = make_parts(catalog)
+    parts.service.policy = ServicePolicy(max_inflight_model_calls=1, deadline_ms=5000)
+    parts.recommender.delay_s = 0.2
+
+    async def two_at_once():
+        return await asyncio.gather(parts.service.recommend("u1", 2), parts.service.recommend("u1", 2))
+
+    first, second = asyncio.run(two_at_once())
+    assert first.source == "model" and second.degraded and second.source == "popular"
+    assert len(parts.recommender.calls) == 1
+
+
+def test_undecodable_body_is_422_in_the_error_shape(parts):
+    response = parts.client.post("/v1/events", content=b"\xff&", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+    assert parts.client.get("/v1/nowhere").json()["error"]["code"] == "not_found"
