@@ -33,7 +33,7 @@ from export import signature as sig
 from export.ann import RetrievalIndexConfig, build_index, choose_index
 from export.retrieval import FusedRecommender, TopKRetrieval
 from export.towers import TwoTower
-from features.catalog import ItemCatalog
+from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 
 MODEL_CODE = Path(__file__).parent / "triton_models"
 Target = Literal["python", "libtorch"]
@@ -242,7 +242,34 @@ def export_repository(
             np.array([min(10, catalog.num_items)], dtype="<i4").tofile(warmup / WARMUP_K_FILE)
     write_serving_files(root / sig.RETRIEVE / str(version), catalog, version, sequence_length, dim,
                         {"retrieval_index": index.kind, **(metadata or {})})
+    if index.kind == "exact":  # an ANN index answers approximately: no exact reference to hold it to
+        write_reference(modules[sig.RECOMMEND_FUSED], catalog, sequence_length,
+                        root / sig.RETRIEVE / str(version) / REFERENCE_FILE)
     return root
+
+
+REFERENCE_FILE = "reference.json"
+
+
+def write_reference(fused: torch.jit.ScriptModule, catalog: ItemCatalog, sequence_length: int,
+                    path: Path, users: int = 16, seed: int = 0) -> None:
+    """What this version must answer, computed in PyTorch at export time: the rollout's smoke
+    check replays these requests against Triton and compares (export/rollout.py)."""
+    rng = np.random.default_rng(seed)
+    k = min(10, catalog.num_items)
+    histories = np.zeros((users, sequence_length), dtype=np.int64)
+    for row in histories:
+        length = int(rng.integers(1, sequence_length + 1))
+        row[-length:] = rng.integers(FIRST_ITEM_INDEX, catalog.num_embeddings, size=length)
+    exclude = np.zeros((users, WARMUP_EXCLUDE_WIDTH), dtype=np.int64)
+    exclude[:, :2] = histories[:, -2:]
+    with torch.no_grad():
+        items, scores = fused(torch.from_numpy(histories), torch.from_numpy(exclude),
+                              torch.full((users, 1), k, dtype=torch.int32))
+    path.write_text(json.dumps({
+        "k": k, "history": histories.tolist(), "exclude": exclude.tolist(),
+        "item_index": items.tolist(), "score": scores.tolist(),
+    }))
 
 
 def write_serving_files(version_dir: Path, catalog: ItemCatalog, version: int, sequence_length: int,

@@ -4,6 +4,7 @@ Imported by the exporter (which writes config.pbtxt from it) and by the gateway 
 requests with it). Kept free of heavy imports so the gateway does not pull in torch.
 """
 
+import json
 from pathlib import Path
 
 USER_TOWER = "user_tower"
@@ -29,3 +30,18 @@ def latest_version(model_dir: Path) -> int:
     if not versions:
         raise FileNotFoundError(f"no version directories under {model_dir}")
     return max(versions)
+
+
+# Which version the gateways serve, written by `python -m export.rollout` at the repository root:
+# {"live": N, "previous": M | null, ...}. Without it, the newest version is live.
+ROLLOUT_FILE = "rollout.json"
+# The models that carry a version per rollout (the ensemble pins its steps to the live version).
+VERSIONED_MODELS = (USER_TOWER, RETRIEVE, RECOMMEND_FUSED)
+
+
+def live_version(repository: Path) -> int:
+    """The version gateways should serve: the rollout pointer, else the newest retrieve version."""
+    pointer = Path(repository) / ROLLOUT_FILE
+    if pointer.is_file():
+        return int(json.loads(pointer.read_text())["live"])
+    return latest_version(Path(repository) / RETRIEVE)

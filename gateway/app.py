@@ -12,10 +12,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from export import signature as sig
 from feature_service.consumer import BackgroundConsumer
 from feature_service.store import create_store
 from feature_service.topics import ensure_topics
 from features.events import EventType
+from gateway import metrics
 from gateway.config import GatewaySettings
 from gateway.errors import install_error_handler
 from gateway.inventory import create_inventory
@@ -23,7 +25,7 @@ from gateway.limits import BodySizeLimit
 from gateway.metrics import install_metrics
 from gateway.producer import EventProducer
 from gateway.push import FrequencyCap, Pusher, PushHub
-from gateway.routes import admin, events, health, push, recommendations
+from gateway.routes import admin, demo, events, health, push, recommendations
 from gateway.served_model import load_served_model
 from gateway.service import RecommendationService, ServicePolicy
 from gateway.triton_client import TritonRecommender
@@ -38,6 +40,29 @@ def _policy(settings: GatewaySettings) -> ServicePolicy:
         max_batch_events=settings.max_batch_events,
         max_inflight_model_calls=settings.max_inflight_model_calls,
         push_event_types=frozenset(EventType(t) for t in settings.push_event_types))
+
+
+async def _follow_live_version(service: RecommendationService, triton: TritonRecommender,
+                               repository: Path, interval_s: float) -> None:
+    """Switch to the repository's live version once Triton serves it: no restart, and no request
+    ever pairs one version's scores with another's catalog (requests are pinned to a version)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            live = await asyncio.to_thread(sig.live_version, repository)
+            if live == service.served.version or not await triton.version_ready(live):
+                continue
+            served = await asyncio.to_thread(load_served_model, repository, live)
+            if served.sequence_length != service.served.sequence_length:
+                log.error("version %d expects sequence length %d, not %d: not switching", live,
+                          served.sequence_length, service.served.sequence_length)
+                continue
+            previous = service.served.version
+            service.reload(served)
+            metrics.MODEL_VERSION.set(live)
+            log.info("now serving model version %d (was %d)", live, previous)
+        except Exception:  # a half-written repository must not stop the watcher
+            log.exception("checking the live model version failed")
 
 
 async def _refresh_periodically(fn, interval_s: float) -> None:
@@ -113,6 +138,11 @@ async def lifespan(app: FastAPI):
         stack.push_async_callback(pusher.close)
         service.on_high_intent = pusher.schedule
 
+        watcher = asyncio.create_task(_follow_live_version(
+            service, triton, Path(settings.model_repository), settings.model_poll_ms / 1000))
+        stack.push_async_callback(_cancel, watcher)
+        metrics.MODEL_VERSION.set(served.version)
+
         app.state.readiness = readiness
         app.state.service = service
         app.state.push_hub = hub
@@ -153,4 +183,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(demo.router)
     return app

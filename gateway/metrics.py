@@ -24,6 +24,7 @@ PUSHES = Counter(
     ["outcome"],  # pushed | capped | not_visible | failed
 )
 PUSH_STREAMS = Gauge("gateway_push_streams", "Open SSE push streams")
+MODEL_VERSION = Gauge("gateway_model_version", "The model version this gateway serves")
 
 
 class RequestMetrics:

@@ -18,11 +18,10 @@ class ServedModel:
     sequence_length: int
 
 
-def load_served_model(repository: Path) -> ServedModel:
-    """Read the catalog that belongs to the newest ``retrieve`` version (the one Triton serves)."""
-    retrieve = repository / sig.RETRIEVE
-    version = sig.latest_version(retrieve)
-    version_dir = retrieve / str(version)
+def load_served_model(repository: Path, version: int | None = None) -> ServedModel:
+    """Read the catalog of ``version`` (default: the live one, see ``export.signature``)."""
+    version = sig.live_version(repository) if version is None else version
+    version_dir = repository / sig.RETRIEVE / str(version)
     info = json.loads((version_dir / sig.SERVING_FILE).read_text())
     return ServedModel(
         version=version,

@@ -53,8 +53,9 @@ class Recommendations(BaseModel):
 
 class Recommender(Protocol):
     async def recommend(
-        self, history: np.ndarray, exclude: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+        self, history: np.ndarray, exclude: np.ndarray, k: int, version: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` from model ``version`` (the one whose catalog maps the indices back)."""
 
 
 class Publisher(Protocol):
@@ -182,7 +183,8 @@ class RecommendationService:
         fetch_k = min(catalog.num_items, max(4 * k, k + 50)) if rules.filters_after_retrieval else k
         started = time.perf_counter()
         try:
-            indices, scores = await self.recommender.recommend(history, exclude, fetch_k)
+            indices, scores = await self.recommender.recommend(history, exclude, fetch_k,
+                                                               version=served.version)
         finally:
             metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
         return [(catalog.item_at(i).item_id, s)

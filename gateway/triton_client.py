@@ -43,10 +43,23 @@ class TritonRecommender:
         except InferenceServerException:
             return False
 
+    def _pinnable(self) -> bool:
+        # The ensemble has one version; its steps are pinned to the live version by the rollout.
+        return self.model != sig.RECOMMEND
+
+    async def version_ready(self, version: int) -> bool:
+        """Triton serves ``version`` (of the fused model, or of the ensemble's retrieve step)."""
+        model = self.model if self._pinnable() else sig.RETRIEVE
+        try:
+            return bool(await self._client.is_model_ready(model, str(version)))
+        except InferenceServerException:
+            return False
+
     async def recommend(
-        self, history: np.ndarray, exclude: np.ndarray, k: int
+        self, history: np.ndarray, exclude: np.ndarray, k: int, version: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One user's top ``k``: (item indices, scores)."""
+        """One user's top ``k``: (item indices, scores), from ``version`` when given: the indices
+        only mean something with that version's catalog, so a rollout never mixes the two."""
         exclude = pad_exclusions(exclude)
         inputs = [
             grpcclient.InferInput(sig.HISTORY, [1, len(history)], "INT64"),
@@ -59,8 +72,9 @@ class TritonRecommender:
         outputs = [grpcclient.InferRequestedOutput(sig.ITEM_INDEX),
                    grpcclient.InferRequestedOutput(sig.SCORE)]
         try:
-            result = await self._client.infer(self.model, inputs, outputs=outputs,
-                                              client_timeout=self.timeout_s)
+            result = await self._client.infer(
+                self.model, inputs, outputs=outputs, client_timeout=self.timeout_s,
+                model_version=str(version) if version is not None and self._pinnable() else "")
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc
         return result.as_numpy(sig.ITEM_INDEX)[0], result.as_numpy(sig.SCORE)[0]

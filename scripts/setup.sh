@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up for `make demo` / `make test` / `make serve` on a fresh Debian machine.
 #
-#   * Debian packages: libb64-0d (perf_analyzer), redis-server; Java >= 17 is checked, not installed.
+#   * Debian packages: libb64-0d (perf_analyzer), redis-server, chromium (the demo page's browser
+#     test, driven by Playwright); Java >= 17 is checked, not installed.
 #   * A virtualenv OUTSIDE the clone, one per Python version, updated when requirements.txt
 #     changes, so a fresh clone on the same machine (CI) reuses it instantly; `.venv` links to it.
 #   * Apache Kafka broker jars + log4j2 backend, fetched with Maven from stack/kafka_files/pom.xml.
@@ -27,7 +28,7 @@ java_major="$(java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.s
 
 # --- Debian packages --------------------------------------------------------------------------
 missing=()
-for pkg in libb64-0d redis-server; do
+for pkg in libb64-0d redis-server chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

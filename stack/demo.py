@@ -2,7 +2,8 @@
 
 Trains and exports the towers, starts Kafka and Triton, starts the gateway (with the embedded
 feature-service consumer), then shows one user's recommendations before and after a few posted
-events. ``--serve`` keeps everything up until Ctrl-C instead.
+events. ``--serve`` keeps everything up until Ctrl-C instead, with the live demo page
+(``/demo``, gateway/static/) opened in a browser when there is a display (``--no-browser``: not).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import webbrowser
 from pathlib import Path
 
 from export import signature as sig
@@ -56,6 +60,26 @@ def pick_items(catalog: ItemCatalog, popular: list[str], seen: set[str], genre: 
     """The ``n`` most popular items of ``genre`` the user has not interacted with."""
     return [i for i in popular
             if i not in seen and genre in catalog.item_at(catalog.index_of(i)).categories][:n]
+
+
+def demo_page_url(gateway_url: str, user: str) -> str:
+    return f"{gateway_url}/demo?user={urllib.parse.quote(user, safe='')}"
+
+
+def open_in_browser(url: str) -> bool:
+    """Open ``url`` in a graphical browser when there is a display; never block, never fall back to
+    a text browser that would take over this terminal."""
+    if sys.platform not in ("darwin", "win32") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    if type(browser) is webbrowser.GenericBrowser:  # lynx, w3m, www-browser: console browsers
+        return False
+    threading.Thread(target=browser.open, args=(url,), daemon=True).start()
+    return True
 
 
 def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: str) -> None:
@@ -107,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", default="1")
     parser.add_argument("--genre", default="Horror")
     parser.add_argument("--gateway-port", type=int, default=None)
+    parser.add_argument("--no-browser", action="store_true",
+                        help="with --serve: do not open the demo page in a browser")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # per-connection INFO lines drown the demo
@@ -129,13 +155,19 @@ def main(argv: list[str] | None = None) -> int:
                             log_path=artifacts / "logs" / "gateway.log") as gateway:
             print(f"Kafka ready after {kafka.ready_after_s:.1f} s, Triton after "
                   f"{triton.ready_after_s:.1f} s, gateway after {gateway.ready_after_s:.1f} s")
+            page = demo_page_url(gateway.url, args.user)
+            print(f"Live demo page: {page}" + ("" if args.serve else
+                                                "  (up while this runs; `make serve` keeps it up)"))
             if args.serve:
                 print(f"\nServing.  gateway {gateway.url}   (docs: {gateway.url}/docs)\n"
                       f"  curl '{gateway.url}/v1/users/1/recommendations?k=10'\n"
                       f"  curl -X POST {gateway.url}/v1/events -H 'Content-Type: application/json' "
                       "-d '{\"user_id\":\"1\",\"item_id\":\"50\",\"event_type\":\"click\"}'\n"
                       f"  Triton gRPC {triton.grpc_url}, HTTP {triton.http_url}; "
-                      f"Kafka {kafka.bootstrap_servers}\nCtrl-C to stop.")
+                      f"Kafka {kafka.bootstrap_servers}\n"
+                      f"  live demo page {page}\nCtrl-C to stop.")
+                if not args.no_browser and open_in_browser(page):
+                    print(f"Opened {page} in a browser.")
                 stop = threading.Event()
                 signal.signal(signal.SIGTERM, lambda *_: stop.set())
                 try:

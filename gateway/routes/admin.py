@@ -49,7 +49,8 @@ async def get_stock(service: ServiceDep) -> StockState:
 
 @router.post("/reload", response_model=Reloaded)
 async def reload_model(service: ServiceDep, request: Request) -> Reloaded:
-    """Re-read the catalog of the newest version in the model repository (after a rollout)."""
+    """Re-read the live version's catalog now (the gateway also notices a new live version by
+    itself within RECSYS_GATEWAY_MODEL_POLL_MS)."""
     served = await asyncio.to_thread(load_served_model, Path(request.app.state.settings.model_repository))
     if served.sequence_length != service.served.sequence_length:
         raise Conflict(f"the new version expects sequence length {served.sequence_length}, "

@@ -34,7 +34,7 @@ class FakeRecommender:
         self.fail = False
         self.delay_s = 0.0
 
-    async def recommend(self, history, exclude, k):
+    async def recommend(self, history, exclude, k, version=None):
         self.calls.append((history.copy(), exclude.copy(), k))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

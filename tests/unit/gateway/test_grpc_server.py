@@ -32,7 +32,7 @@ class FakeRecommender:
         self.calls = []
         self.fail = False
 
-    async def recommend(self, history, exclude, k):
+    async def recommend(self, history, exclude, k, version=None):
         self.calls.append((history.copy(), exclude.copy(), k))
         if self.fail:
             raise errors.UpstreamUnavailable("triton down")

@@ -1,0 +1,120 @@
+"""The live demo page in a real headless Chromium (Debian's, driven by Playwright) against a real
+gateway process, Triton and Kafka: load the page, click, watch the recommendations panel follow.
+
+A screenshot is saved to build/test-artifacts/demo.png (also when the test fails)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from export.pipeline import SNAPSHOT_FILE
+from stack.gateway import GatewayProcess
+from stack.testing import require_service
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SCREENSHOT = REPO_ROOT / "build" / "test-artifacts" / "demo.png"
+USER = "7"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def chromium_unavailable_reason() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (requirements.txt; scripts/setup.sh)"
+    if chromium_path() is None:
+        return "no Chromium binary (apt-get install chromium; or set RECSYS_CHROMIUM)"
+    return None
+
+
+def chromium_path() -> str | None:
+    explicit = os.environ.get("RECSYS_CHROMIUM")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
+    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Checked before the (session) model is trained: a missing browser costs nothing."""
+    require_service(chromium_unavailable_reason())
+    return chromium_path()
+
+
+def panel_ids(page) -> list[str]:
+    return page.eval_on_selector_all("#recs li", "nodes => nodes.map(n => n.dataset.itemId)")
+
+
+def wait_for_click_shown(page, event_type: str, item_id: str) -> dict:
+    """The freshness box names the click whose recommendations the panel shows."""
+    page.wait_for_function(
+        "([type, item]) => { const d = document.querySelector('#freshness').dataset;"
+        " return d.eventType === type && d.itemId === item; }",
+        arg=[event_type, item_id], timeout=15_000)
+    return page.eval_on_selector("#freshness", "n => ({...n.dataset, text: n.innerText})")
+
+
+def test_clicks_on_the_demo_page_change_the_recommendations_panel(chromium, exported, triton, kafka,
+                                                                   tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    settings = {
+        "triton_grpc_url": triton.grpc_url, "kafka_bootstrap_servers": kafka.bootstrap_servers,
+        "events_topic": topic, "recommendations_topic": f"{topic}.recs",
+        "model_repository": exported.repository, "snapshot_path": exported.artifacts / SNAPSHOT_FILE,
+    }
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--disable-dev-shm-usage", "--disable-gpu"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
+    with GatewayProcess(settings, log_path=tmp_path / "gateway.log") as gateway, \
+            sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 1000})
+            elsewhere, errors = [], []
+            page.on("request", lambda r: None if r.url.startswith((gateway.url, "data:"))
+                    else elsewhere.append(r.url))
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            try:
+                page.goto(f"{gateway.url}/demo?user={USER}")
+                page.wait_for_selector("#grid .card [data-action=view]")
+                page.wait_for_selector("#recs li")
+                page.wait_for_selector("#stream-status[data-state=connected]")
+                before = panel_ids(page)
+                assert len(before) == 10
+                assert page.inner_text("#rec-meta").startswith("model")  # a known user
+
+                # a view pushes nothing: the page refetches until the features moved
+                viewed = page.get_attribute("#grid .card:nth-child(3)", "data-item-id")
+                page.click(f"#grid .card[data-item-id='{viewed}'] [data-action=view]")
+                shown = wait_for_click_shown(page, "view", viewed)
+                assert shown["origin"] == "refetch" and int(shown["ms"]) >= 0
+                assert viewed not in panel_ids(page)  # seen items are not recommended
+
+                # add the top recommendation to the cart: the SSE push brings the new panel
+                middle = panel_ids(page)
+                carted = middle[0]
+                page.click(f"#recs li[data-item-id='{carted}'] [data-action=cart]")
+                shown = wait_for_click_shown(page, "cart", carted)
+                after = panel_ids(page)
+                assert shown["origin"] == "SSE push", shown
+                assert carted not in after and after != middle and len(after) == 10
+                assert int(shown["ms"]) >= 0 and "features written +" in shown["text"]
+                assert "pushed +" in shown["text"]
+                changes = page.inner_text("#changes")
+                assert "−" in changes and "+" in changes  # what left and what entered
+                assert page.locator("#recs li.entered").count() >= 1
+                assert page.get_attribute("#recs-panel", "data-origin") == "SSE push"
+                assert not elsewhere, f"the page loaded from other origins: {elsewhere}"
+                assert not errors, errors
+            finally:
+                page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
