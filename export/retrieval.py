@@ -47,7 +47,7 @@ class TopKRetrieval(nn.Module):
         """
         scores = scores.clone()
         valid = (exclude >= 0) & (exclude < scores.shape[1])
-        rows = torch.arange(scores.shape[0]).unsqueeze(1).expand_as(exclude)
+        rows = torch.arange(scores.shape[0], device=scores.device).unsqueeze(1).expand_as(exclude)
         scores[rows[valid], exclude[valid]] = float("-inf")
         values, indices = torch.topk(scores, k, dim=1)
         return indices, values
