@@ -116,7 +116,7 @@ def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: 
         raise SystemExit("the events did not change the recommendations")
 
     _, cold = http("GET", f"{gateway_url}/v1/users/brand-new-visitor/recommendations?k=5")
-    show("An unknown user (cold start: popular items)", cold, catalog)
+    show("An unknown user (cold start: trending in the stream, then popular items)", cold, catalog)
     status, error = http("POST", f"{gateway_url}/v1/events",
                          {"user_id": user, "item_id": "no-such-item", "event_type": "view"})
     print(f"\nAn event for an unknown item -> HTTP {status}: {error['error']['message']}")
