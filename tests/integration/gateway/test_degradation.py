@@ -29,7 +29,9 @@ def test_triton_killed_mid_traffic_answers_from_the_fallback(exported, own_trito
         triton_grpc_url=own_triton.grpc_url, kafka_bootstrap_servers=kafka.bootstrap_servers,
         events_topic=topic, recommendations_topic=f"{topic}.recs",
         model_repository=str(exported.repository),
-        snapshot_path=str(exported.artifacts / SNAPSHOT_FILE), request_deadline_ms=250)
+        snapshot_path=str(exported.artifacts / SNAPSHOT_FILE),
+        # room for a slow model answer before the kill; after it, calls fail fast (no server)
+        request_deadline_ms=2000, triton_timeout_ms=1500)
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 30
         while client.get("/readyz").status_code != 200:

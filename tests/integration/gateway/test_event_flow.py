@@ -27,6 +27,8 @@ def gateway(exported, triton, kafka, topic, redis_server, request):
         store=request.param,
         redis_url=redis_server.url,
         redis_key_prefix=topic,
+        # model answers are what these tests compare, even on a busy 2-core CI box
+        request_deadline_ms=5000, triton_timeout_ms=4000,
     )
     with TestClient(create_app(settings)) as client:
         deadline = time.monotonic() + 30

@@ -42,6 +42,8 @@ def test_sse_client_gets_refreshed_recommendations_after_a_cart_event(exported, 
         "events_topic": topic, "recommendations_topic": pushes,
         "model_repository": exported.repository,
         "snapshot_path": exported.artifacts / SNAPSHOT_FILE, "push_min_interval_ms": 60_000,
+        # the pushed answer must come from the model even on a busy 2-core CI box
+        "request_deadline_ms": 5000, "triton_timeout_ms": 4000,
     }
     with GatewayProcess(settings, log_path=tmp_path / "gateway.log") as gateway:
         events: queue.Queue = queue.Queue()
