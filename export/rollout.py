@@ -36,7 +36,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export import signature as sig
 from export.repository import REFERENCE_FILE, read_config, write_config
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
-from features.sequence import encode_history
+from features.sequence import encode_history, exclusion_indices, pad_exclusions
 
 log = logging.getLogger("export.rollout")
 
@@ -268,11 +268,7 @@ class Rollout:
             answers = {}
             for v, catalog in catalogs.items():
                 history = encode_history(histories[user], catalog, seq_len)[None, :]
-                seen = np.unique(catalog.indices_of(histories[user]))
-                seen = seen[seen >= FIRST_ITEM_INDEX]
-                width = max(16, 1 << int(np.ceil(np.log2(max(len(seen), 1)))))
-                exclude = np.zeros((1, width), dtype=np.int64)
-                exclude[0, :len(seen)] = seen
+                exclude = pad_exclusions(exclusion_indices(histories[user], catalog))[None, :]
                 items, _, ms = self._infer(v, history, exclude, k)
                 latencies[v].append(ms)
                 answers[v] = {catalog.item_at(int(i)).item_id for i in items[0] if i >= FIRST_ITEM_INDEX}

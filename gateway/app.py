@@ -19,7 +19,8 @@ from feature_service.topics import ensure_topics
 from features.events import EventType
 from gateway import metrics
 from gateway.config import GatewaySettings
-from gateway.errors import install_error_handler
+from gateway.errors import Conflict, install_error_handler
+from gateway.grpc_server import start_grpc_server
 from gateway.inventory import create_inventory
 from gateway.limits import BodySizeLimit
 from gateway.metrics import install_metrics
@@ -53,12 +54,12 @@ async def _follow_live_version(service: RecommendationService, triton: TritonRec
             if live == service.served.version or not await triton.version_ready(live):
                 continue
             served = await asyncio.to_thread(load_served_model, repository, live)
-            if served.sequence_length != service.served.sequence_length:
-                log.error("version %d expects sequence length %d, not %d: not switching", live,
-                          served.sequence_length, service.served.sequence_length)
-                continue
             previous = service.served.version
-            service.reload(served)
+            try:
+                service.reload(served)
+            except Conflict as exc:
+                log.error("not switching: %s", exc.message)
+                continue
             metrics.MODEL_VERSION.set(live)
             log.info("now serving model version %d (was %d)", live, previous)
         except Exception:  # a half-written repository must not stop the watcher
@@ -115,7 +116,8 @@ async def lifespan(app: FastAPI):
             "store": lambda: asyncio.to_thread(store.ping),
         }
         if settings.embedded_consumer:
-            consumer = BackgroundConsumer(features, store)
+            # The topics were ensured above: the consumer need not ask the broker again.
+            consumer = BackgroundConsumer(features.model_copy(update={"create_topics": False}), store)
             consumer.start()
             stack.push_async_callback(asyncio.to_thread, consumer.stop)
             readiness["consumer"] = lambda: _true_if(consumer.alive and consumer.consumer.ready.is_set())
@@ -146,10 +148,8 @@ async def lifespan(app: FastAPI):
         app.state.readiness = readiness
         app.state.service = service
         app.state.push_hub = hub
-        # --- gRPC front end (gateway/grpc_server.py): same service, stopped before it closes ---
+        # gRPC front end: the same service; stopped (on exit) before what it uses closes.
         if settings.grpc_port != 0:
-            from gateway.grpc_server import start_grpc_server
-
             server, bound_port = await start_grpc_server(
                 lambda: app.state.service, settings.host, settings.grpc_port,
                 max_message_bytes=settings.max_body_bytes)
@@ -157,7 +157,6 @@ async def lifespan(app: FastAPI):
             app.state.grpc_port = bound_port
         else:
             app.state.grpc_port = None
-        # --- end gRPC front end ---
         log.info("gateway serving model version %d (%d items)", served.version, served.catalog.num_items)
         yield
 

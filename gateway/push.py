@@ -11,7 +11,6 @@ connected to any gateway hears about events accepted by any other.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ from feature_service.store import FeatureStore, StoreUnavailable
 from features.events import Event
 from gateway import metrics
 from gateway.errors import Overloaded
-from gateway.service import Recommendations
+from gateway.service import Recommendations, store_call
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ class Pusher:
     async def _visible(self, event: Event) -> bool:
         deadline = time.monotonic() + self.visible_timeout_ms / 1000
         while time.monotonic() < deadline:
-            features = await asyncio.to_thread(self.store.get, event.user_id)
+            features = await store_call(self.store, self.store.get, event.user_id)
             if features is not None and any(e.event_id == event.event_id for e in features.recent):
                 return True
             await asyncio.sleep(0.01)
@@ -233,7 +232,3 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
     """One Server-Sent Event (data must be a single line, as JSON is)."""
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\ndata: {data}\n\n"
-
-
-def dump(message: dict) -> str:
-    return json.dumps(message, separators=(",", ":"))

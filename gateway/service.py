@@ -16,12 +16,11 @@ import numpy as np
 from pydantic import BaseModel
 
 from feature_service.store import FeatureStore, StoreUnavailable
-from features.catalog import FIRST_ITEM_INDEX
 from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
-from features.sequence import encode_history
+from features.sequence import encode_history, exclusion_indices
 from features.user_state import UserFeatures
 from gateway import metrics
-from gateway.errors import InvalidRequest, UnknownItem, UpstreamUnavailable
+from gateway.errors import Conflict, InvalidRequest, UnknownItem, UpstreamUnavailable
 from gateway.inventory import Inventory
 from gateway.producer import Published
 from gateway.rules import Rules
@@ -79,6 +78,14 @@ class ServicePolicy:
     push_event_types: frozenset[EventType] = frozenset({EventType.CART, EventType.PURCHASE})
 
 
+async def store_call(store: FeatureStore, fn, *args):
+    """Call a store method from async code: in a worker thread when it does network I/O, inline
+    when it is in-process (a thread hop would cost more than the call)."""
+    if store.blocking:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
 class RecommendationService:
     def __init__(self, served: ServedModel, store: FeatureStore, recommender: Recommender,
                  publisher: Publisher, inventory: Inventory, policy: ServicePolicy | None = None,
@@ -97,12 +104,13 @@ class RecommendationService:
         return min(self.policy.max_k, self.served.catalog.num_items)
 
     def reload(self, served: ServedModel) -> None:
+        """Serve another model version. Refused (Conflict) when its input shape differs from the
+        one Triton was checked against at start-up."""
+        if served.sequence_length != self.served.sequence_length:
+            raise Conflict(f"version {served.version} expects sequence length "
+                           f"{served.sequence_length}, this gateway sends {self.served.sequence_length}")
         self.served = served
 
-    async def _store_call(self, fn, *args):
-        if self.store.blocking:
-            return await asyncio.to_thread(fn, *args)
-        return fn(*args)
 
     # --- recommend ------------------------------------------------------------------------------
 
@@ -117,7 +125,7 @@ class RecommendationService:
             raise InvalidRequest(f"exclude: invalid item id {bad[0]!r}")
         if len(categories) > MAX_CATEGORIES:
             raise InvalidRequest(f"category: at most {MAX_CATEGORIES}, got {len(categories)}")
-        unknown = sorted(set(categories) - set(served.catalog.categories))
+        unknown = sorted(set(categories) - set(served.catalog.categories)) if categories else []
         if unknown:
             raise InvalidRequest(f"category: unknown {unknown[0]!r}; known: "
                                  f"{', '.join(served.catalog.categories)}")
@@ -140,7 +148,7 @@ class RecommendationService:
                      categories=frozenset(categories), max_per_category=cap)
         try:
             async with asyncio.timeout_at(model_deadline):
-                features = await self._store_call(self.store.get, user_id)
+                features = await store_call(self.store, self.store.get, user_id)
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("feature store unavailable or slow: %r", exc)
             return await self._fallback(served, user_id, k, base, deadline, reason="store_unavailable")
@@ -176,8 +184,7 @@ class RecommendationService:
                                 k: int) -> list[tuple[str, float | None]]:
         catalog = served.catalog
         history = encode_history(features.recent_items, catalog, served.sequence_length)
-        exclude = np.unique(catalog.indices_of(rules.exclude))
-        exclude = exclude[exclude >= FIRST_ITEM_INDEX]
+        exclude = exclusion_indices(rules.exclude, catalog)
         # Rules applied after retrieval (category filter, per-category cap) may drop items: ask
         # the model for more so that k usually survive.
         fetch_k = min(catalog.num_items, max(4 * k, k + 50)) if rules.filters_after_retrieval else k
@@ -200,7 +207,7 @@ class RecommendationService:
         try:
             async with asyncio.timeout_at(deadline):
                 # Ask for extra: the rules will drop some.
-                trending = await self._store_call(self.store.trending, 4 * k + len(rules.exclude))
+                trending = await store_call(self.store, self.store.trending, 4 * k + len(rules.exclude))
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("trending unavailable, serving popular items: %r", exc)
         popular = ((item_id, None) for item_id in served.popular_items)

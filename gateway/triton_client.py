@@ -7,17 +7,8 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from export import signature as sig
-from features.catalog import PAD_INDEX
+from features.sequence import pad_exclusions
 from gateway.errors import UpstreamUnavailable
-
-
-def pad_exclusions(indices: np.ndarray, minimum: int = 16) -> np.ndarray:
-    """Pad to the next power of two with PAD: Triton batches only requests of equal shape, and
-    a handful of sizes lets most requests share a batch."""
-    size = max(minimum, 1 << int(np.ceil(np.log2(max(len(indices), 1)))))
-    out = np.full(size, PAD_INDEX, dtype=np.int64)
-    out[:len(indices)] = indices
-    return out
 
 
 class TritonRecommender:

@@ -63,8 +63,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export import signature as sig  # noqa: E402
-from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX  # noqa: E402
-from features.sequence import encode_history  # noqa: E402
+from features.sequence import encode_history, exclusion_indices, pad_exclusions  # noqa: E402
 from gateway.served_model import load_served_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -96,21 +95,11 @@ CSV_COLUMNS = [
 # --- request inputs ----------------------------------------------------------------------------
 
 
-def pad_exclusions(indices: np.ndarray, minimum: int = 16) -> np.ndarray:
-    """PAD-fill to the next power of two (at least ``minimum``): what the gateway sends
-    (gateway.triton_client.pad_exclusions, copied so the gateway's internals may change)."""
-    size = max(minimum, 1 << int(np.ceil(np.log2(max(len(indices), 1)))))
-    out = np.full(size, PAD_INDEX, dtype=np.int64)
-    out[:len(indices)] = indices
-    return out
-
-
 def triton_inputs(items: Sequence[str], catalog, sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(HISTORY [1, L], EXCLUDE [1, pow2]) the gateway builds for a user whose store was seeded
     with ``items``: the store keeps the last HISTORY_ITEMS events, and every item as seen."""
     history = encode_history(list(items[-HISTORY_ITEMS:]), catalog, sequence_length)
-    exclude = np.unique(catalog.indices_of(set(items)))
-    exclude = exclude[exclude >= FIRST_ITEM_INDEX]
+    exclude = exclusion_indices(set(items), catalog)
     return history.reshape(1, -1).astype(np.int64), pad_exclusions(exclude).reshape(1, -1)
 
 

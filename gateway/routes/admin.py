@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from features.events import ID_PATTERN
 from gateway.deps import AdminDep, ServiceDep
-from gateway.errors import Conflict, UnknownItem, documented
+from gateway.errors import UnknownItem, documented
 from gateway.served_model import load_served_model
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep],
@@ -52,8 +52,5 @@ async def reload_model(service: ServiceDep, request: Request) -> Reloaded:
     """Re-read the live version's catalog now (the gateway also notices a new live version by
     itself within RECSYS_GATEWAY_MODEL_POLL_MS)."""
     served = await asyncio.to_thread(load_served_model, Path(request.app.state.settings.model_repository))
-    if served.sequence_length != service.served.sequence_length:
-        raise Conflict(f"the new version expects sequence length {served.sequence_length}, "
-                       f"this gateway's Triton inputs have {service.served.sequence_length}")
     service.reload(served)
     return Reloaded(model_version=served.version, items=served.catalog.num_items)

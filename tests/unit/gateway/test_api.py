@@ -283,3 +283,12 @@ def test_undecodable_body_is_422_in_the_error_shape(parts):
     response = parts.client.post("/v1/events", content=b"\xff&", headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
     assert parts.client.get("/v1/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_a_version_with_another_input_shape_is_refused_on_reload(parts, catalog):
+    from gateway.errors import Conflict
+
+    other = ServedModel(version=4, catalog=catalog, popular_items=[], sequence_length=8)
+    with pytest.raises(Conflict, match="sequence length 8"):
+        parts.service.reload(other)
+    assert parts.service.served.version == 3
