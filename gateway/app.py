@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from export import signature as sig
+from features import contract as sig
 from feature_service.consumer import BackgroundConsumer
 from feature_service.store import create_store
 from feature_service.topics import ensure_topics

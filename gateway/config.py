@@ -30,7 +30,7 @@ class GatewaySettings(BaseSettings):
     # perf/README.md) or "recommend" (the ensemble); same inputs and outputs
     triton_model: str = "recommend_fused"
     model_repository: str = "model_repository"
-    # How often to look for a new live version (export/rollout.py writes it) to switch to.
+    # How often to look for a new live version (export/triton/rollout.py writes it) to switch to.
     model_poll_ms: int = Field(default=1000, gt=0)
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     events_topic: str = "user-events"

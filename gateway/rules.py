@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from features.catalog import ItemCatalog
+from features.catalog import Item
 
 
 @dataclass(frozen=True)
@@ -20,23 +20,24 @@ class Rules:
         """True when the model's top k may lose items to the rules (so ask it for more)."""
         return bool(self.categories) or self.max_per_category > 0
 
-    def select(self, candidates: Iterable[tuple[str, float | None]], catalog: ItemCatalog,
-               k: int) -> list[tuple[str, float | None]]:
-        """The first ``k`` candidates (best first) that pass every rule."""
-        picked: list[tuple[str, float | None]] = []
+    def select(self, candidates: Iterable[tuple[Item, float | None]],
+               k: int) -> list[tuple[Item, float | None]]:
+        """The first ``k`` candidates (catalog items, best first) that pass every rule."""
+        picked: list[tuple[Item, float | None]] = []
         per_category: Counter[str] = Counter()
         chosen: set[str] = set()
-        for item_id, score in candidates:
-            if item_id in self.exclude or item_id in chosen or item_id not in catalog:
+        for item, score in candidates:
+            item_id = item.item_id
+            if item_id in self.exclude or item_id in chosen:
                 continue
-            categories = catalog.item_at(catalog.index_of(item_id)).categories
+            categories = item.categories
             if self.categories and not self.categories.intersection(categories):
                 continue
             if self.max_per_category and categories:
                 if per_category[categories[0]] >= self.max_per_category:
                     continue
                 per_category[categories[0]] += 1
-            picked.append((item_id, score))
+            picked.append((item, score))
             chosen.add(item_id)
             if len(picked) == k:
                 break

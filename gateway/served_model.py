@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from export import signature as sig
+from features import contract as sig
 from features.catalog import ItemCatalog
 
 
@@ -19,7 +19,7 @@ class ServedModel:
 
 
 def load_served_model(repository: Path, version: int | None = None) -> ServedModel:
-    """Read the catalog of ``version`` (default: the live one, see ``export.signature``)."""
+    """Read the catalog of ``version`` (default: the live one, see ``features.contract``)."""
     version = sig.live_version(repository) if version is None else version
     version_dir = repository / sig.RETRIEVE / str(version)
     info = json.loads((version_dir / sig.SERVING_FILE).read_text())

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Literal, Protocol
@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from feature_service.store import FeatureStore, StoreUnavailable
 from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
-from features.sequence import encode_history, exclusion_indices
+from features.catalog import Item, ItemCatalog
+from features.model_inputs import ModelInputs, build_inputs, ranked_items
 from features.user_state import UserFeatures
 from gateway import metrics
 from gateway.errors import Conflict, InvalidRequest, UnknownItem, UpstreamUnavailable
@@ -52,9 +53,10 @@ class Recommendations(BaseModel):
 
 class Recommender(Protocol):
     async def recommend(
-        self, history: np.ndarray, exclude: np.ndarray, k: int, version: int | None = None
+        self, inputs: ModelInputs, version: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` from model ``version`` (the one whose catalog maps the indices back)."""
+        """One user's top k (indices, scores) from model ``version`` (the one whose catalog maps
+        the indices back)."""
 
 
 class Publisher(Protocol):
@@ -171,7 +173,7 @@ class RecommendationService:
         finally:
             self._inflight -= 1
         metrics.RECOMMENDATIONS.labels("model", "none").inc()
-        return self._response(served, user_id, rules.select(candidates, served.catalog, k),
+        return self._response(served, user_id, rules.select(candidates, k),
                               source="model", cold_start=False, degraded=False,
                               updated_at_ms=features.updated_at_ms)
 
@@ -181,22 +183,19 @@ class RecommendationService:
         return frozenset(features.bought_items)
 
     async def _model_candidates(self, served: ServedModel, features: UserFeatures, rules: Rules,
-                                k: int) -> list[tuple[str, float | None]]:
+                                k: int) -> list[tuple[Item, float]]:
         catalog = served.catalog
-        history = encode_history(features.recent_items, catalog, served.sequence_length)
-        exclude = exclusion_indices(rules.exclude, catalog)
         # Rules applied after retrieval (category filter, per-category cap) may drop items: ask
         # the model for more so that k usually survive.
         fetch_k = min(catalog.num_items, max(4 * k, k + 50)) if rules.filters_after_retrieval else k
+        inputs = build_inputs(features.recent_items, catalog, served.sequence_length, fetch_k,
+                              exclude=rules.exclude)
         started = time.perf_counter()
         try:
-            indices, scores = await self.recommender.recommend(history, exclude, fetch_k,
-                                                               version=served.version)
+            indices, scores = await self.recommender.recommend(inputs, version=served.version)
         finally:
             metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
-        return [(catalog.item_at(i).item_id, s)
-                for i, s in zip(indices.tolist(), scores.tolist(), strict=True)
-                if np.isfinite(s)]  # -inf: fewer than fetch_k items were left after exclusions
+        return ranked_items(indices, scores, catalog)
 
     async def _fallback(self, served: ServedModel, user_id: str, k: int, rules: Rules,
                         deadline: float, *, reason: str,
@@ -211,7 +210,7 @@ class RecommendationService:
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("trending unavailable, serving popular items: %r", exc)
         popular = ((item_id, None) for item_id in served.popular_items)
-        picked = rules.select(chain(trending, popular), served.catalog, k)
+        picked = rules.select(_in_catalog(chain(trending, popular), served.catalog), k)
         source: Literal["trending", "popular"] = (
             "trending" if any(score is not None for _, score in picked) else "popular")
         metrics.RECOMMENDATIONS.labels(source, reason).inc()
@@ -220,15 +219,12 @@ class RecommendationService:
                               updated_at_ms=updated_at_ms)
 
     @staticmethod
-    def _response(served: ServedModel, user_id: str, picked: list[tuple[str, float | None]], *,
+    def _response(served: ServedModel, user_id: str, picked: list[tuple[Item, float | None]], *,
                   source: Literal["model", "trending", "popular"], cold_start: bool, degraded: bool,
                   updated_at_ms: int | None) -> Recommendations:
-        catalog = served.catalog
-        items = []
-        for item_id, score in picked:
-            item = catalog.item_at(catalog.index_of(item_id))
-            items.append(RecommendedItem(item_id=item_id, title=item.title,
-                                         categories=list(item.categories), score=score))
+        items = [RecommendedItem(item_id=item.item_id, title=item.title,
+                                 categories=list(item.categories), score=score)
+                 for item, score in picked]
         return Recommendations(user_id=user_id, items=items, cold_start=cold_start,
                                degraded=degraded, source=source, model_version=served.version,
                                features_updated_at_ms=updated_at_ms)
@@ -270,3 +266,13 @@ class RecommendationService:
     def _after_ingest(self, event: Event) -> None:
         if self.on_high_intent is not None and event.event_type in self.policy.push_event_types:
             self.on_high_intent(event)
+
+
+def _in_catalog(candidates: Iterable[tuple[str, float | None]],
+                catalog: ItemCatalog) -> Iterator[tuple[Item, float | None]]:
+    """Item ids (from the stream or the training data) resolved to this version's catalog once;
+    ids it does not know are skipped."""
+    for item_id, score in candidates:
+        item = catalog.get(item_id)
+        if item is not None:
+            yield item, score

@@ -6,8 +6,8 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export import signature as sig
-from features.sequence import pad_exclusions
+from features import contract as sig
+from features.model_inputs import ModelInputs
 from gateway.errors import UpstreamUnavailable
 
 
@@ -46,25 +46,16 @@ class TritonRecommender:
         except InferenceServerException:
             return False
 
-    async def recommend(
-        self, history: np.ndarray, exclude: np.ndarray, k: int, version: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One user's top ``k``: (item indices, scores), from ``version`` when given: the indices
+    async def recommend(self, inputs: ModelInputs,
+                        version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One user's top k: (item indices, scores), from ``version`` when given: the indices
         only mean something with that version's catalog, so a rollout never mixes the two."""
-        exclude = pad_exclusions(exclude)
-        inputs = [
-            grpcclient.InferInput(sig.HISTORY, [1, len(history)], "INT64"),
-            grpcclient.InferInput(sig.EXCLUDE, [1, len(exclude)], "INT64"),
-            grpcclient.InferInput(sig.K, [1, 1], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(history.reshape(1, -1).astype(np.int64))
-        inputs[1].set_data_from_numpy(exclude.reshape(1, -1))
-        inputs[2].set_data_from_numpy(np.array([[k]], dtype=np.int32))
         outputs = [grpcclient.InferRequestedOutput(sig.ITEM_INDEX),
                    grpcclient.InferRequestedOutput(sig.SCORE)]
         try:
             result = await self._client.infer(
-                self.model, inputs, outputs=outputs, client_timeout=self.timeout_s,
+                self.model, inputs.infer_inputs(grpcclient), outputs=outputs,
+                client_timeout=self.timeout_s,
                 model_version=str(version) if version is not None and self._pinnable() else "")
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_service.store import InMemoryStore
+from features.catalog import PAD_INDEX
 from features.events import Event
 from features.user_state import FeatureRules
 from gateway.app import create_app
@@ -34,7 +35,9 @@ class FakeRecommender:
         self.fail = False
         self.delay_s = 0.0
 
-    async def recommend(self, history, exclude, k, version=None):
+    async def recommend(self, inputs, version=None):
+        history, exclude, k = inputs.history[0], inputs.exclude[0], int(inputs.k[0, 0])
+        exclude = exclude[exclude != PAD_INDEX]
         self.calls.append((history.copy(), exclude.copy(), k))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

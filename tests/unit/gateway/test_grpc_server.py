@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from feature_service.store import InMemoryStore
+from features.catalog import PAD_INDEX
 from features.events import Event
 from features.user_state import FeatureRules
 from gateway import errors
@@ -32,7 +33,9 @@ class FakeRecommender:
         self.calls = []
         self.fail = False
 
-    async def recommend(self, history, exclude, k, version=None):
+    async def recommend(self, inputs, version=None):
+        history, exclude, k = inputs.history[0], inputs.exclude[0], int(inputs.k[0, 0])
+        exclude = exclude[exclude != PAD_INDEX]
         self.calls.append((history.copy(), exclude.copy(), k))
         if self.fail:
             raise errors.UpstreamUnavailable("triton down")
