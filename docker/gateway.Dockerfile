@@ -5,8 +5,8 @@
 #   docker build -f docker/gateway.Dockerfile -t recsys/gateway .
 #
 # Only the gateway's runtime dependencies (docker/requirements-gateway.txt, no torch/DALI/Triton
-# server) and only the packages it imports: gateway/, feature_service/, features/ and the
-# serving contract export/signature.py. docker/gateway.Dockerfile.dockerignore (read by BuildKit
+# server) and only the packages it imports: gateway/, feature_service/ and features/ (which
+# holds the serving contract, features/contract.py). docker/gateway.Dockerfile.dockerignore (read by BuildKit
 # in place of a root .dockerignore) keeps everything else out of the build context.
 # The model repository is mounted at /models at run time (the gateway reads catalog.json and
 # serving.json of the newest retrieve version there); nothing model-specific is baked in.
@@ -32,7 +32,6 @@ WORKDIR /app
 COPY features/ features/
 COPY feature_service/ feature_service/
 COPY gateway/ gateway/
-COPY export/__init__.py export/signature.py export/
 COPY docker/healthcheck.py healthcheck.py
 # Byte-compile as root (the code stays read-only for the service user).
 RUN python -m compileall -q /app

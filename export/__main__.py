@@ -11,8 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from export.evaluation.report import format_table
 from export.pipeline import run
-from export.report import format_table
 from export.train import TrainConfig
 
 

@@ -10,14 +10,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from export.baselines import evaluate_baselines
-from export.data import Dataset, leave_last_out, load_interactions_file, load_movielens_100k
-from export.evaluate import evaluate
-from export.loaders import DaliBatches, InMemoryBatches, write_shards
-from export.report import aggregate_seeds, write_report
-from export.repository import ServingConfig, export_repository
-from export.synthetic import generate
-from export.towers import TwoTower
+from export.data.interactions import Dataset, load_interactions_file, load_movielens_100k
+from export.data.loaders import DaliBatches, InMemoryBatches, write_shards
+from export.data.split import leave_last_out
+from export.data.synthetic import generate
+from export.evaluation.baselines import evaluate_baselines
+from export.evaluation.metrics import evaluate
+from export.evaluation.report import aggregate_seeds, write_report
+from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
     build_examples,
@@ -26,6 +26,7 @@ from export.train import (
     target_log_frequencies,
     train,
 )
+from export.triton.repository import ServingConfig, export_repository
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from export.towers import TwoTower
+from export.model.towers import TwoTower
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 from features.sequence import pad_left
 
@@ -83,7 +83,7 @@ def encode_histories(histories: Sequence[Sequence[str]], catalog: ItemCatalog, l
 
 
 def score_histories(model: TwoTower, catalog: ItemCatalog, length: int):
-    """A ScoreFn (see export.evaluate) backed by the model, cosine scores over every catalog row."""
+    """A ScoreFn (see export.evaluation.metrics) backed by the model, cosine scores over every catalog row."""
 
     @torch.no_grad()
     def score(histories: Sequence[Sequence[str]]) -> np.ndarray:
@@ -143,7 +143,7 @@ def train(
 ) -> list[dict]:
     """Train in place; returns one record per epoch.
 
-    ``batches`` is iterated once per epoch (``export.loaders.InMemoryBatches`` or ``DaliBatches``).
+    ``batches`` is iterated once per epoch (``export.data.loaders.InMemoryBatches`` or ``DaliBatches``).
     ``validate(model)`` returns validation metrics; with it, training stops after ``patience``
     epochs without a better ``recall@10`` and the best epoch's weights are restored.
     """

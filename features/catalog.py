@@ -60,6 +60,11 @@ class ItemCatalog:
         """Model index of ``item_id``; unknown ids map to the OOV bucket."""
         return self._index.get(item_id, OOV_INDEX)
 
+    def get(self, item_id: str) -> Item | None:
+        """The catalog entry of ``item_id``, or None when the catalog does not know it."""
+        index = self._index.get(item_id)
+        return None if index is None else self.items[index - FIRST_ITEM_INDEX]
+
     def indices_of(self, item_ids: Iterable[str]) -> np.ndarray:
         return np.fromiter((self.index_of(i) for i in item_ids), dtype=np.int64)
 

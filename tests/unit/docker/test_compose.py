@@ -15,8 +15,8 @@ from importlib.metadata import version
 import jsonschema
 import pytest
 
-from export import signature as sig
 from feature_service.config import FeatureServiceSettings
+from features import contract as sig
 from gateway.config import GatewaySettings
 from tests.unit.docker._support import (
     DOCKER,

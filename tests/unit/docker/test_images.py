@@ -84,7 +84,8 @@ def test_every_copy_source_exists_and_reaches_the_build_context(image):
     kept_out = sorted(path for path in files.values() if ignore.excluded(path))
     assert kept_out == [], f"{ignore_file.name} drops files the Dockerfile copies: {kept_out}"
     for heavy in (".venv", "model_repository/x", "build/x", "tests/unit/conftest.py",
-                  "export/towers.py", "gateway/__pycache__/app.cpython-311.pyc", ".git/HEAD"):
+                  "export/__init__.py", "export/model/towers.py",
+                  "gateway/__pycache__/app.cpython-311.pyc", ".git/HEAD"):
         assert ignore.excluded(heavy), heavy
 
 
@@ -161,11 +162,11 @@ def test_what_the_service_imports_is_in_the_image(image):
     assert not HEAVY & set(imported["third"]), f"{image} pulls in {HEAVY & set(imported['third'])}"
 
 
-def test_export_package_stays_light():
-    """The gateway copies export/__init__.py and export/signature.py only: neither may import
-    anything heavy (torch) or another export module."""
-    imported = _imports(["export", "export.signature"])
-    assert set(imported["first"]) == {"export/__init__.py", "export/signature.py"}
+def test_serving_contract_stays_light():
+    """The gateway image has no export/: the serving contract it shares with the exporter lives
+    in features/contract.py, which must import nothing heavy (torch) and no other project module."""
+    imported = _imports(["features.contract"])
+    assert set(imported["first"]) == {"features/__init__.py", "features/contract.py"}
     assert imported["third"] == []
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import signature as sig
-from export.repository import export_repository, read_config
-from export.towers import TwoTower
+from export.model.towers import TwoTower
+from export.triton.repository import export_repository, read_config
+from features import contract as sig
 from features.catalog import FIRST_ITEM_INDEX
 
 SEQUENCE_LENGTH = 5

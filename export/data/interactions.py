@@ -1,0 +1,431 @@
+"""Behaviour logs in, clean chronological interactions out.
+
+Three sources, one code path (``dataset_from_frames``): the bundled MovieLens-100K, a user-supplied
+interactions file (CSV or Parquet, optional item-attributes file) and the synthetic generator in
+``export/data/synthetic.py``. Every source goes through ``clean_interactions``, which rejects malformed
+rows with counted reasons instead of training on them silently.
+
+MovieLens-100K is read from the files the ``recbole==1.2.1`` wheel ships (the package is never
+imported; MovieLens terms forbid committing copies of the data).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.catalog import Item, ItemCatalog
+from features.events import ID_PATTERN
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+INTERACTION_COLUMNS = (*REQUIRED_COLUMNS, "event_type", "value")
+# The gateway's event types plus "rating" (explicit feedback such as MovieLens); lower-cased on read.
+EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
+# A log without event types is treated as the weakest signal: it claims no intent it cannot show.
+DEFAULT_EVENT_TYPE = "view"
+# More malformed rows than this (a fraction of all rows) means the wrong file or a broken export:
+# fail loudly rather than train a model on the remainder.
+MAX_REJECTED_FRACTION = 0.5
+# Timestamps later than now + this are clock or unit errors (e.g. milliseconds read as seconds).
+MAX_CLOCK_SKEW_S = 24 * 3600
+EXAMPLES_PER_REASON = 3
+
+# Rejection reasons, checked in this order; a row is counted under the first one it fails.
+MISSING_VALUE = "missing_value"  # user_id, item_id or timestamp empty
+BAD_ID = "bad_id"  # user_id or item_id does not match features.events.ID_PATTERN
+BAD_TIMESTAMP = "bad_timestamp"  # neither epoch seconds nor ISO-8601, or before 1970
+FUTURE_TIMESTAMP = "future_timestamp"  # later than now + MAX_CLOCK_SKEW_S
+UNKNOWN_EVENT_TYPE = "unknown_event_type"  # not one of EVENT_TYPES
+BAD_VALUE = "bad_value"  # value present but not a finite number
+REASONS = (MISSING_VALUE, BAD_ID, BAD_TIMESTAMP, FUTURE_TIMESTAMP, UNKNOWN_EVENT_TYPE, BAD_VALUE)
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+_EXPLICIT_TZ = r"(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+class DatasetError(RuntimeError):
+    """The requested dataset cannot be found, read, or is too malformed to train on."""
+
+
+@dataclass
+class CleaningReport:
+    """What cleaning did to one source: counts, reasons and a few offending rows per reason."""
+
+    source: str
+    rows_in: int
+    rows_kept: int
+    duplicates: int
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows, only reasons that occurred
+    # reason -> first rows as read (plus "row": 0-based position among the data rows)
+    examples: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}={n}" for r, n in self.rejected.items()) or "none"
+        return (f"{self.source}: {self.rows_in} rows in, {self.rows_kept} kept, {self.duplicates} "
+                f"duplicates, {self.rows_rejected} rejected ({reasons})")
+
+
+@dataclass
+class Dataset:
+    """Interactions sorted by (user, time) plus the item catalog they refer to."""
+
+    name: str
+    # columns: user_id (str), item_id (str), timestamp (int64 epoch s), event_type (str),
+    # value (float, NaN when absent)
+    interactions: pd.DataFrame
+    catalog: ItemCatalog
+    cleaning: CleaningReport | None = None
+
+    def user_sequences(self, first_occurrence_only: bool = False) -> dict[str, list[str]]:
+        """Chronological item ids per user; optionally each item only where the user first met it."""
+        groups = self.interactions.groupby("user_id", sort=False)["item_id"]
+        if first_occurrence_only:
+            return {u: list(dict.fromkeys(g)) for u, g in groups}
+        return {u: list(g) for u, g in groups}
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+def movielens_100k_dir() -> Path:
+    try:
+        dist = importlib.metadata.distribution("recbole")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise DatasetError(
+            "MovieLens-100K comes from the recbole==1.2.1 wheel; run scripts/setup.sh "
+            "(pip install --no-deps recbole==1.2.1)"
+        ) from exc
+    path = Path(str(dist.locate_file("recbole/dataset_example/ml-100k")))
+    if not (path / "ml-100k.inter").is_file():
+        raise DatasetError(f"ml-100k files not found under {path}")
+    return path
+
+
+def load_movielens_100k() -> Dataset:
+    """Every rating is an interaction (the protocol in shared/DESIGN.md); value = the rating."""
+    root = movielens_100k_dir()
+    inter = pd.read_csv(
+        root / "ml-100k.inter",
+        sep="\t",
+        header=0,
+        names=["user_id", "item_id", "value", "timestamp"],
+        dtype={"user_id": str, "item_id": str, "value": float, "timestamp": np.int64},
+    )
+    inter["event_type"] = "rating"
+    raw_items = pd.read_csv(
+        root / "ml-100k.item",
+        sep="\t",
+        header=0,
+        names=["item_id", "title", "year", "genres"],
+        dtype=str,
+        keep_default_na=False,
+    )
+    items = pd.DataFrame({
+        "item_id": raw_items["item_id"],
+        "title": raw_items["title"],
+        "year": raw_items["year"],
+        "categories": raw_items["genres"].str.split().str.join("|"),
+    })
+    return dataset_from_frames("ml-100k", inter, items)
+
+
+def load_interactions_file(
+    path: str | Path, items_path: str | Path | None = None, name: str | None = None
+) -> Dataset:
+    """A behaviour log (CSV or Parquet, chosen by suffix) and optional item attributes.
+
+    Interactions: ``user_id, item_id, timestamp`` required; ``event_type`` and ``value`` optional;
+    other columns are ignored. Items: ``item_id`` required; ``title, categories, year, price``
+    optional (``stock`` and others ignored). See README "Bring your own data".
+    """
+    path = Path(path)
+    interactions = read_table(path)
+    items = read_table(Path(items_path)) if items_path is not None else None
+    return dataset_from_frames(name or _stem(path), interactions, items, source=str(path))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """CSV (all cells read as text, so cleaning sees exactly what the file says) or Parquet."""
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if path.suffix.lower() == ".csv" or suffixes == ".csv.gz":
+            return pd.read_csv(path, dtype=str)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: file not found") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError,
+            ValueError) as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc})") from exc
+    raise DatasetError(f"{path}: unknown file type (use .csv, .csv.gz, .parquet or .pq)")
+
+
+def dataset_from_frames(
+    name: str,
+    interactions: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    *,
+    source: str | None = None,
+    now_s: float | None = None,
+) -> Dataset:
+    """Clean the interactions and build the catalog: listed items first (file order, including
+    items nobody interacted with, i.e. cold items), then unlisted interacted items (sorted, title =
+    id, no attributes)."""
+    source = source or name
+    cleaned, report = clean_interactions(interactions, source=source, now_s=now_s)
+    listed = items_from_frame(items, source=f"{source} (items)") if items is not None else []
+    known = {item.item_id for item in listed}
+    unlisted = [Item(i, title=i) for i in sorted(set(cleaned["item_id"]) - known)]
+    if listed and unlisted:
+        log.info("%s: %d interacted items have no attributes", source, len(unlisted))
+    return Dataset(name, cleaned, ItemCatalog.from_items(listed + unlisted), report)
+
+
+# --- cleaning ---------------------------------------------------------------------------------
+
+
+def clean_interactions(
+    frame: pd.DataFrame, *, source: str = "interactions", now_s: float | None = None
+) -> tuple[pd.DataFrame, CleaningReport]:
+    """Validate, normalise, de-duplicate and sort one behaviour log.
+
+    Returns the ``Dataset.interactions`` frame and what was done to get it. Raises
+    ``DatasetError`` for missing required columns, an empty log, or more than
+    ``MAX_REJECTED_FRACTION`` malformed rows. Duplicates are rows equal in all five columns after
+    parsing (so ``1704067200`` and ``2024-01-01T00:00:00Z`` are the same time); the first is kept.
+    The sort is stable, so ties in timestamp keep file order: the "last" interaction of a user is
+    then well defined and the same in every run.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DatasetError(f"{source}: missing required column(s) {', '.join(missing)} "
+                           f"(found: {', '.join(map(str, frame.columns)) or 'none'})")
+    if frame.empty:
+        raise DatasetError(f"{source}: no interactions")
+    frame = frame.reset_index(drop=True)
+    now_s = time.time() if now_s is None else now_s
+
+    users, items = _as_text(frame["user_id"]), _as_text(frame["item_id"])
+    seconds, ts_missing = _parse_timestamps(frame["timestamp"])
+    event_types = _parse_event_types(frame.get("event_type"), len(frame))
+    values, value_bad = _parse_values(frame.get("value"), len(frame))
+
+    reason = pd.Series(None, index=frame.index, dtype=object)
+    checks = [
+        (MISSING_VALUE, (users == "") | (items == "") | ts_missing),
+        (BAD_ID, ~_valid_ids(users) | ~_valid_ids(items)),
+        (BAD_TIMESTAMP, seconds.isna() | (seconds < 0)),
+        (FUTURE_TIMESTAMP, seconds > now_s + MAX_CLOCK_SKEW_S),
+        (UNKNOWN_EVENT_TYPE, ~event_types.isin(EVENT_TYPES)),
+        (BAD_VALUE, value_bad),
+    ]
+    for name, failed in checks:
+        reason[failed & reason.isna()] = name
+    keep = reason.isna()
+
+    out = pd.DataFrame({
+        "user_id": users[keep],
+        "item_id": items[keep],
+        "timestamp": seconds[keep].astype(np.int64),
+        "event_type": event_types[keep],
+        "value": values[keep],
+    })
+    deduped = out.drop_duplicates()
+    cleaned = deduped.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+
+    report = CleaningReport(
+        source=source,
+        rows_in=len(frame),
+        rows_kept=len(cleaned),
+        duplicates=len(out) - len(deduped),
+        rejected={r: int(n) for r in REASONS if (n := (reason == r).sum())},
+        examples={r: _examples(frame, reason == r) for r in REASONS if (reason == r).any()},
+    )
+    _check_mostly_valid(report)
+    if report.rows_rejected or report.duplicates:
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return cleaned, report
+
+
+def items_from_frame(frame: pd.DataFrame, *, source: str = "items") -> list[Item]:
+    """Catalog entries from an item-attributes table.
+
+    Rows without a valid ``item_id`` are dropped (the same mostly-malformed limit applies);
+    a repeated id keeps its first row; an unparseable attribute becomes unknown rather than
+    dropping the item, because the item still exists and can be recommended.
+    """
+    if "item_id" not in frame.columns:
+        raise DatasetError(f"{source}: missing required column(s) item_id "
+                           f"(found: {', '.join(map(str, frame.columns)) or 'none'})")
+    frame = frame.reset_index(drop=True)
+    ids = _as_text(frame["item_id"])
+    valid = _valid_ids(ids)
+    if len(frame) and (~valid).mean() > MAX_REJECTED_FRACTION:
+        raise DatasetError(f"{source}: {(~valid).sum()} of {len(frame)} rows have no valid item_id "
+                           f"(e.g. {ids[~valid].head(EXAMPLES_PER_REASON).tolist()})")
+    repeated = valid & ids.duplicated()
+    if (~valid).any() or repeated.any():
+        log.warning("%s: dropped %d rows without a valid item_id and %d repeated ids",
+                    source, (~valid).sum(), repeated.sum())
+    keep = valid & ~repeated
+
+    n = len(frame)
+    titles = _as_text(frame["title"]) if "title" in frame.columns else pd.Series("", index=frame.index)
+    categories = frame["categories"] if "categories" in frame.columns else pd.Series(None, index=frame.index)
+    years = _parse_optional_number(frame.get("year"), n)
+    prices = _parse_optional_number(frame.get("price"), n)
+    items = []
+    for i in np.flatnonzero(keep.to_numpy()):
+        year, price = years.iat[i], prices.iat[i]
+        items.append(Item(
+            item_id=ids.iat[i],
+            title=titles.iat[i] or ids.iat[i],
+            categories=_split_categories(categories.iat[i]),
+            year=int(year) if np.isfinite(year) and year == int(year) else None,
+            price=float(price) if np.isfinite(price) and price >= 0 else None,
+        ))
+    return items
+
+
+def _check_mostly_valid(report: CleaningReport) -> None:
+    if report.rows_rejected <= MAX_REJECTED_FRACTION * report.rows_in:
+        return
+    examples = "; ".join(f"{r}: {rows[0]}" for r, rows in report.examples.items())
+    raise DatasetError(
+        f"{report.source}: {report.rows_rejected} of {report.rows_in} rows are malformed "
+        f"(more than {MAX_REJECTED_FRACTION:.0%}); refusing to build a model from the rest. "
+        f"Reasons: {report.rejected}. First example per reason: {examples}"
+    )
+
+
+def _examples(frame: pd.DataFrame, mask: pd.Series) -> list[dict[str, object]]:
+    rows = frame[mask].head(EXAMPLES_PER_REASON)
+    return [{"row": int(i), **{str(c): _raw(v) for c, v in row.items()}} for i, row in rows.iterrows()]
+
+
+def _raw(value: object) -> object:
+    """A cell as a plain Python value (None when missing), readable in logs and JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return None
+    return value if isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _as_text(column: pd.Series) -> pd.Series:
+    """Cells as stripped strings, "" when missing.
+
+    Integral floats lose their ".0": an integer column with gaps comes back from Parquet as float,
+    but its ids are still "42". Works on the distinct values only: ids repeat a lot.
+    """
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    texts = np.array([_cell_text(v) for v in uniques] + [""], dtype=object)
+    return pd.Series(texts[codes], index=column.index, dtype=object)  # code -1 (missing) -> ""
+
+
+def _cell_text(value: object) -> str:
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "" if np.isnan(value) else str(value)
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return "" if value is None or value is pd.NA else str(value).strip()
+
+
+def _valid_ids(ids: pd.Series) -> pd.Series:
+    codes, uniques = pd.factorize(ids)
+    ok = np.array([_ID_RE.fullmatch(u) is not None for u in uniques] + [False], dtype=bool)
+    return pd.Series(ok[codes], index=ids.index)
+
+
+def _parse_timestamps(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Epoch seconds (float, NaN when unparseable, floored) and a missing-cell mask.
+
+    Accepts integer/float epoch seconds, datetime columns (naive = UTC) and text holding either
+    epoch seconds or ISO-8601.
+    """
+    if pd.api.types.is_datetime64_any_dtype(column):
+        utc = column.dt.tz_convert("UTC") if column.dt.tz is not None else column.dt.tz_localize("UTC")
+        return (utc - _EPOCH) // pd.Timedelta(seconds=1), column.isna()
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        seconds = column.astype(float)
+        missing = seconds.isna()
+    else:
+        text = _as_text(column)
+        missing = text == ""
+        seconds = pd.to_numeric(text, errors="coerce").astype(float)
+        seconds[~missing & seconds.isna()] = _parse_iso(text[~missing & seconds.isna()])
+    seconds[~np.isfinite(seconds)] = np.nan
+    return np.floor(seconds), missing
+
+
+def _parse_iso(text: pd.Series) -> pd.Series:
+    """ISO-8601 text to epoch seconds (NaN when unparseable); no offset means UTC."""
+    out = pd.Series(np.nan, index=text.index)
+    # Parsed apart because pandas 2.2 applies an earlier element's offset to later naive strings.
+    explicit = text.str.contains(_EXPLICIT_TZ, regex=True)
+    for part in (text[explicit], text[~explicit]):
+        if len(part):
+            parsed = pd.to_datetime(part, utc=True, errors="coerce", format="ISO8601")
+            out[part.index] = (parsed - _EPOCH) / pd.Timedelta(seconds=1)
+    return out
+
+
+def _parse_event_types(column: pd.Series | None, n: int) -> pd.Series:
+    if column is None:
+        return pd.Series(DEFAULT_EVENT_TYPE, index=pd.RangeIndex(n), dtype=object)
+    text = _as_text(column)
+    text = text.map({t: t.lower() or DEFAULT_EVENT_TYPE for t in text.unique()})
+    return text
+
+
+def _parse_values(column: pd.Series | None, n: int) -> tuple[pd.Series, pd.Series]:
+    """Float values (NaN when absent) and a mask of cells that hold something non-numeric."""
+    if column is None:
+        return pd.Series(np.nan, index=pd.RangeIndex(n)), pd.Series(False, index=pd.RangeIndex(n))
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.astype(float)
+        bad = np.isinf(values)
+    else:
+        text = _as_text(column)
+        values = pd.to_numeric(text, errors="coerce").astype(float)
+        bad = (text != "") & ~np.isfinite(values)
+    return values.mask(bad), bad
+
+
+def _parse_optional_number(column: pd.Series | None, n: int) -> pd.Series:
+    """Float per row, NaN when absent or unparseable (attributes are best-effort)."""
+    if column is None:
+        return pd.Series(np.nan, index=pd.RangeIndex(n))
+    text = column if pd.api.types.is_numeric_dtype(column) else _as_text(column)
+    return pd.to_numeric(text, errors="coerce").astype(float)
+
+
+def _split_categories(cell: object) -> tuple[str, ...]:
+    """ "a|b" text, or a list from a Parquet list column; empty parts dropped, order kept."""
+    if isinstance(cell, (list, tuple, np.ndarray)):
+        parts = [str(c) for c in cell]
+    elif isinstance(cell, str):
+        parts = cell.split("|")
+    else:
+        return ()
+    return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
+def _stem(path: Path) -> str:
+    return Path(path.name.removesuffix(".gz")).stem

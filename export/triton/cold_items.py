@@ -1,0 +1,102 @@
+"""Cold items: embed new catalog items from their attributes with the trained item tower, without
+retraining, and publish them as a new model version.
+
+A new item has no trained id embedding, so its id row is zero and its vector comes from its
+categories, year and price alone. Every existing item keeps exactly its embedding. The new
+version holds ``user_tower``, ``retrieve`` and ``recommend_fused`` built from one extended catalog,
+so one version number always means one item index space.
+
+    python -m export.triton.cold_items --repository model_repository \\
+        --checkpoint build/checkpoints/seed0/best.pt --items new_items.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from export.data.interactions import items_from_frame, read_table
+from export.model.towers import TwoTower
+from export.train import load_checkpoint
+from export.triton.repository import ServingConfig, export_repository
+from features import contract as sig
+from features.catalog import PAD_INDEX, Item, ItemCatalog
+
+log = logging.getLogger(__name__)
+
+
+def extend_catalog(catalog: ItemCatalog, new_items: list[Item]) -> ItemCatalog:
+    """Append items; unseen categories go after the trained ones so column meanings stay put."""
+    known = [item.item_id for item in new_items if item.item_id in catalog]
+    if known:
+        raise ValueError(f"already in the catalog: {known[:5]}{' ...' if len(known) > 5 else ''}")
+    extra = sorted({c for item in new_items for c in item.categories} - set(catalog.categories))
+    return ItemCatalog(items=catalog.items + list(new_items), categories=catalog.categories + extra)
+
+
+@torch.no_grad()
+def extend_model(model: TwoTower, catalog: ItemCatalog, extended: ItemCatalog) -> TwoTower:
+    """Grow the (shared) item encoder's tables to ``extended`` in place; trained rows unchanged."""
+    encoder = model.item_tower.encoder
+    old_rows, dim = encoder.id_embedding.weight.shape
+    ids = nn.Embedding(extended.num_embeddings, dim, padding_idx=PAD_INDEX)
+    ids.weight.zero_()
+    ids.weight[:old_rows] = encoder.id_embedding.weight
+    encoder.id_embedding = ids
+    # Categories the model never saw have no trained projection: their columns are dropped.
+    encoder.categories = torch.from_numpy(extended.category_matrix()[:, :len(catalog.categories)])
+    years = extended.year_buckets(first_year=catalog.first_year())
+    encoder.years = torch.from_numpy(years).clamp(max=encoder.year_embedding.num_embeddings - 1)
+    prices = torch.from_numpy(extended.price_buckets())
+    encoder.prices = prices.clamp(max=encoder.price_embedding.num_embeddings - 1)
+    model.all_items = torch.arange(extended.num_embeddings)
+    return model
+
+
+def publish_cold_items(repository: Path, checkpoint: Path, new_items: list[Item],
+                       serving: ServingConfig = ServingConfig()) -> int:
+    """Write version N+1 of the models with ``new_items`` added; returns N+1.
+
+    Load it with Triton's repository API (``load`` on each model); the version policy serves the
+    newest, and the old version stays on disk for roll-back.
+    """
+    retrieve_dir = repository / sig.RETRIEVE
+    current = sig.latest_version(retrieve_dir)
+    catalog = ItemCatalog.from_json(retrieve_dir / str(current) / sig.CATALOG_FILE)
+    info = json.loads((retrieve_dir / str(current) / sig.SERVING_FILE).read_text())
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = state["config"]
+    model = TwoTower(catalog, config["dim"], config["recency_decay"], config["dropout"])
+    load_checkpoint(model, checkpoint)
+    extended = extend_catalog(catalog, new_items)
+    extend_model(model, catalog, extended)
+    version = current + 1
+    metadata = {k: v for k, v in info.items() if k not in ("version", "sequence_length", "dim")}
+    metadata["cold_items_added"] = [item.item_id for item in new_items]
+    export_repository(model.eval(), extended, repository, sequence_length=info["sequence_length"],
+                      version=version, serving=serving, metadata=metadata)
+    log.info("published version %d with %d new items (%d in all)", version, len(new_items),
+             extended.num_items)
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.triton.cold_items", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--items", type=Path, required=True, help="items file (see README schema)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    version = publish_cold_items(args.repository, args.checkpoint, items_from_frame(read_table(args.items)))
+    print(f"published version {version} under {args.repository}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""Model rollouts on a live Triton (explicit model control): publish, load, smoke, shadow, promote,
+roll back, retire — each step logged, idempotent, with a dry run.
+
+    python -m export.triton.rollout --repository model_repository --triton-url 127.0.0.1:8000 status
+    python -m export.triton.rollout ... publish --from build/candidate_repository   # -> version N
+    python -m export.triton.rollout ... promote N --shadow-requests build/user_histories.json \
+        --min-overlap 0.3
+    python -m export.triton.rollout ... rollback
+    python -m export.triton.rollout ... retire N
+
+How versions are served. ``user_tower``, ``retrieve`` and ``recommend_fused`` keep the live and the
+candidate (or previous) version loaded side by side (``version_policy: specific``, rewritten here).
+Which one answers is ``rollout.json`` at the repository root: gateways poll it and pin every request
+to the live version together with that version's catalog, so no answer ever mixes two versions
+and switching is instant in both directions. The ``recommend`` ensemble's steps are pinned to the
+live version in its config. A failed check leaves everything as it was: the candidate stays
+loaded but is never live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.triton.repository import REFERENCE_FILE, read_config, write_config
+from features import contract as sig
+from features.catalog import ItemCatalog
+from features.model_inputs import ModelInputs, build_inputs, ranked_items
+
+log = logging.getLogger("export.triton.rollout")
+
+
+class RolloutError(RuntimeError):
+    """A step refused or a check failed; the live version is unchanged."""
+
+
+@dataclass
+class RolloutState:
+    live: int
+    previous: int | None = None
+    published: dict[str, int] = field(default_factory=dict)  # content hash -> version
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, repository: Path) -> RolloutState:
+        path = repository / sig.ROLLOUT_FILE
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            return cls(raw["live"], raw.get("previous"), raw.get("published", {}), raw.get("history", []))
+        # First rollout on this repository: adopt what Triton serves by default, the newest.
+        return cls(live=sig.latest_version(repository / sig.RETRIEVE))
+
+    def write(self, repository: Path) -> None:
+        path = repository / sig.ROLLOUT_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=2))
+        os.replace(tmp, path)  # gateways poll this file: never let them read half of it
+
+
+@dataclass
+class SmokeReport:
+    version: int
+    requests: int
+    id_overlap: float  # mean fraction of the reference top-k that Triton returned
+    max_score_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return self.id_overlap >= 0.9 and self.max_score_diff <= 1e-3
+
+
+@dataclass
+class ShadowReport:
+    live: int
+    candidate: int
+    requests: int
+    k: int
+    overlap_at_k: float  # mean |live top-k ∩ candidate top-k| / k
+    live_ms: dict[str, float]
+    candidate_ms: dict[str, float]
+
+
+def _versions_on_disk(model_dir: Path) -> set[int]:
+    return {int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def _tree_hash(dirs: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for root in dirs:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if path.name == sig.SERVING_FILE:
+                continue  # carries the version number, which publishing rewrites
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _percentiles(values_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(values_ms)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
+
+
+class Rollout:
+    def __init__(self, repository: Path, triton_url: str, *, dry_run: bool = False,
+                 timeout_s: float = 120) -> None:
+        self.repository = Path(repository)
+        self.dry_run = dry_run
+        self.client = httpclient.InferenceServerClient(triton_url, network_timeout=timeout_s,
+                                                       connection_timeout=timeout_s)
+        self.state = RolloutState.read(self.repository)
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def _record(self, action: str, **details: object) -> None:
+        entry = {"at_ms": int(time.time() * 1000), "action": action, **details}
+        log.info("%s%s %s", "[dry run] " if self.dry_run else "", action,
+                 json.dumps(details, sort_keys=True))
+        if not self.dry_run:
+            self.state.history.append(entry)
+            self.state.write(self.repository)
+
+    def status(self) -> dict:
+        ready = {}
+        for name in sig.VERSIONED_MODELS:
+            versions = sorted(_versions_on_disk(self.repository / name))
+            ready[name] = {str(v): self._ready(name, v) for v in versions}
+        return {"live": self.state.live, "previous": self.state.previous, "ready": ready,
+                "recent": self.state.history[-5:]}
+
+    def _ready(self, name: str, version: int) -> bool:
+        try:
+            return bool(self.client.is_model_ready(name, str(version)))
+        except Exception:  # noqa: BLE001 - any failure to answer means "not ready"
+            return False
+
+    # --- publish ------------------------------------------------------------------------------
+
+    def publish(self, source: Path) -> int:
+        """Copy the newest version of an export into this repository as the next version.
+        Publishing the same export twice returns the version it got the first time."""
+        source = Path(source)
+        src_version = sig.latest_version(source / sig.RETRIEVE)
+        src_dirs = [source / name / str(src_version) for name in sig.VERSIONED_MODELS]
+        digest = _tree_hash(src_dirs)
+        if digest in self.state.published:
+            version = self.state.published[digest]
+            log.info("already published as version %d", version)
+            return version
+        for name in (*sig.VERSIONED_MODELS, sig.RECOMMEND):
+            live_cfg, new_cfg = (read_config(root / name / "config.pbtxt")
+                                 for root in (self.repository, source))
+            for cfg in (live_cfg, new_cfg):
+                cfg.ClearField("version_policy")
+                if cfg.HasField("ensemble_scheduling"):
+                    for step in cfg.ensemble_scheduling.step:
+                        step.model_version = -1
+            if live_cfg != new_cfg:
+                raise RolloutError(f"{name}: the candidate's config.pbtxt differs from the live one "
+                                   "(shapes or batching); that needs a new model, not a version")
+        version = 1 + max(max(_versions_on_disk(self.repository / n)) for n in sig.VERSIONED_MODELS)
+        if not self.dry_run:
+            # The pointer first: a gateway must never take the new directory for the newest live one.
+            self.state.write(self.repository)
+            for name, src in zip(sig.VERSIONED_MODELS, src_dirs, strict=True):
+                shutil.copytree(src, self.repository / name / str(version))
+            serving = self.repository / sig.RETRIEVE / str(version) / sig.SERVING_FILE
+            info = json.loads(serving.read_text())
+            serving.write_text(json.dumps({**info, "version": version}, indent=2))
+            self.state.published[digest] = version
+        self._record("publish", version=version, source=str(source), source_version=src_version)
+        return version
+
+    # --- load / retire ------------------------------------------------------------------------
+
+    def _serve_versions(self, versions: set[int]) -> None:
+        """Make exactly ``versions`` loaded for every versioned model, the ensemble pinned to the
+        live one. Configs are written first and the ensemble loaded first: loading it reloads its
+        steps from the new configs in one go, so it never sees a candidate as "latest"."""
+        for name in sig.VERSIONED_MODELS:
+            path = self.repository / name / "config.pbtxt"
+            config = read_config(path)
+            policy = mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(
+                versions=sorted(versions)))
+            if config.version_policy != policy and not self.dry_run:
+                config.version_policy.CopyFrom(policy)
+                write_config(config, path.parent)
+        self._point_ensemble_at(self.state.live)
+        if self.dry_run:
+            return
+        for name in sig.VERSIONED_MODELS:
+            self.client.load_model(name)
+            missing = [v for v in versions if not self._ready(name, v)]
+            if missing:
+                raise RolloutError(f"{name}: versions {missing} did not become ready")
+
+    def load(self, version: int) -> None:
+        if not (self.repository / sig.RETRIEVE / str(version)).is_dir():
+            raise RolloutError(f"version {version} is not in {self.repository}: publish it first")
+        keep = {self.state.live, version} | ({self.state.previous} if self.state.previous else set())
+        self._serve_versions(keep)
+        self._record("load", version=version, loaded=sorted(keep))
+
+    def retire(self, version: int) -> None:
+        if version == self.state.live:
+            raise RolloutError(f"version {version} is live: promote or roll back first")
+        keep = {self.state.live} | ({self.state.previous} if self.state.previous else set())
+        keep.discard(version)
+        self._serve_versions(keep)
+        if self.state.previous == version:
+            self.state.previous = None
+        self._record("retire", version=version, loaded=sorted(keep))
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def _infer(self, version: int, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray, float]:
+        started = time.perf_counter()
+        result = self.client.infer(sig.RECOMMEND_FUSED, inputs.infer_inputs(httpclient),
+                                   model_version=str(version))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return result.as_numpy(sig.ITEM_INDEX), result.as_numpy(sig.SCORE), elapsed_ms
+
+    def smoke(self, version: int) -> SmokeReport:
+        """Triton's answers for the exporter's reference requests equal PyTorch's at export time."""
+        path = self.repository / sig.RETRIEVE / str(version) / REFERENCE_FILE
+        if not path.is_file():
+            raise RolloutError(f"no {REFERENCE_FILE} for version {version} (exported with an ANN "
+                               "index, or by an older exporter): nothing to smoke-check against")
+        ref = json.loads(path.read_text())
+        history = np.array(ref["history"], dtype=np.int64)
+        inputs = ModelInputs(history=history, exclude=np.array(ref["exclude"], dtype=np.int64),
+                             k=np.full((len(history), 1), ref["k"], dtype=np.int32))
+        items, scores, _ = self._infer(version, inputs)
+        want_items, want_scores = np.array(ref["item_index"]), np.array(ref["score"])
+        overlap = np.mean([len(set(a) & set(b)) / ref["k"] for a, b in zip(items, want_items, strict=True)])
+        report = SmokeReport(version, len(want_items), float(overlap),
+                             float(np.max(np.abs(scores - want_scores))))
+        self._record("smoke", version=version, ok=report.ok, id_overlap=report.id_overlap,
+                     max_score_diff=report.max_score_diff)
+        return report
+
+    def shadow(self, version: int, histories: dict[str, list[str]], *, requests: int = 200,
+               k: int = 10) -> ShadowReport:
+        """Recorded requests (user histories) against the live and the candidate version, each with
+        its own catalog, as the gateway would send them: top-k overlap and latency."""
+        catalogs = {v: ItemCatalog.from_json(self.repository / sig.RETRIEVE / str(v) / sig.CATALOG_FILE)
+                    for v in (self.state.live, version)}
+        seq_len = int(json.loads((self.repository / sig.RETRIEVE / str(version) / sig.SERVING_FILE)
+                                 .read_text())["sequence_length"])
+        users = sorted(histories)[:requests]
+        latencies: dict[int, list[float]] = {self.state.live: [], version: []}
+        overlaps = []
+        for user in users:
+            answers = {}
+            for v, catalog in catalogs.items():
+                inputs = build_inputs(histories[user], catalog, seq_len, k, exclude=histories[user])
+                items, scores, ms = self._infer(v, inputs)
+                latencies[v].append(ms)
+                answers[v] = {item.item_id for item, _ in ranked_items(items[0], scores[0], catalog)}
+            overlaps.append(len(answers[self.state.live] & answers[version]) / k)
+        report = ShadowReport(self.state.live, version, len(users), k, float(np.mean(overlaps)),
+                              _percentiles(latencies[self.state.live]), _percentiles(latencies[version]))
+        self._record("shadow", version=version, requests=len(users), overlap_at_k=report.overlap_at_k,
+                     live_ms=report.live_ms, candidate_ms=report.candidate_ms)
+        return report
+
+    # --- promote / rollback -------------------------------------------------------------------
+
+    def _point_ensemble_at(self, version: int) -> None:
+        path = self.repository / sig.RECOMMEND / "config.pbtxt"
+        config = read_config(path)
+        for step in config.ensemble_scheduling.step:
+            step.model_version = version
+        if not self.dry_run:
+            write_config(config, path.parent)
+            self.client.load_model(sig.RECOMMEND)
+
+    def _switch(self, live: int, previous: int | None, action: str, **details: object) -> None:
+        self._point_ensemble_at(live)
+        old = self.state.live
+        if not self.dry_run:
+            self.state.live, self.state.previous = live, previous
+        self._record(action, version=live, was=old, **details)
+
+    def promote(self, version: int, *, shadow_histories: dict[str, list[str]] | None = None,
+                min_overlap: float | None = None, skip_checks: bool = False) -> None:
+        if version == self.state.live:
+            log.info("version %d is already live", version)
+            return
+        self.load(version)
+        checks: dict[str, object] = {}
+        if not skip_checks and not self.dry_run:
+            smoke = self.smoke(version)
+            if not smoke.ok:
+                raise RolloutError(f"smoke check failed for version {version}: {smoke}")
+            checks["smoke"] = "ok"
+            if shadow_histories:
+                shadow = self.shadow(version, shadow_histories)
+                checks["overlap_at_k"] = shadow.overlap_at_k
+                if min_overlap is not None and shadow.overlap_at_k < min_overlap:
+                    raise RolloutError(f"shadow overlap@{shadow.k} {shadow.overlap_at_k:.3f} is below "
+                                       f"{min_overlap}: version {self.state.live} stays live")
+        self._switch(version, self.state.live, "promote", **checks)
+
+    def rollback(self) -> int:
+        previous = self.state.previous
+        if previous is None:
+            raise RolloutError("no previous version to roll back to")
+        if not self.dry_run and not all(self._ready(n, previous) for n in sig.VERSIONED_MODELS):
+            self._serve_versions({self.state.live, previous})
+        self._switch(previous, self.state.live, "rollback")
+        return previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.triton.rollout",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--triton-url", default="127.0.0.1:8000", help="Triton's HTTP endpoint")
+    parser.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    sub = parser.add_subparsers(dest="step", required=True)
+    sub.add_parser("status")
+    publish = sub.add_parser("publish", help="copy an export's newest version in as the next version")
+    publish.add_argument("--from", dest="source", type=Path, required=True)
+    for name in ("load", "smoke", "shadow", "promote", "retire"):
+        step = sub.add_parser(name)
+        step.add_argument("version", type=int)
+        if name in ("shadow", "promote"):
+            step.add_argument("--shadow-requests", type=Path,
+                              help="JSON {user: [item ids]} of recorded requests "
+                                   "(e.g. build/user_histories.json)")
+            step.add_argument("--requests", type=int, default=200)
+        if name == "promote":
+            step.add_argument("--min-overlap", type=float)
+            step.add_argument("--skip-checks", action="store_true")
+    sub.add_parser("rollback")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    rollout = Rollout(args.repository, args.triton_url, dry_run=args.dry_run)
+    histories = (json.loads(args.shadow_requests.read_text())
+                 if getattr(args, "shadow_requests", None) else None)
+    try:
+        if args.step == "status":
+            print(json.dumps(rollout.status(), indent=2))
+        elif args.step == "publish":
+            print(rollout.publish(args.source))
+        elif args.step == "load":
+            rollout.load(args.version)
+        elif args.step == "smoke":
+            report = rollout.smoke(args.version)
+            print(json.dumps(report.__dict__))
+            return 0 if report.ok else 1
+        elif args.step == "shadow":
+            if not histories:
+                parser.error("shadow needs --shadow-requests")
+            print(json.dumps(rollout.shadow(args.version, histories, requests=args.requests).__dict__))
+        elif args.step == "promote":
+            rollout.promote(args.version, shadow_histories=histories, min_overlap=args.min_overlap,
+                            skip_checks=args.skip_checks)
+        elif args.step == "rollback":
+            print(rollout.rollback())
+        elif args.step == "retire":
+            rollout.retire(args.version)
+    except RolloutError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The serving contract: model names, tensor names and file layout of the Triton repository.
+
+Imported by the exporter (which writes config.pbtxt from it) and by the gateway (which builds
+requests with it). Kept free of heavy imports so the gateway does not pull in torch.
+"""
+
+import json
+from pathlib import Path
+
+USER_TOWER = "user_tower"
+RETRIEVE = "retrieve"
+RECOMMEND = "recommend"  # the ensemble: user_tower -> retrieve
+RECOMMEND_FUSED = "recommend_fused"  # the same inputs/outputs, one TorchScript step
+
+HISTORY = "HISTORY"  # INT64 [L] item indices, left-padded, most recent last
+USER_EMBEDDING = "USER_EMBEDDING"  # FP32 [D]
+EXCLUDE = "EXCLUDE"  # INT64 [-1] item indices never to return (PAD=0 allowed as filler)
+K = "K"  # INT32 [1]
+ITEM_INDEX = "ITEM_INDEX"  # INT64 [-1]
+SCORE = "SCORE"  # FP32 [-1] cosine similarity
+
+# Files next to the retrieve model that the gateway needs to turn indices back into items.
+CATALOG_FILE = "catalog.json"
+SERVING_FILE = "serving.json"
+
+
+def latest_version(model_dir: Path) -> int:
+    """The newest numbered version directory of a model (the one Triton's policy serves)."""
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    if not versions:
+        raise FileNotFoundError(f"no version directories under {model_dir}")
+    return max(versions)
+
+
+# Which version the gateways serve, written by `python -m export.triton.rollout` at the repository root:
+# {"live": N, "previous": M | null, ...}. Without it, the newest version is live.
+ROLLOUT_FILE = "rollout.json"
+# The models that carry a version per rollout (the ensemble pins its steps to the live version).
+VERSIONED_MODELS = (USER_TOWER, RETRIEVE, RECOMMEND_FUSED)
+
+
+def live_version(repository: Path) -> int:
+    """The version gateways should serve: the rollout pointer, else the newest retrieve version."""
+    pointer = Path(repository) / ROLLOUT_FILE
+    if pointer.is_file():
+        return int(json.loads(pointer.read_text())["live"])
+    return latest_version(Path(repository) / RETRIEVE)

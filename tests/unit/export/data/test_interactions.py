@@ -1,0 +1,178 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from export.data.interactions import (
+    BAD_ID,
+    BAD_TIMESTAMP,
+    BAD_VALUE,
+    EXAMPLES_PER_REASON,
+    FUTURE_TIMESTAMP,
+    MISSING_VALUE,
+    UNKNOWN_EVENT_TYPE,
+    DatasetError,
+    clean_interactions,
+    dataset_from_frames,
+    load_interactions_file,
+)
+from features.catalog import Item
+
+NOW_S = 1_700_000_000  # 2023-11-14: a fixed "now" so the future-timestamp rule is deterministic
+
+
+def frame(rows: list[tuple], columns=("user_id", "item_id", "timestamp", "event_type", "value")):
+    return pd.DataFrame(rows, columns=list(columns), dtype=object)
+
+
+def test_clean_drops_exact_duplicates_and_sorts_stably():
+    raw = pd.DataFrame({
+        "user_id": ["u", "u", "u", "v"], "item_id": ["b", "a", "b", "c"], "timestamp": [2, 1, 2, 5],
+    })
+    out, report = clean_interactions(raw, now_s=NOW_S)
+    assert out[["user_id", "item_id", "timestamp"]].values.tolist() == [
+        ["u", "a", 1], ["u", "b", 2], ["v", "c", 5]]
+    assert report.duplicates == 1 and report.rows_in == 4 and report.rows_kept == 3
+    assert report.rejected == {}
+
+
+def test_clean_output_columns_defaults_and_dtypes():
+    raw = pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "timestamp": ["100"]})
+    out, _ = clean_interactions(raw, now_s=NOW_S)
+    assert list(out.columns) == ["user_id", "item_id", "timestamp", "event_type", "value"]
+    assert out.dtypes["timestamp"] == np.int64 and out.dtypes["value"] == np.float64
+    assert out.loc[0, "event_type"] == "view" and np.isnan(out.loc[0, "value"])
+    assert isinstance(out.loc[0, "user_id"], str)
+
+
+def test_ties_in_timestamp_keep_file_order():
+    raw = frame([("u", "c", 5, "view", None), ("v", "x", 1, "view", None), ("u", "a", 5, "click", None),
+                 ("u", "b", 5, "view", None), ("u", "z", 1, "view", None)])
+    out, _ = clean_interactions(raw, now_s=NOW_S)
+    assert out["item_id"].tolist() == ["z", "c", "a", "b", "x"]
+
+
+def test_each_reject_reason_is_counted_with_examples():
+    good = [("u1", f"i{k}", 100 + k, "view", "") for k in range(10)]
+    bad = [
+        ("", "i1", 1, "view", ""),                     # missing user
+        ("u2", "i1", "", "view", ""),                  # missing timestamp
+        ("u 2", "i1", 1, "view", ""),                  # space is not allowed in ids
+        ("u2", "i/1", 1, "view", ""),                  # neither is "/"
+        ("u2", "i1", "yesterday", "view", ""),         # unparseable timestamp
+        ("u2", "i1", NOW_S + 30 * 86_400, "view", ""),  # a month ahead of now
+        ("u2", "i1", 1, "wishlist", ""),               # not an event type
+        ("u2", "i1", 1, "purchase", "12,50"),          # not a number
+    ]
+    out, report = clean_interactions(frame(good + bad), now_s=NOW_S)
+    assert report.rejected == {MISSING_VALUE: 2, BAD_ID: 2, BAD_TIMESTAMP: 1, FUTURE_TIMESTAMP: 1,
+                               UNKNOWN_EVENT_TYPE: 1, BAD_VALUE: 1}
+    assert report.rows_in == 18 and report.rows_kept == 10 and report.rows_rejected == 8
+    assert len(out) == 10 and set(out["user_id"]) == {"u1"}
+    example = report.examples[BAD_TIMESTAMP][0]
+    assert example["row"] == 14 and example["timestamp"] == "yesterday"
+    assert "bad_value=1" in report.summary()
+
+
+def test_a_row_is_counted_under_its_first_failing_rule_and_examples_are_capped():
+    rows = [("u1", "i1", k + 1, "view", "") for k in range(10)]
+    rows += [("bad id", "i1", "never", "wishlist", "x")] * 1 + [("", "i1", k, "view", "") for k in range(5)]
+    _, report = clean_interactions(frame(rows), now_s=NOW_S)
+    assert report.rejected == {MISSING_VALUE: 5, BAD_ID: 1}
+    assert len(report.examples[MISSING_VALUE]) == EXAMPLES_PER_REASON
+
+
+def test_timestamps_accept_epoch_seconds_and_iso_8601():
+    raw = frame([
+        ("u", "a", "1704067200", "view", ""),
+        ("u", "b", "2024-01-01T02:00:00+02:00", "view", ""),  # same instant as the row above
+        ("u", "c", "2024-01-01T00:00:10", "view", ""),        # no offset means UTC
+        ("u", "d", "2024-01-01T00:00:20Z", "view", ""),
+        ("u", "e", 1704067230.9, "view", ""),                 # fractions of a second are dropped
+    ])
+    out, report = clean_interactions(raw, now_s=1_800_000_000)
+    assert report.rejected == {}
+    assert out["timestamp"].tolist() == [1704067200, 1704067200, 1704067210, 1704067220, 1704067230]
+
+
+def test_duplicates_are_judged_after_parsing():
+    raw = frame([("u", "a", "1704067200", "VIEW", ""), ("u", "a", "2024-01-01T00:00:00Z", "view", ""),
+                 ("u", "a", "2024-01-01T00:00:00Z", "purchase", "9.5")])
+    out, report = clean_interactions(raw, now_s=1_800_000_000)
+    assert report.duplicates == 1
+    assert out["event_type"].tolist() == ["view", "purchase"]
+    assert np.isnan(out["value"].iloc[0]) and out["value"].iloc[1] == 9.5
+
+
+def test_mostly_malformed_input_is_an_error_not_an_empty_model(tmp_path):
+    path = tmp_path / "log.csv"
+    rows = ["user_id,item_id,timestamp"] + ["u1,i1,100"] * 4 + ["u1,i1,not-a-time"] * 5
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"5 of 9 rows are malformed.*bad_timestamp"):
+        load_interactions_file(path)
+
+
+def test_exactly_half_malformed_is_still_accepted():
+    rows = [("u1", "i1", 1, "view", "")] + [("u1", "i1", "?", "view", "")]
+    out, report = clean_interactions(frame(rows), now_s=NOW_S)
+    assert len(out) == 1 and report.rows_rejected == 1
+
+
+def test_missing_required_columns_are_named(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item_id,time\nu1,i1,1\n")
+    with pytest.raises(DatasetError, match="missing required column.*user_id, timestamp"):
+        load_interactions_file(path)
+    with pytest.raises(DatasetError, match="item_id"):
+        dataset_from_frames("x", frame([("u", "a", 1, "view", "")]), pd.DataFrame({"title": ["A"]}))
+
+
+def test_unreadable_sources_raise_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        load_interactions_file(tmp_path / "nope.csv")
+    (tmp_path / "log.json").write_text("{}")
+    with pytest.raises(DatasetError, match="unknown file type"):
+        load_interactions_file(tmp_path / "log.json")
+    (tmp_path / "empty.csv").write_text("user_id,item_id,timestamp\n")
+    with pytest.raises(DatasetError, match="no interactions"):
+        load_interactions_file(tmp_path / "empty.csv")
+
+
+def test_csv_file_with_items_file_builds_the_catalog(tmp_path):
+    (tmp_path / "log.csv").write_text(
+        "user_id,item_id,timestamp,event_type,value,extra\n"
+        "u1,sku1,2024-01-01T00:00:00Z,view,,ignored\n"
+        "u1,sku1,2024-01-01T00:01:00Z,purchase,19.99,\n"
+        "u2,sku9,1704067200,Click,,\n"
+    )
+    (tmp_path / "items.csv").write_text(
+        "item_id,title,categories,year,price,stock\n"
+        "sku1,Blue mug,home|kitchen,,19.99,3\n"
+        "sku2,Red mug,home| kitchen|,2020,oops,0\n"  # nobody interacted with it: a cold item
+        "sku1,Duplicate row,x,,,\n"
+    )
+    dataset = load_interactions_file(tmp_path / "log.csv", tmp_path / "items.csv")
+    assert dataset.name == "log" and dataset.cleaning.rows_kept == 3
+    assert dataset.interactions["event_type"].tolist() == ["view", "purchase", "click"]
+    assert dataset.catalog.items == [
+        Item("sku1", "Blue mug", ("home", "kitchen"), None, 19.99),
+        Item("sku2", "Red mug", ("home", "kitchen"), 2020, None),
+        Item("sku9", "sku9"),  # interacted but not listed: default attributes
+    ]
+    assert dataset.catalog.categories == ["home", "kitchen"]
+
+
+def test_parquet_with_typed_columns(tmp_path):
+    log = pd.DataFrame({
+        "user_id": np.array([7, 7, 8, 8, 7], dtype=np.int64),
+        "item_id": np.array([42.0, np.nan, 43.0, 44.0, 45.0]),  # an int column with a gap is float
+        "timestamp": pd.to_datetime(["2024-01-01 00:00:05", "2024-01-01 00:00:00", "2024-01-02 00:00:00",
+                                     "2024-01-01 00:00:00", "2024-01-01 00:00:00"]),
+        "value": [1.0, 2.0, np.inf, np.nan, 3.0],
+    })
+    log.to_parquet(tmp_path / "log.parquet")
+    dataset = load_interactions_file(tmp_path / "log.parquet", name="typed")
+    assert dataset.name == "typed"
+    assert dataset.interactions.drop(columns="value").values.tolist() == [
+        ["7", "45", 1704067200, "view"], ["7", "42", 1704067205, "view"], ["8", "44", 1704067200, "view"]]
+    assert dataset.interactions["value"].tolist()[:2] == [3.0, 1.0]
+    assert dataset.cleaning.rejected == {MISSING_VALUE: 1, BAD_VALUE: 1}

@@ -1,0 +1,74 @@
+import torch
+
+from export.model.retrieval import TopKRetrieval
+from export.model.towers import TwoTower
+from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX
+
+
+def test_embeddings_are_unit_norm_and_ids_out_of_range_are_bucketed(catalog):
+    model = TwoTower(catalog, dim=8).eval()
+    history = torch.tensor([[PAD_INDEX, 2, 3], [999, -4, 5]])  # second row: hostile ids
+    users = model.user_tower(history)
+    assert users.shape == (2, 8)
+    torch.testing.assert_close(users.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(model.item_embeddings().norm(dim=1)[FIRST_ITEM_INDEX:],
+                               torch.ones(catalog.num_items))
+
+
+def test_torchscript_matches_eager(catalog):
+    model = TwoTower(catalog, dim=8).eval()
+    history = torch.randint(0, catalog.num_embeddings, (4, 5))
+    scripted = torch.jit.script(model.user_tower)
+    torch.testing.assert_close(scripted(history), model.user_tower(history))
+
+
+def test_retrieval_never_returns_excluded_or_reserved_rows(catalog):
+    model = TwoTower(catalog, dim=8).eval()
+    with torch.no_grad():
+        retrieval = torch.jit.script(TopKRetrieval(model.item_embeddings()))
+        users = model.user_tower(torch.tensor([[2, 3, 4]]))
+        exclude = torch.tensor([[2, 3, PAD_INDEX, 10_000]])  # out-of-range exclusions are ignored
+        index, score = retrieval(users, exclude, torch.tensor([[catalog.num_items - 2]]))
+    returned = set(index[0].tolist())
+    assert returned == set(range(FIRST_ITEM_INDEX, catalog.num_embeddings)) - {2, 3}
+    assert torch.all(score[0][:-1] >= score[0][1:])
+    assert retrieval.num_items() == catalog.num_items
+
+
+def test_sampled_softmax_with_logq_lowers_popular_negatives(catalog):
+    import numpy as np
+
+    from export.train import TrainConfig, sampled_softmax_loss, target_log_frequencies
+
+    torch.manual_seed(0)
+    model = TwoTower(catalog, dim=8).eval()
+    targets = torch.tensor([2, 3, 4, 2])  # item 2 twice: not a negative for itself
+    users = model.user_tower(torch.tensor([[2, 3], [3, 4], [4, 5], [5, 6]]))
+    log_q = target_log_frequencies(np.array([2] * 50 + [3, 4, 5, 6, 7]), catalog.num_embeddings)
+    plain = sampled_softmax_loss(model, users, targets, TrainConfig(logq_correction=False), log_q)
+    corrected = sampled_softmax_loss(model, users, targets, TrainConfig(logq_correction=True), log_q)
+    mixed = sampled_softmax_loss(model, users, targets, TrainConfig(uniform_negatives=4), log_q,
+                                 torch.Generator().manual_seed(0))
+    assert torch.isfinite(plain) and torch.isfinite(corrected) and torch.isfinite(mixed)
+    assert not torch.isclose(plain, corrected)
+
+
+def test_training_improves_the_loss_and_restores_the_best_epoch(catalog, tmp_path):
+    import numpy as np
+
+    from export.data.loaders import InMemoryBatches
+    from export.train import TrainConfig, load_checkpoint, target_log_frequencies, train
+
+    rng = np.random.default_rng(0)
+    histories = rng.integers(2, catalog.num_embeddings, (64, 3))
+    targets = histories[:, -1].copy()  # learnable: the next item is the last one again
+    calls = iter([0.1, 0.3, 0.2, 0.2])
+    model = TwoTower(catalog, dim=8)
+    config = TrainConfig(epochs=4, patience=2, loss="sampled", learning_rate=0.05)
+    records = train(model, InMemoryBatches(histories, targets, 16), config,
+                    log_q=target_log_frequencies(targets, catalog.num_embeddings),
+                    validate=lambda m: {"recall@10": next(calls)}, checkpoint_dir=tmp_path)
+    assert len(records) == 4 and records[1].get("best")
+    assert records[-1]["loss"] < records[0]["loss"]
+    best = load_checkpoint(TwoTower(catalog, dim=8), tmp_path / "best.pt")
+    assert [e["epoch"] for e in best["epochs"]] == [1, 2]

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from export.model.towers import TwoTower
+from export.train import TrainConfig, save_checkpoint
+from export.triton.cold_items import extend_catalog, publish_cold_items
+from export.triton.repository import ServingConfig, export_repository
+from features import contract as sig
+from features.catalog import Item, ItemCatalog
+
+NEW = [Item("g", "Golf", ("Comedy",), 1995, 9.99), Item("h", "Hotel", ("Brand-new",), 2030, 1e6)]
+
+
+@pytest.fixture
+def published(tmp_path, catalog):
+    torch.manual_seed(0)
+    model = TwoTower(catalog, dim=8).eval()
+    checkpoint = tmp_path / "best.pt"
+    config = TrainConfig(dim=8)
+    save_checkpoint(model, torch.optim.Adam(model.parameters()), config, [], checkpoint)
+    repo = tmp_path / "repo"
+    serving = ServingConfig(warmup=False)
+    export_repository(model, catalog, repo, sequence_length=4, serving=serving)
+    version = publish_cold_items(repo, checkpoint, NEW, serving)
+    return repo, version
+
+
+def load(repo, name, version):
+    return torch.jit.load(str(repo / name / str(version) / "model.pt"))
+
+
+def test_new_version_adds_items_and_keeps_every_trained_embedding(published, catalog):
+    repo, version = published
+    assert version == 2
+    old, new = load(repo, sig.RETRIEVE, 1), load(repo, sig.RETRIEVE, 2)
+    assert new.num_items() == catalog.num_items + 2
+    rows = catalog.num_embeddings
+    torch.testing.assert_close(new.item_embeddings[:rows], old.item_embeddings)
+    extended = ItemCatalog.from_json(repo / sig.RETRIEVE / "2" / sig.CATALOG_FILE)
+    assert extended.index_of("g") == rows and extended.categories[-1] == "Brand-new"
+
+
+def test_a_cold_item_is_retrievable_by_its_own_embedding(published):
+    repo, _ = published
+    retrieve = load(repo, sig.RETRIEVE, 2)
+    extended = ItemCatalog.from_json(repo / sig.RETRIEVE / "2" / sig.CATALOG_FILE)
+    g = extended.index_of("g")
+    query = retrieve.item_embeddings[g:g + 1]
+    index, _ = retrieve(query, torch.zeros((1, 1), dtype=torch.long), torch.tensor([[1]]))
+    assert index.item() == g
+
+
+def test_user_tower_accepts_histories_with_new_items(published):
+    repo, _ = published
+    user_tower = load(repo, sig.USER_TOWER, 2)
+    out = user_tower(torch.tensor([[0, 2, 8, 9]]))  # 8, 9: the cold items
+    assert torch.isfinite(out).all()
+
+
+def test_items_already_in_the_catalog_are_refused(catalog):
+    with pytest.raises(ValueError, match="already in the catalog"):
+        extend_catalog(catalog, [Item("a", "again")])
