@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve test test-unit test-integration train lint perf proto clean
+.PHONY: setup demo serve test test-unit test-integration train lint perf proto docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,10 @@ lint: setup
 ## Regenerate the gRPC modules in gateway/proto/ from recsys.proto (package-qualified imports).
 proto: setup
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. gateway/proto/recsys.proto
+
+## Regenerate docs/settings.md from the settings classes (tests fail when it is stale).
+docs: setup
+	$(PY) scripts/settings_reference.py
 
 clean:
 	rm -rf build .pytest_cache
