@@ -116,7 +116,7 @@ def movielens_100k_dir() -> Path:
 
 
 def load_movielens_100k() -> Dataset:
-    """Every rating is an interaction (the protocol in shared/DESIGN.md); value = the rating."""
+    """Every rating is an interaction (the protocol in docs/evaluation.md); value = the rating."""
     root = movielens_100k_dir()
     inter = pd.read_csv(
         root / "ml-100k.inter",
@@ -150,7 +150,7 @@ def load_interactions_file(
 
     Interactions: ``user_id, item_id, timestamp`` required; ``event_type`` and ``value`` optional;
     other columns are ignored. Items: ``item_id`` required; ``title, categories, year, price``
-    optional (``stock`` and others ignored). See README "Bring your own data".
+    optional (``stock`` and others ignored). See docs/data.md, "Bring your own data".
     """
     path = Path(path)
     interactions = read_table(path)

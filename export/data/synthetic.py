@@ -1,6 +1,6 @@
 """Seeded synthetic e-commerce behaviour for demos, load and fault tests.
 
-Never a substitute for real data in quality claims (shared/DESIGN.md); its job is to look like a
+Never a substitute for real data in quality claims (docs/evaluation.md); its job is to look like a
 shop: a few items get most of the attention (Zipf popularity), users prefer a few categories
 (Dirichlet affinity) that shift over time (intent drift), events come in sessions, and each view
 may go down the funnel view -> click -> cart -> purchase. Items are priced log-normally around a

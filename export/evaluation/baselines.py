@@ -8,8 +8,8 @@ evaluator, so the baselines do not mask them themselves.
 The item-item models are dense ``[num_embeddings, num_embeddings]`` float64 matrices: right for
 catalogs of a few thousand items (ML-100K: 1,682), not for millions.
 
-Reference numbers on ML-100K test are in shared/DESIGN.md ("Real data");
-tests/unit/export/test_baselines.py checks them.
+Reference numbers on ML-100K test are in docs/evaluation.md ("Reference numbers");
+tests/unit/export/evaluation/test_baselines.py checks them.
 """
 
 from __future__ import annotations
@@ -133,9 +133,10 @@ def fit_cooccurrence(
     that can never reorder items with different counts. A user without history or whose last item
     has no transitions therefore gets the popularity ranking.
 
-    On ML-100K test this gives Recall@10 .145 / NDCG@10 .079 against DESIGN.md's .155 / .083. The
-    number depends on choices the reference does not pin down: without the popularity tie-break
-    .142 / .078, with ``symmetric=True`` .158 / .087 (one Recall@10 point is about ±.012 there).
+    On ML-100K test this gives Recall@10 .145 / NDCG@10 .079 against the reference .155 / .083
+    (docs/evaluation.md). The number depends on choices the reference does not pin down: without
+    the popularity tie-break .142 / .078, with ``symmetric=True`` .158 / .087 (one Recall@10 point
+    is about ±.012 there).
     """
     counts = transition_counts(histories, catalog, symmetric)
     pop = popularity_scores(histories, catalog)
@@ -153,7 +154,7 @@ def fit_cooccurrence(
 
 BaselineFit = Callable[[dict[str, list[str]], ItemCatalog], ScoreFn]
 
-# name in reports -> fit function with the DESIGN.md settings
+# name in reports -> fit function with the reference settings (docs/evaluation.md)
 BASELINES: dict[str, BaselineFit] = {
     "popularity": fit_popularity,
     "itemknn": fit_itemknn,

@@ -1,6 +1,6 @@
 """Full-ranking evaluation (never sampled metrics).
 
-Protocol (shared/DESIGN.md): per user the chronologically last interaction is the target; every
+Protocol (docs/evaluation.md): per user the chronologically last interaction is the target; every
 item the user has not interacted with before it is a candidate; Recall@K / NDCG@K are averaged
 over users. With one target per user Recall@K is the hit rate. Coverage@K is the fraction of real
 catalog items that reach at least one user's top K: a model can score well while showing everyone

@@ -88,7 +88,7 @@ def test_cooccurrence_falls_back_to_popularity(catalog):
     assert scores[catalog.index_of("c")] > 1 > scores[catalog.index_of("a")] > scores[catalog.index_of("e")]
 
 
-# shared/DESIGN.md, "Real data": Recall@10 on ML-100K test
+# docs/evaluation.md, "Reference numbers": Recall@10 on ML-100K test
 REFERENCE_RECALL_AT_10 = {"popularity": 0.086, "itemknn": 0.109, "ease": 0.149, "cooccurrence": 0.155}
 
 
