@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feature_service.config import FeatureServiceSettings
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def model_share_ms(deadline_ms: float) -> float:
+    """The part of a request's deadline the feature-store read and the model call may use. The
+    service keeps the last fifth for the fallback (trending or popular items), so that a slow model
+    cannot eat the budget of the answer that replaces it."""
+    return deadline_ms * 4 / 5
 
 
 class GatewaySettings(BaseSettings):
@@ -17,13 +26,16 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_GATEWAY_")
 
     host: str = "127.0.0.1"  # not 0.0.0.0 unless an operator says so
-    port: int = 8080
+    port: int = Field(default=8080, ge=0, le=65535)
     # gRPC front end (same operations as REST); 0 = off, -1 = a free port (tests, demo)
-    grpc_port: int = 0
+    grpc_port: int = Field(default=0, ge=-1, le=65535)
     triton_grpc_url: str = "127.0.0.1:8001"
-    triton_timeout_ms: int = Field(default=500, gt=0)
-    # The whole recommendation, fallback included, answers within this; Triton gets what is left.
+    # The whole recommendation, fallback included, answers within this (see model_share_ms).
     request_deadline_ms: int = Field(default=250, gt=0)
+    # Triton's own client timeout. Unset (the default): the model's share of the request deadline
+    # (200 ms of 250), so that the deadline is the one knob to turn. The service cancels the call
+    # at the end of that share anyway, so a longer timeout could never fire: it is refused.
+    triton_timeout_ms: int | None = Field(default=None, gt=0)
     # More model calls in flight than this: answer from the fallback at once (load shedding).
     max_inflight_model_calls: int = Field(default=64, ge=1)
     # "recommend_fused" (default: one step, measured 1.2-1.7x the ensemble's throughput, see
@@ -36,7 +48,7 @@ class GatewaySettings(BaseSettings):
     events_topic: str = "user-events"
     # Refreshed recommendations for downstream notification systems (and this gateway's SSE).
     recommendations_topic: str = "recommendations"
-    kafka_timeout_ms: int = 5000
+    kafka_timeout_ms: int = Field(default=5000, gt=0)
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_key_prefix: str = "recsys"
@@ -56,15 +68,57 @@ class GatewaySettings(BaseSettings):
     # and to the user's SSE streams, at most once per user per push_min_interval_ms.
     push_event_types: list[Literal["view", "click", "cart", "purchase"]] = ["cart", "purchase"]
     push_min_interval_ms: int = Field(default=10_000, ge=0)
-    push_visible_timeout_ms: int = 3000  # wait this long for the event to reach the store
-    push_keepalive_ms: int = 15_000
+    push_visible_timeout_ms: int = Field(default=3000, gt=0)  # for the event to reach the store
+    push_keepalive_ms: int = Field(default=15_000, gt=0)
     max_push_streams: int = 1000
 
     # Security
     admin_token: SecretStr | None = None  # unset: admin endpoints answer 403
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     max_batch_events: int = Field(default=500, ge=1)
-    stock_cache_ms: int = 1000  # how stale a gateway's view of out-of-stock items may be
+    # How stale a gateway's view of out-of-stock items may be (Redis: re-read this often).
+    stock_cache_ms: int = Field(default=1000, gt=0)
+
+    # --- rules across fields: a gateway that cannot work as configured refuses to start ---------
+
+    @model_validator(mode="after")
+    def _triton_timeout_within_the_model_share(self) -> Self:
+        share_ms = model_share_ms(self.request_deadline_ms)
+        if self.triton_timeout_ms is None:
+            self.triton_timeout_ms = max(1, int(share_ms))
+        elif self.triton_timeout_ms > share_ms:
+            raise ValueError(
+                f"triton_timeout_ms ({self.triton_timeout_ms}) must be at most {share_ms:g}, the "
+                f"model's share (4/5) of request_deadline_ms ({self.request_deadline_ms}): the "
+                "service cancels the model call then to answer from the fallback, so a longer "
+                "Triton timeout could never fire. Lower it, raise request_deadline_ms, or leave "
+                "triton_timeout_ms unset to follow the deadline")
+        return self
+
+    @model_validator(mode="after")
+    def _grpc_and_rest_ports_differ(self) -> Self:
+        if self.grpc_port > 0 and self.grpc_port == self.port:
+            raise ValueError(
+                f"grpc_port and port are both {self.port}: the gRPC and REST front ends listen on "
+                "the same host and cannot share a port; pick another grpc_port (-1: a free one, "
+                "0: no gRPC)")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_store_has_a_redis_url(self) -> Self:
+        if self.store == "redis" and not self.redis_url.startswith(REDIS_SCHEMES):
+            # The URL is not echoed: it may carry a password.
+            raise ValueError(f"store=redis needs a redis_url starting with {', '.join(REDIS_SCHEMES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _separate_consumer_shares_the_store(self) -> Self:
+        if not self.embedded_consumer and self.store == "memory":
+            raise ValueError(
+                "embedded_consumer=false needs store=redis: with store=memory nothing would write "
+                "this gateway's in-process store (a separate feature service keeps its own), so "
+                "every user would stay cold and no push would ever be sent")
+        return self
 
     def features(self) -> FeatureServiceSettings:
         """Feature-service settings for this gateway's store and embedded consumer: the fields the
