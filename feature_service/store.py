@@ -12,14 +12,15 @@ Recent events are ordered by event time, ties by event id, so a late event lands
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import redis
 
@@ -75,6 +76,17 @@ class FeatureStore(Protocol):
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+_T = TypeVar("_T")
+
+
+async def store_call(store: FeatureStore, fn: Callable[..., _T], *args: object) -> _T:
+    """Call ``fn`` (a method of ``store``) from async code: in a worker thread when the store does
+    network I/O, inline when it is in-process (a thread hop would cost more than the call)."""
+    if store.blocking:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 @dataclass

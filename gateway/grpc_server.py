@@ -27,7 +27,8 @@ from gateway.errors import (
 from gateway.producer import Published
 from gateway.proto import recsys_pb2 as pb
 from gateway.proto import recsys_pb2_grpc as pb_grpc
-from gateway.service import Recommendations, RecommendationService
+from gateway.schemas import Recommendations
+from gateway.service import RecommendationService
 
 log = logging.getLogger(__name__)
 

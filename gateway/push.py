@@ -22,11 +22,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 
-from feature_service.store import FeatureStore, StoreUnavailable
+from feature_service.store import FeatureStore, StoreUnavailable, store_call
 from features.events import Event
 from gateway import metrics
 from gateway.errors import Overloaded
-from gateway.service import Recommendations, store_call
+from gateway.schemas import Recommendations
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,13 @@ class FrequencyCap:
 
 
 class Pusher:
-    """Runs one background task per high-intent event; never blocks or fails the ingest call."""
+    """Runs one background task per high-intent event; never blocks or fails the ingest call.
 
-    def __init__(self, recommend: Callable[[str], Awaitable[Recommendations]], store: FeatureStore,
-                 producer: KafkaProducer, topic: str, cap: FrequencyCap, *,
-                 visible_timeout_ms: int = 3000) -> None:
-        self.recommend = recommend
+    What to push is the caller's: ``schedule`` takes the function that computes it, so the pusher
+    can be built before the service that uses it (and knows nothing of it)."""
+
+    def __init__(self, store: FeatureStore, producer: KafkaProducer, topic: str, cap: FrequencyCap,
+                 *, visible_timeout_ms: int = 3000) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
@@ -95,12 +96,14 @@ class Pusher:
         self.visible_timeout_ms = visible_timeout_ms
         self._tasks: set[asyncio.Task] = set()
 
-    def schedule(self, event: Event) -> None:
-        task = asyncio.get_running_loop().create_task(self._push_after(event))
+    def schedule(self, event: Event, recommend: Callable[[str], Awaitable[Recommendations]]) -> None:
+        """Once ``event`` is visible in the store, push ``await recommend(event.user_id)``."""
+        task = asyncio.get_running_loop().create_task(self._push_after(event, recommend))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _push_after(self, event: Event) -> None:
+    async def _push_after(self, event: Event,
+                          recommend: Callable[[str], Awaitable[Recommendations]]) -> None:
         try:
             if not await asyncio.to_thread(self.cap.allow, event.user_id):
                 metrics.PUSHES.labels("capped").inc()
@@ -110,7 +113,7 @@ class Pusher:
                             self.visible_timeout_ms)
                 metrics.PUSHES.labels("not_visible").inc()
                 return
-            recommendations = await self.recommend(event.user_id)
+            recommendations = await recommend(event.user_id)
             message = PushMessage(
                 user_id=event.user_id,
                 trigger=PushTrigger(event_id=event.event_id, event_type=event.event_type.value,

@@ -7,24 +7,25 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
-from pydantic import BaseModel
 
-from feature_service.store import FeatureStore, StoreUnavailable
-from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
+from feature_service.store import FeatureStore, StoreUnavailable, store_call
 from features.catalog import Item, ItemCatalog
+from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
 from features.model_inputs import ModelInputs, build_inputs, ranked_items
 from features.user_state import UserFeatures
 from gateway import metrics
+from gateway.config import model_share_ms
 from gateway.errors import Conflict, InvalidRequest, UnknownItem, UpstreamUnavailable
 from gateway.inventory import Inventory
 from gateway.producer import Published
 from gateway.rules import Rules
+from gateway.schemas import Recommendations, RecommendedItem, Source
 from gateway.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -32,23 +33,6 @@ log = logging.getLogger(__name__)
 MAX_EXCLUDE = 100  # item ids a request may ask to exclude
 MAX_CATEGORIES = 20
 _ID = re.compile(ID_PATTERN)
-
-
-class RecommendedItem(BaseModel):
-    item_id: str
-    title: str
-    categories: list[str]
-    score: float | None  # model: cosine similarity; trending: decayed popularity; popular: None
-
-
-class Recommendations(BaseModel):
-    user_id: str
-    items: list[RecommendedItem]
-    cold_start: bool  # the user has no features yet: trending items
-    degraded: bool  # the model or the feature store failed or was too slow: trending or popular
-    source: Literal["model", "trending", "popular"]  # popular: from training data, not the stream
-    model_version: int
-    features_updated_at_ms: int | None = None
 
 
 class Recommender(Protocol):
@@ -65,6 +49,11 @@ class Publisher(Protocol):
     async def publish_many(self, events: Sequence[Event]) -> list[Published]: ...
 
 
+class PushScheduler(Protocol):
+    def schedule(self, event: Event, recommend: Callable[[str], Awaitable[Recommendations]]) -> None:
+        """After ``event``, push ``await recommend(user_id)`` in the background; never raises."""
+
+
 @dataclass(frozen=True)
 class ServicePolicy:
     """The knobs of GatewaySettings the service layer uses."""
@@ -78,27 +67,20 @@ class ServicePolicy:
     # queueing more work for Triton only makes every answer late.
     max_inflight_model_calls: int = 64
     push_event_types: frozenset[EventType] = frozenset({EventType.CART, EventType.PURCHASE})
-
-
-async def store_call(store: FeatureStore, fn, *args):
-    """Call a store method from async code: in a worker thread when it does network I/O, inline
-    when it is in-process (a thread hop would cost more than the call)."""
-    if store.blocking:
-        return await asyncio.to_thread(fn, *args)
-    return fn(*args)
+    push_k: int = 10  # items in a pushed refresh (as a GET without k); at most max_k
 
 
 class RecommendationService:
     def __init__(self, served: ServedModel, store: FeatureStore, recommender: Recommender,
                  publisher: Publisher, inventory: Inventory, policy: ServicePolicy | None = None,
-                 on_high_intent: Callable[[Event], None] | None = None) -> None:
+                 pusher: PushScheduler | None = None) -> None:
         self.served = served  # replaced whole by reload(): a request reads it once
         self.store = store
         self.recommender = recommender
         self.publisher = publisher
         self.inventory = inventory
         self.policy = policy or ServicePolicy()
-        self.on_high_intent = on_high_intent
+        self.pusher = pusher  # None: no push after high-intent events
         self._inflight = 0
 
     @property
@@ -112,7 +94,6 @@ class RecommendationService:
             raise Conflict(f"version {served.version} expects sequence length "
                            f"{served.sequence_length}, this gateway sends {self.served.sequence_length}")
         self.served = served
-
 
     # --- recommend ------------------------------------------------------------------------------
 
@@ -141,10 +122,10 @@ class RecommendationService:
         model when it can, else trending items (cold start, or degraded), else popular ones."""
         served = self.served
         self._validate(served, k, exclude, categories, max_per_category)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.policy.deadline_ms / 1000
-        # Keep a fifth of the budget for the fallback: a slow model must not eat it all.
-        model_deadline = deadline - self.policy.deadline_ms / 5000
+        started = asyncio.get_running_loop().time()
+        deadline = started + self.policy.deadline_ms / 1000
+        # The rest is kept for the fallback: a slow model must not eat it all.
+        model_deadline = started + model_share_ms(self.policy.deadline_ms) / 1000
         cap = self.policy.max_per_category if max_per_category is None else max_per_category
         base = Rules(exclude=frozenset(exclude) | self.inventory.out_of_stock(),
                      categories=frozenset(categories), max_per_category=cap)
@@ -211,7 +192,7 @@ class RecommendationService:
             log.warning("trending unavailable, serving popular items: %r", exc)
         popular = ((item_id, None) for item_id in served.popular_items)
         picked = rules.select(_in_catalog(chain(trending, popular), served.catalog), k)
-        source: Literal["trending", "popular"] = (
+        source: Source = (
             "trending" if any(score is not None for _, score in picked) else "popular")
         metrics.RECOMMENDATIONS.labels(source, reason).inc()
         return self._response(served, user_id, picked, source=source,
@@ -220,7 +201,7 @@ class RecommendationService:
 
     @staticmethod
     def _response(served: ServedModel, user_id: str, picked: list[tuple[Item, float | None]], *,
-                  source: Literal["model", "trending", "popular"], cold_start: bool, degraded: bool,
+                  source: Source, cold_start: bool, degraded: bool,
                   updated_at_ms: int | None) -> Recommendations:
         items = [RecommendedItem(item_id=item.item_id, title=item.title,
                                  categories=list(item.categories), score=score)
@@ -264,8 +245,13 @@ class RecommendationService:
         return published
 
     def _after_ingest(self, event: Event) -> None:
-        if self.on_high_intent is not None and event.event_type in self.policy.push_event_types:
-            self.on_high_intent(event)
+        if self.pusher is not None and event.event_type in self.policy.push_event_types:
+            self.pusher.schedule(event, self.recommend_for_push)
+
+    async def recommend_for_push(self, user_id: str) -> Recommendations:
+        """What a push carries: the user's top ``push_k`` (fewer when ``max_k`` is lower, rather
+        than a push that fails on its own k), as a GET without parameters would answer."""
+        return await self.recommend(user_id, min(self.policy.push_k, self.max_k))
 
 
 def _in_catalog(candidates: Iterable[tuple[str, float | None]],

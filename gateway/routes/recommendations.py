@@ -7,7 +7,8 @@ from fastapi import APIRouter, Path, Query, Response
 from features.events import ID_PATTERN
 from gateway.deps import ServiceDep
 from gateway.errors import documented
-from gateway.service import MAX_CATEGORIES, MAX_EXCLUDE, Recommendations
+from gateway.schemas import Recommendations
+from gateway.service import MAX_CATEGORIES, MAX_EXCLUDE
 
 router = APIRouter(prefix="/v1/users", tags=["recommendations"],
                    responses=documented(422, 503))

@@ -1,6 +1,10 @@
+import asyncio
+import threading
+from types import SimpleNamespace
+
 import pytest
 
-from feature_service.store import InMemoryStore, create_store
+from feature_service.store import InMemoryStore, create_store, store_call
 from features.user_state import FeatureRules
 from tests.unit.feature_service.store_contract import StoreContract, ev
 
@@ -28,3 +32,16 @@ def test_only_redis_state_outlives_the_process():
 def test_create_store_rejects_unknown_kind():
     with pytest.raises(ValueError):
         create_store("cassandra")
+
+
+def test_store_call_runs_network_stores_in_a_worker_thread_and_in_process_ones_inline():
+    def thread_name(suffix):
+        return f"{threading.current_thread().name}{suffix}"
+
+    async def scenario():
+        inline = await store_call(SimpleNamespace(blocking=False), thread_name, "!")
+        worker = await store_call(SimpleNamespace(blocking=True), thread_name, "!")
+        return inline, worker
+
+    inline, worker = asyncio.run(scenario())
+    assert inline == f"{threading.current_thread().name}!" and worker != inline

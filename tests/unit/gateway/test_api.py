@@ -6,59 +6,21 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from feature_service.store import InMemoryStore
-from features.catalog import PAD_INDEX
 from features.events import Event
 from features.user_state import FeatureRules
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from gateway.deps import get_service
-from gateway.errors import UpstreamUnavailable
 from gateway.inventory import InMemoryInventory
-from gateway.producer import Published
 from gateway.served_model import ServedModel
 from gateway.service import RecommendationService, ServicePolicy
+from tests.unit.gateway.fakes import FakePublisher, FakePusher, FakeRecommender
 
 TOKEN = "s3cret-admin-token"
-
-
-class FakeRecommender:
-    """Scores items by index, highest first (so "f" > "e" > ... > "a")."""
-
-    def __init__(self, catalog):
-        self.catalog = catalog
-        self.calls = []
-        self.fail = False
-        self.delay_s = 0.0
-
-    async def recommend(self, inputs, version=None):
-        history, exclude, k = inputs.history[0], inputs.exclude[0], int(inputs.k[0, 0])
-        exclude = exclude[exclude != PAD_INDEX]
-        self.calls.append((history.copy(), exclude.copy(), k))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if self.fail:
-            raise UpstreamUnavailable("triton down")
-        candidates = [i for i in range(self.catalog.num_embeddings - 1, 1, -1) if i not in set(exclude)]
-        picked = np.array(candidates[:k], dtype=np.int64)
-        scores = np.linspace(0.9, 0.5, len(picked)).astype(np.float32)
-        return picked, scores
-
-
-class FakePublisher:
-    def __init__(self):
-        self.events = []
-
-    async def publish(self, event):
-        self.events.append(event)
-        return Published(event.event_id, "user-events", 0, len(self.events) - 1)
-
-    async def publish_many(self, events):
-        return [await self.publish(e) for e in events]
 
 
 @dataclass
@@ -68,23 +30,23 @@ class Parts:
     recommender: FakeRecommender
     publisher: FakePublisher
     store: InMemoryStore
-    high_intent: list
+    pusher: FakePusher
 
 
 def make_parts(catalog, **settings) -> Parts:
     store = InMemoryStore(FeatureRules(history_items=10))
     store.load_snapshot({"u1": ["a", "b"]})
     served = ServedModel(version=3, catalog=catalog, popular_items=["c", "a", "e", "b"], sequence_length=4)
-    recommender, publisher, high_intent = FakeRecommender(catalog), FakePublisher(), []
+    recommender, publisher, pusher = FakeRecommender(catalog), FakePublisher(), FakePusher()
     config = GatewaySettings(**settings)
     policy = ServicePolicy(max_k=config.max_k, deadline_ms=config.request_deadline_ms,
                            exclude_seen=config.exclude_seen, max_batch_events=config.max_batch_events)
     service = RecommendationService(served, store, recommender, publisher, InMemoryInventory(),
-                                    policy, on_high_intent=high_intent.append)
+                                    policy, pusher=pusher)
     app = create_app(config)
     app.dependency_overrides[get_service] = lambda: service
     # no `with`: the lifespan (real Triton/Kafka clients) is not started
-    return Parts(TestClient(app), service, recommender, publisher, store, high_intent)
+    return Parts(TestClient(app), service, recommender, publisher, store, pusher)
 
 
 @pytest.fixture
@@ -200,7 +162,16 @@ def test_valid_event_is_published_and_high_intent_events_trigger_a_push(parts):
     assert response.status_code == 202
     assert response.json()["event_id"] == parts.publisher.events[0].event_id
     parts.client.post("/v1/events", json={"user_id": "u1", "item_id": "c", "event_type": "view"})
-    assert [e.event_type.value for e in parts.high_intent] == ["cart"]
+    assert [e.event_type.value for e in parts.pusher.scheduled] == ["cart"]
+
+
+def test_a_push_carries_what_a_get_without_k_answers_capped_at_max_k(parts):
+    parts.client.post("/v1/events", json={"user_id": "u1", "item_id": "c", "event_type": "cart"})
+    pushed = asyncio.run(parts.pusher.recommend("u1"))
+    # push_k is 10 but the catalog has 6 items: the push answers with all it can, not an error
+    assert pushed.source == "model" and pushed.user_id == "u1"
+    assert [i.item_id for i in pushed.items] == ["f", "e", "d", "c"]
+    assert parts.recommender.calls[-1][2] == 6
 
 
 @pytest.mark.parametrize("payload, reason", [

@@ -7,58 +7,20 @@ import asyncio
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from feature_service.store import InMemoryStore
-from features.catalog import PAD_INDEX
 from features.events import Event
 from features.user_state import FeatureRules
 from gateway import errors
 from gateway.grpc_server import ERROR_CODE_KEY, start_grpc_server, status_for
 from gateway.inventory import InMemoryInventory
-from gateway.producer import Published
 from gateway.proto import recsys_pb2 as pb
 from gateway.proto import recsys_pb2_grpc as pb_grpc
 from gateway.served_model import ServedModel
 from gateway.service import RecommendationService, ServicePolicy
 from stack.ports import free_port
-
-# --- fakes (as in test_api.py) -------------------------------------------------------------------
-
-
-class FakeRecommender:
-    def __init__(self, catalog):
-        self.catalog = catalog
-        self.calls = []
-        self.fail = False
-
-    async def recommend(self, inputs, version=None):
-        history, exclude, k = inputs.history[0], inputs.exclude[0], int(inputs.k[0, 0])
-        exclude = exclude[exclude != PAD_INDEX]
-        self.calls.append((history.copy(), exclude.copy(), k))
-        if self.fail:
-            raise errors.UpstreamUnavailable("triton down")
-        # the best-scored unexcluded items, highest index first
-        candidates = [i for i in range(self.catalog.num_embeddings - 1, 1, -1) if i not in set(exclude)]
-        picked = np.array(candidates[:k])
-        scores = np.linspace(0.9, 0.5, len(picked)).astype(np.float32)
-        return picked, scores
-
-
-class FakePublisher:
-    def __init__(self):
-        self.events = []
-        self.fail: Exception | None = None
-
-    async def publish(self, event):
-        if self.fail:
-            raise self.fail
-        self.events.append(event)
-        return Published(event.event_id, "user-events", 0, len(self.events) - 1)
-
-    async def publish_many(self, events):
-        return [await self.publish(e) for e in events]
+from tests.unit.gateway.fakes import FakePublisher, FakeRecommender
 
 
 @pytest.fixture
@@ -92,22 +54,7 @@ def error_code(error: grpc.aio.AioRpcError) -> str | None:
     return dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)
 
 
-_SOURCE_NAMES = {pb.SOURCE_MODEL: "model", pb.SOURCE_TRENDING: "trending", pb.SOURCE_POPULAR: "popular"}
-
-
-def as_dict(response: pb.RecommendResponse) -> dict:
-    """The proto response in the shape of Recommendations.model_dump()."""
-    return {
-        "user_id": response.user_id,
-        "items": [{"item_id": i.item_id, "title": i.title, "categories": list(i.categories),
-                   "score": i.score if i.HasField("score") else None} for i in response.items],
-        "cold_start": response.cold_start,
-        "degraded": response.degraded,
-        "source": _SOURCE_NAMES[response.source],
-        "model_version": response.model_version,
-        "features_updated_at_ms": (response.features_updated_at_ms
-                                   if response.HasField("features_updated_at_ms") else None),
-    }
+from tests.support.grpc import as_dict  # noqa: E402  (the proto response as model_dump() shapes it)
 
 
 # --- Recommend -------------------------------------------------------------------------------------

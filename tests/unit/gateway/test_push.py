@@ -12,7 +12,7 @@ from feature_service.store import InMemoryStore
 from features.events import Event
 from gateway.errors import Overloaded
 from gateway.push import FrequencyCap, Pusher, PushHub, PushMessage, sse
-from gateway.service import Recommendations
+from gateway.schemas import Recommendations
 
 
 class FakeFuture:
@@ -49,14 +49,14 @@ def test_pusher_waits_for_the_event_in_the_store_then_produces_once_per_interval
     store, producer = InMemoryStore(), FakeProducer()
 
     async def scenario():
-        pusher = Pusher(fake_recommend, store, producer, "recommendations",
-                        FrequencyCap(60_000), visible_timeout_ms=2000)
-        pusher.schedule(cart(event_id="e1"))
+        pusher = Pusher(store, producer, "recommendations", FrequencyCap(60_000),
+                        visible_timeout_ms=2000)
+        pusher.schedule(cart(event_id="e1"), fake_recommend)
         await asyncio.sleep(0.1)
         assert producer.sent == []  # not in the store yet: nothing pushed
         store.apply(cart(event_id="e1"))
         await asyncio.sleep(0.1)
-        pusher.schedule(cart(event_id="e2"))  # within the interval: capped
+        pusher.schedule(cart(event_id="e2"), fake_recommend)  # within the interval: capped
         store.apply(cart(event_id="e2"))
         await asyncio.sleep(0.1)
         await pusher.close()
@@ -72,9 +72,8 @@ def test_pusher_gives_up_on_an_event_that_never_becomes_visible():
     producer = FakeProducer()
 
     async def scenario():
-        pusher = Pusher(fake_recommend, InMemoryStore(), producer, "r", FrequencyCap(0),
-                        visible_timeout_ms=50)
-        pusher.schedule(cart())
+        pusher = Pusher(InMemoryStore(), producer, "r", FrequencyCap(0), visible_timeout_ms=50)
+        pusher.schedule(cart(), fake_recommend)
         await asyncio.sleep(0.2)
         await pusher.close()
 

@@ -1,0 +1,71 @@
+"""Fakes for what the service layer calls out to (Triton, Kafka, the pusher), shared by the REST and
+gRPC front-end tests so that both run the real service over the same stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from features.catalog import PAD_INDEX, ItemCatalog
+from features.events import Event
+from features.model_inputs import ModelInputs
+from gateway.errors import UpstreamUnavailable
+from gateway.producer import Published
+from gateway.schemas import Recommendations
+
+
+class FakeRecommender:
+    """Scores items by index, highest first (so "f" > "e" > ... > "a"); records each call as
+    (history, exclusions without padding, k)."""
+
+    def __init__(self, catalog: ItemCatalog) -> None:
+        self.catalog = catalog
+        self.calls: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self.fail = False
+        self.delay_s = 0.0
+
+    async def recommend(self, inputs: ModelInputs,
+                        version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        history, exclude, k = inputs.history[0], inputs.exclude[0], int(inputs.k[0, 0])
+        exclude = exclude[exclude != PAD_INDEX]
+        self.calls.append((history.copy(), exclude.copy(), k))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise UpstreamUnavailable("triton down")
+        excluded = set(exclude.tolist())
+        candidates = [i for i in range(self.catalog.num_embeddings - 1, 1, -1) if i not in excluded]
+        picked = np.array(candidates[:k], dtype=np.int64)
+        scores = np.linspace(0.9, 0.5, len(picked)).astype(np.float32)
+        return picked, scores
+
+
+class FakePublisher:
+    """Kafka that acknowledges every event at the next offset, or raises ``fail`` when set."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.fail: Exception | None = None
+
+    async def publish(self, event: Event) -> Published:
+        if self.fail:
+            raise self.fail
+        self.events.append(event)
+        return Published(event.event_id, "user-events", 0, len(self.events) - 1)
+
+    async def publish_many(self, events: list[Event]) -> list[Published]:
+        return [await self.publish(e) for e in events]
+
+
+class FakePusher:
+    """Records what the service asked to push, and with which function."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[Event] = []
+        self.recommend: Callable[[str], Awaitable[Recommendations]] | None = None
+
+    def schedule(self, event: Event, recommend: Callable[[str], Awaitable[Recommendations]]) -> None:
+        self.scheduled.append(event)
+        self.recommend = recommend
