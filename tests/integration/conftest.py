@@ -20,6 +20,9 @@ from stack.redis import RedisServer, redis_unavailable_reason
 from stack.testing import require_service
 from stack.triton import TritonServer, triton_unavailable_reason
 
+# The shared helpers' asserts explain their failures as the tests' own do (before any imports them).
+pytest.register_assert_rewrite("tests.support")
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
