@@ -28,7 +28,12 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from export.loaders import DEFAULT_ROWS_PER_FILE, DaliBatches, InMemoryBatches, write_shards  # noqa: E402
+from export.data.loaders import (  # noqa: E402
+    DEFAULT_ROWS_PER_FILE,
+    DaliBatches,
+    InMemoryBatches,
+    write_shards,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

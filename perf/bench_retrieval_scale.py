@@ -4,7 +4,7 @@
         --out perf/results
 
 For each catalog size, builds seeded synthetic item embeddings and queries (see ``synthetic``), then
-for each index kind (``export.ann.config_for(kind, size)`` knobs) measures: build time, index memory,
+for each index kind (``export.model.ann.config_for(kind, size)`` knobs) measures: build time, index memory,
 single-query latency p50/p95/p99 (batch 1, the serving case, after a warm-up), throughput at batch
 ``--batch`` and recall@k against exact search — without exclusions and with ``--exclude`` seen
 items per query. Writes ``retrieval_scale.json``, ``.csv`` and ``.png`` under ``--out``.
@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from export.ann import KINDS, RetrievalIndex, build_index, choose_index, config_for  # noqa: E402
+from export.model.ann import KINDS, RetrievalIndex, build_index, choose_index, config_for  # noqa: E402
 from features.catalog import FIRST_ITEM_INDEX  # noqa: E402
 
 LATENCY_BUDGET_MS = 20.0  # the target: top-k over 1M items, p99

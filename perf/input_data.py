@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from export import signature as sig
-from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX, ItemCatalog
-from features.sequence import encode_history
+from features import contract as sig
+from features.catalog import PAD_INDEX, ItemCatalog
+from features.model_inputs import ModelInputs, build_inputs, stack_inputs
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,28 @@ DEFAULT_K = 10
 MIN_KNOWN_SHARE = 0.9
 
 
-@dataclass(frozen=True)
-class RequestRows:
-    """One row per simulated request, in the tensor layout of the serving contract."""
+def recent_seen(item_ids: Sequence[str], catalog: ItemCatalog, limit: int) -> list[str]:
+    """The distinct items of a history that ``catalog`` knows, most recent first, at most ``limit``.
 
-    history: np.ndarray  # int64 [N, L], left-padded, most recent last
-    exclude: np.ndarray  # int64 [N, EXCLUDE_WIDTH], seen items then PAD
-    k: int
-
-    def __len__(self) -> int:
-        return len(self.history)
-
-
-def exclusions(item_ids: Sequence[str], catalog: ItemCatalog, width: int) -> np.ndarray:
-    """The distinct known items of a history, most recent first, cut and PAD-filled to ``width``.
-
-    Mirrors the gateway (unique seen items, OOV/PAD dropped) but at one fixed width.
+    What a request at a fixed EXCLUDE width can exclude: the gateway excludes every seen item,
+    but a fixed width has to choose, and the recent ones are the most likely to be shown again.
     """
-    indices = catalog.indices_of(reversed(item_ids))
-    indices = indices[indices >= FIRST_ITEM_INDEX]
-    _, first = np.unique(indices, return_index=True)
-    recent_first = indices[np.sort(first)][:width]
-    out = np.full(width, PAD_INDEX, dtype=np.int64)
-    out[:len(recent_first)] = recent_first
+    out: dict[str, None] = {}
+    for item in reversed(item_ids):
+        if len(out) == limit:
+            break
+        if item in catalog:
+            out.setdefault(item)
+    return list(out)
+
+
+def fixed_width(exclude: np.ndarray, width: int) -> np.ndarray:
+    """EXCLUDE rows PAD-filled or cut to exactly ``width`` columns; only PAD may be cut."""
+    if (exclude[:, width:] != PAD_INDEX).any():
+        raise ValueError(f"an EXCLUDE row has more than {width} items")
+    out = np.full((len(exclude), width), PAD_INDEX, dtype=np.int64)
+    keep = min(width, exclude.shape[1])
+    out[:, :keep] = exclude[:, :keep]
     return out
 
 
@@ -70,8 +69,9 @@ def build_rows(
     exclude_width: int = EXCLUDE_WIDTH,
     k: int = DEFAULT_K,
     seed: int = 0,
-) -> RequestRows:
-    """Encode ``users`` randomly chosen (seeded) users' histories as serving inputs.
+) -> ModelInputs:
+    """``users`` randomly chosen (seeded) users' requests, one row each, built as the gateway
+    builds them (``features.model_inputs.build_inputs``) but with EXCLUDE at one fixed width.
 
     Raises ValueError if the histories do not belong to ``catalog`` (too many unknown items) or
     no user has a known item.
@@ -87,11 +87,10 @@ def build_rows(
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(candidates), size=min(users, len(candidates)), replace=False)
     picked = [histories[candidates[i]] for i in sorted(chosen)]
-    return RequestRows(
-        history=np.stack([encode_history(h, catalog, sequence_length) for h in picked]),
-        exclude=np.stack([exclusions(h, catalog, exclude_width) for h in picked]),
-        k=k,
-    )
+    batch = stack_inputs([build_inputs(h, catalog, sequence_length, k,
+                                       exclude=recent_seen(h, catalog, exclude_width))
+                          for h in picked])
+    return replace(batch, exclude=fixed_width(batch.exclude, exclude_width))
 
 
 def user_embeddings(user_tower_pt: Path, history: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -119,18 +118,17 @@ def perf_analyzer_data(tensors: Mapping[str, np.ndarray]) -> dict:
     ]}
 
 
-def model_tensors(rows: RequestRows, embeddings: np.ndarray | None) -> dict[str, dict[str, np.ndarray]]:
+def model_tensors(rows: ModelInputs, embeddings: np.ndarray | None) -> dict[str, dict[str, np.ndarray]]:
     """Inputs per model: the ensemble and the fused model take what a client sends; ``user_tower``
     only the history; ``retrieve`` the tower's output (when ``embeddings`` is given)."""
-    k = np.full((len(rows), 1), rows.k, dtype=np.int32)
-    client = {sig.HISTORY: rows.history, sig.EXCLUDE: rows.exclude, sig.K: k}
+    client = rows.tensors()
     out = {
         sig.USER_TOWER: {sig.HISTORY: rows.history},
         sig.RECOMMEND: client,
         sig.RECOMMEND_FUSED: client,
     }
     if embeddings is not None:
-        out[sig.RETRIEVE] = {sig.USER_EMBEDDING: embeddings, sig.EXCLUDE: rows.exclude, sig.K: k}
+        out[sig.RETRIEVE] = {sig.USER_EMBEDDING: embeddings, sig.EXCLUDE: rows.exclude, sig.K: rows.k}
     return out
 
 
@@ -162,6 +160,6 @@ def write_input_files(
     for model, tensors in model_tensors(rows, embeddings).items():
         paths[model] = out_dir / f"input_{model}.json"
         paths[model].write_text(json.dumps(perf_analyzer_data(tensors)))
-    log.info("input data: %d users, L=%d, EXCLUDE width %d, K=%d -> %s", len(rows),
+    log.info("input data: %d users, L=%d, EXCLUDE width %d, K=%d -> %s", rows.batch_size,
              rows.history.shape[1], exclude_width, k, out_dir)
     return paths

@@ -9,12 +9,14 @@ from stack.kafka import KafkaBroker
 from stack.ports import free_port
 from stack.process import ManagedProcess, ServiceStartError
 from stack.redis import RedisServer
+from stack.service import Service
 from stack.triton import TritonServer
 
 __all__ = [
     "KafkaBroker",
     "ManagedProcess",
     "RedisServer",
+    "Service",
     "ServiceStartError",
     "TritonServer",
     "free_port",

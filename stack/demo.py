@@ -22,10 +22,10 @@ import urllib.request
 import webbrowser
 from pathlib import Path
 
-from export import signature as sig
+from export.evaluation.report import format_table
 from export.pipeline import SNAPSHOT_FILE, run
-from export.report import format_table
 from export.train import TrainConfig
+from features import contract as sig
 from features.catalog import ItemCatalog
 from gateway.served_model import load_served_model
 from stack.gateway import GatewayProcess

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from stack.ports import free_ports, port_is_open
 from stack.process import ManagedProcess, ServiceStartError
+from stack.service import Service
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient
@@ -71,7 +72,7 @@ def _random_cluster_id() -> str:
             return cluster_id
 
 
-class KafkaBroker:
+class KafkaBroker(Service):
     """A KRaft broker+controller on 127.0.0.1 storing everything under `data_dir`.
 
     Storage is formatted on the first start only, so a broker restarted on the same `data_dir`
@@ -79,6 +80,9 @@ class KafkaBroker:
     restart() keeps them, and a new KafkaBroker on an existing `data_dir` may use other ports
     (server.properties is rewritten on every start).
     """
+
+    name = "Kafka"
+    stop_timeout_s = 30
 
     def __init__(
         self,
@@ -96,9 +100,7 @@ class KafkaBroker:
         self.port = port or spare[0]
         self.controller_port = controller_port or spare[1]
         self.heap_mb = heap_mb
-        self.startup_timeout_s = startup_timeout_s
-        self.ready_after_s: float | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__(log_path=self.data_dir / "broker.log", startup_timeout_s=startup_timeout_s)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -111,14 +113,6 @@ class KafkaBroker:
     @property
     def log_dirs(self) -> Path:
         return self.data_dir / "kafka-logs"
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "broker.log"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
 
     def _write_properties(self) -> None:
         props = {
@@ -162,38 +156,17 @@ class KafkaBroker:
                 f"Kafka storage format failed (exit {out.returncode}):\n{out.stdout}{out.stderr}"
             )
 
-    def start(self) -> KafkaBroker:
+    def _new_process(self) -> ManagedProcess:
         reason = kafka_unavailable_reason(self.libs_dir)
         if reason:
             raise ServiceStartError(reason)
         self._write_properties()
         self._format_storage()
-        self._process = ManagedProcess(
-            "kafka",
-            self._java_argv("kafka.Kafka", str(self.properties_path)),
-            self.log_path,
-        )
-        log.info("starting Kafka on %s (controller %d), log %s",
-                 self.bootstrap_servers, self.controller_port, self.log_path)
-        self._process.start()
-        self.ready_after_s = self._process.wait_ready(self._is_ready, self.startup_timeout_s)
-        log.info("Kafka ready after %.1f s at %s", self.ready_after_s, self.bootstrap_servers)
-        return self
+        return ManagedProcess("kafka", self._java_argv("kafka.Kafka", str(self.properties_path)),
+                              self.log_path)
 
-    def stop(self, timeout_s: float = 30) -> None:
-        if self._process is not None:
-            self._process.stop(timeout_s)
-
-    def restart(self) -> KafkaBroker:
-        """Stop and start again on the same ports and data (for fault tests)."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _where(self) -> str:
+        return f"at {self.bootstrap_servers} (controller port {self.controller_port})"
 
     def admin(self, **config: object) -> KafkaAdminClient:
         """A kafka-python admin client for this broker; the caller closes it."""

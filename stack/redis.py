@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 from stack.ports import free_port
 from stack.process import ManagedProcess, ServiceStartError
-
-log = logging.getLogger(__name__)
+from stack.service import Service
 
 
 def redis_unavailable_reason() -> str | None:
@@ -20,11 +18,15 @@ def redis_unavailable_reason() -> str | None:
     return None
 
 
-class RedisServer:
+class RedisServer(Service):
     """redis-server on 127.0.0.1 without RDB snapshots. By default state lives only in memory, so
     a restart() starts empty. ``persistent=True`` turns on the append-only file with an fsync per
     write batch (appendfsync always), next to the log: what a feature store needs whose consumers
     commit Kafka offsets once Redis has acknowledged a write; restart() then keeps every write."""
+
+    name = "Redis"
+    stop_timeout_s = 10
+    ready_poll_interval_s = 0.05
 
     def __init__(
         self,
@@ -36,22 +38,14 @@ class RedisServer:
     ) -> None:
         self.port = port or free_port()
         self.persistent = persistent
-        self.startup_timeout_s = startup_timeout_s
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkdtemp(prefix="redis-server-")
-        ) / "redis.log"
-        self.ready_after_s: float | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__(log_path=log_path or Path(tempfile.mkdtemp(prefix="redis-server-"))
+                         / "redis.log", startup_timeout_s=startup_timeout_s)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    def start(self) -> RedisServer:
+    def _new_process(self) -> ManagedProcess:
         reason = redis_unavailable_reason()
         if reason:
             raise ServiceStartError(reason)
@@ -63,13 +57,10 @@ class RedisServer:
             # The working dir is where redis would write dumps; keep it out of the repo.
             "--dir", str(self.log_path.parent),
         ]
-        self._process = ManagedProcess("redis-server", argv, self.log_path)
-        log.info("starting Redis on port %d, log %s", self.port, self.log_path)
-        self._process.start()
-        self.ready_after_s = self._process.wait_ready(self._is_ready, self.startup_timeout_s,
-                                                      poll_interval_s=0.05)
-        log.info("Redis ready after %.2f s at %s", self.ready_after_s, self.url)
-        return self
+        return ManagedProcess("redis-server", argv, self.log_path)
+
+    def _where(self) -> str:
+        return f"at {self.url}"
 
     def _is_ready(self) -> bool:
         import redis
@@ -80,18 +71,3 @@ class RedisServer:
             return bool(client.ping())
         finally:
             client.close()
-
-    def stop(self, timeout_s: float = 10) -> None:
-        if self._process is not None:
-            self._process.stop(timeout_s)
-
-    def restart(self) -> RedisServer:
-        """Stop and start again on the same port (data kept only when persistent)."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -6,7 +6,6 @@ No Docker and no pytriton import: the wheel's server folder is copied once into 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -24,6 +23,7 @@ from typing import Any
 
 from stack.ports import free_ports
 from stack.process import ManagedProcess, ServiceStartError
+from stack.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-class TritonServer:
+class TritonServer(Service):
     """A Triton server on free ports serving `model_repository`.
 
     With model_control_mode="explicit" (the default) models load at start-up only if named in
@@ -133,6 +133,9 @@ class TritonServer:
     Start-up fails with ServiceStartError, naming the model and Triton's reason, if a model that
     should load does not.
     """
+
+    name = "Triton"
+    stop_timeout_s = 30
 
     def __init__(
         self,
@@ -153,12 +156,8 @@ class TritonServer:
         self.metrics_port = metrics_port or spare[2]
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models) if load_models is not None else None
-        self.startup_timeout_s = startup_timeout_s
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkdtemp(prefix="tritonserver-")
-        ) / "tritonserver.log"
-        self.ready_after_s: float | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__(log_path=log_path or Path(tempfile.mkdtemp(prefix="tritonserver-"))
+                         / "tritonserver.log", startup_timeout_s=startup_timeout_s)
 
     @property
     def grpc_url(self) -> str:
@@ -167,10 +166,6 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
 
     def _argv(self, server_dir: Path) -> list[str]:
         argv = [
@@ -193,11 +188,11 @@ class TritonServer:
                 argv.append(f"--load-model={name}")
         return argv
 
-    def start(self) -> TritonServer:
+    def _new_process(self) -> ManagedProcess:
         if not self.model_repository.is_dir():
             raise ServiceStartError(f"model repository {self.model_repository} does not exist")
         server_dir = prepare_server_dir()
-        self._process = ManagedProcess(
+        return ManagedProcess(
             "tritonserver",
             self._argv(server_dir),
             self.log_path,
@@ -207,30 +202,9 @@ class TritonServer:
             cwd=REPO_ROOT,
             stop_signal=signal.SIGINT,  # Triton shuts down gracefully on SIGINT
         )
-        log.info("starting Triton (http %d, grpc %d, metrics %d), log %s",
-                 self.http_port, self.grpc_port, self.metrics_port, self.log_path)
-        self._process.start()
-        self.ready_after_s = self._process.wait_ready(self._is_ready, self.startup_timeout_s)
-        log.info("Triton ready after %.1f s at %s (grpc %s)",
-                 self.ready_after_s, self.http_url, self.grpc_url)
-        return self
 
-    def stop(self, timeout_s: float = 30) -> None:
-        if self._process is not None:
-            self._process.stop(timeout_s)
-
-    def kill(self) -> None:
-        """SIGKILL the server and its backend stubs at once (a crash, for fault tests)."""
-        if self._process is not None and self._process.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.stop(timeout_s=5)
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _where(self) -> str:
+        return f"at {self.http_url} (grpc {self.grpc_url}, metrics port {self.metrics_port})"
 
     # --- HTTP API ------------------------------------------------------------------------------
 
