@@ -14,38 +14,36 @@ from features.user_state import FeatureRules
 class FeatureServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_FEATURES_")
 
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    events_topic: str = "user-events"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
+    events_topic: str = "user-events"  # consumed; the gateway produces to it
     dead_letter_topic: str | None = None  # default: "<events_topic>.dlq"
     # Used when this service creates the topics (create_topics); existing topics are kept as they are.
     topic_partitions: int = Field(default=6, ge=1)
-    create_topics: bool = True
-    group_id: str = "feature-service"
+    create_topics: bool = True  # create missing topics at start-up
+    group_id: str = "feature-service"  # Kafka consumer group: partitions are shared among its members
     # How long a silent (crashed) member keeps its partitions before the group rebalances.
     session_timeout_ms: int = 10_000
-    poll_timeout_ms: int = 100
-    max_poll_records: int = 500
-    retry_backoff_ms: int = 500
-    kafka_timeout_ms: int = 10_000
-    store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_key_prefix: str = "recsys"
+    poll_timeout_ms: int = 100  # longest wait for a batch of events
+    max_poll_records: int = 500  # events applied to the store per batch
+    retry_backoff_ms: int = 500  # wait before re-reading a batch the store refused
+    kafka_timeout_ms: int = 10_000  # broker requests (commit, dead letters)
+    store: Literal["memory", "redis"] = "memory"  # redis: shared with the gateways
+    redis_url: str = "redis://127.0.0.1:6379/0"  # used when store=redis
+    redis_key_prefix: str = "recsys"  # namespace of every Redis key
     # Recent events kept per user: at least the user tower's sequence length.
     history_items: int = Field(default=100, ge=1)
-    affinity_half_life_ms: int = Field(default=24 * 3600 * 1000, gt=0)
-    trending_half_life_ms: int = Field(default=3600 * 1000, gt=0)
-    # Event ids remembered for de-duplication (in-process: a count; Redis: seconds).
-    dedup_window_events: int = 200_000
-    dedup_ttl_s: int = 7 * 24 * 3600
-    # Messages beyond these go to the dead-letter topic.
-    max_event_bytes: int = MAX_EVENT_BYTES
-    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
+    affinity_half_life_ms: int = Field(default=24 * 3600 * 1000, gt=0)  # category affinities
+    trending_half_life_ms: int = Field(default=3600 * 1000, gt=0)  # trending items
+    dedup_window_events: int = 200_000  # in-process store: event ids remembered for de-duplication
+    dedup_ttl_s: int = 7 * 24 * 3600  # Redis store: how long an event id is remembered for de-duplication
+    max_event_bytes: int = MAX_EVENT_BYTES  # larger messages go to the dead-letter topic
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS  # events further ahead of the clock: dead-letter topic
     # A catalog.json (as in model_repository/retrieve/<v>/): item categories for affinities.
     catalog_path: str | None = None
-    snapshot_path: str | None = None
+    snapshot_path: str | None = None  # user histories to seed the in-process store with
     # Prometheus endpoint of `python -m feature_service` (embedded, the gateway's /metrics has it).
     metrics_port: int = 0  # 0: none
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"  # interface of the Prometheus endpoint
 
     @property
     def dlq_topic(self) -> str:

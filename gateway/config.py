@@ -26,11 +26,12 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_GATEWAY_")
 
     host: str = "127.0.0.1"  # not 0.0.0.0 unless an operator says so
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)  # REST (and /metrics, /demo)
     # gRPC front end (same operations as REST); 0 = off, -1 = a free port (tests, demo)
     grpc_port: int = Field(default=0, ge=-1, le=65535)
-    triton_grpc_url: str = "127.0.0.1:8001"
-    # The whole recommendation, fallback included, answers within this (see model_share_ms).
+    triton_grpc_url: str = "127.0.0.1:8001"  # host:port of Triton's gRPC endpoint
+    # The whole recommendation, fallback included, answers within this: the feature read and the
+    # model call get the first 4/5 (model_share_ms), the fallback the rest.
     request_deadline_ms: int = Field(default=250, gt=0)
     # Triton's own client timeout. Unset (the default): the model's share of the request deadline
     # (200 ms of 250), so that the deadline is the one knob to turn. The service cancels the call
@@ -41,24 +42,24 @@ class GatewaySettings(BaseSettings):
     # "recommend_fused" (default: one step, measured 1.2-1.7x the ensemble's throughput, see
     # perf/README.md) or "recommend" (the ensemble); same inputs and outputs
     triton_model: str = "recommend_fused"
-    model_repository: str = "model_repository"
+    model_repository: str = "model_repository"  # read for catalogs and the live version
     # How often to look for a new live version (export/triton/rollout.py writes it) to switch to.
     model_poll_ms: int = Field(default=1000, gt=0)
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    events_topic: str = "user-events"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"  # comma-separated host:port list
+    events_topic: str = "user-events"  # produced by POST /v1/events, keyed by user id
     # Refreshed recommendations for downstream notification systems (and this gateway's SSE).
     recommendations_topic: str = "recommendations"
-    kafka_timeout_ms: int = Field(default=5000, gt=0)
-    store: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_key_prefix: str = "recsys"
-    history_items: int = 100
+    kafka_timeout_ms: int = Field(default=5000, gt=0)  # an event not acknowledged by then: 503
+    store: Literal["memory", "redis"] = "memory"  # redis: shared by gateways and feature services
+    redis_url: str = "redis://127.0.0.1:6379/0"  # used when store=redis
+    redis_key_prefix: str = "recsys"  # namespace of every Redis key
+    history_items: int = 100  # recent events kept per user in the store
     # Chronological item histories to seed the store with (written by `python -m export`).
     snapshot_path: str | None = "build/user_histories.json"
     # Run the feature-service consumer inside this process (the single-process default).
     embedded_consumer: bool = True
-    consumer_group: str = "feature-service"
-    max_k: int = Field(default=100, ge=1)
+    consumer_group: str = "feature-service"  # Kafka group of the embedded consumer
+    max_k: int = Field(default=100, ge=1)  # largest k a request may ask for
 
     # Business rules. Bought and out-of-stock items are always excluded.
     exclude_seen: bool = True  # also items only viewed, clicked or carted
@@ -66,16 +67,17 @@ class GatewaySettings(BaseSettings):
 
     # Push: after these event types, refreshed recommendations go to the recommendations topic
     # and to the user's SSE streams, at most once per user per push_min_interval_ms.
-    push_event_types: list[Literal["view", "click", "cart", "purchase"]] = ["cart", "purchase"]
-    push_min_interval_ms: int = Field(default=10_000, ge=0)
+    push_event_types: list[Literal["view", "click", "cart", "purchase"]] = Field(
+        default=["cart", "purchase"], description="Event types that trigger a push.")
+    push_min_interval_ms: int = Field(default=10_000, ge=0)  # frequency cap per user; 0 = none
     push_visible_timeout_ms: int = Field(default=3000, gt=0)  # for the event to reach the store
-    push_keepalive_ms: int = Field(default=15_000, gt=0)
-    max_push_streams: int = 1000
+    push_keepalive_ms: int = Field(default=15_000, gt=0)  # SSE comment sent this often on idle streams
+    max_push_streams: int = 1000  # open SSE streams per gateway; more: 503
 
     # Security
     admin_token: SecretStr | None = None  # unset: admin endpoints answer 403
-    max_body_bytes: int = Field(default=256 * 1024, gt=0)
-    max_batch_events: int = Field(default=500, ge=1)
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)  # larger request bodies: 413
+    max_batch_events: int = Field(default=500, ge=1)  # events per POST /v1/events/batch
     # How stale a gateway's view of out-of-stock items may be (Redis: re-read this often).
     stock_cache_ms: int = Field(default=1000, gt=0)
 
