@@ -1,7 +1,7 @@
 """Train the two towers on next-item prediction.
 
 Each training example is (the last L items before position t, the item at t) for every position
-of every user's training sequence. Two losses, chosen by measurement (see README):
+of every user's training sequence. Two losses, chosen by measurement (see docs/model.md):
 
 * ``sampled`` — sampled softmax over the other targets in the batch (in-batch negatives), with the
   logQ correction: an item that appears in many batches is a negative far more often than a rare

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--items", type=Path, required=True, help="items file (see README schema)")
+    parser.add_argument("--items", type=Path, required=True, help="items file (schema: docs/data.md)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     version = publish_cold_items(args.repository, args.checkpoint, items_from_frame(read_table(args.items)))
