@@ -5,37 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
-from export.pipeline import SNAPSHOT_FILE
-from gateway.app import create_app
-from gateway.config import GatewaySettings
+from tests.support.waiting import wait_for
 
 USER = "1"
-
-
-@pytest.fixture
-def gateway(exported, triton, kafka, topic, redis_server, request):
-    settings = GatewaySettings(
-        triton_grpc_url=triton.grpc_url,
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        events_topic=topic,
-        consumer_group=f"group-{topic}",
-        model_repository=str(exported.repository),
-        snapshot_path=str(exported.artifacts / SNAPSHOT_FILE),
-        store=request.param,
-        redis_url=redis_server.url,
-        redis_key_prefix=topic,
-        # model answers are what these tests compare, even on a busy 2-core CI box
-        request_deadline_ms=5000, triton_timeout_ms=4000,
-    )
-    with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").json()
-            time.sleep(0.1)
-        yield client
 
 
 def end_offsets(kafka, topic) -> int:
@@ -59,15 +33,16 @@ def test_posted_events_reach_the_features_and_change_the_recommendations(gateway
     before = gateway.get(f"/v1/users/{USER}/recommendations", params={"k": 10}).json()
     assert not before["cold_start"] and not before["degraded"] and len(before["items"]) == 10
     items = horror_items_unseen_by(exported, USER)
-    for event_type, item in zip(["view", "cart", "purchase"], items, strict=False):
+    # Distinct times: the store orders a user's events by time, then by (random) event id, and
+    # three posts can fall within one millisecond.
+    now_ms = int(time.time() * 1000)
+    for offset, (event_type, item) in enumerate(zip(["view", "cart", "purchase"], items, strict=True)):
         response = gateway.post("/v1/events", json={"user_id": USER, "item_id": item,
-                                                     "event_type": event_type})
+                                                     "event_type": event_type, "ts_ms": now_ms + offset})
         assert response.status_code == 202, response.text
 
-    deadline = time.monotonic() + 20
-    while gateway.app.state.service.store.get(USER).recent_items[-3:] != items:
-        assert time.monotonic() < deadline, "events never reached the feature store"
-        time.sleep(0.05)
+    wait_for(lambda: gateway.app.state.service.store.get(USER).recent_items[-3:] == items,
+             "the events to reach the feature store", timeout_s=20)
 
     after = gateway.get(f"/v1/users/{USER}/recommendations", params={"k": 10}).json()
     assert after["features_updated_at_ms"] != before["features_updated_at_ms"]
