@@ -16,8 +16,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from export.pipeline import SNAPSHOT_FILE
 from stack.gateway import GatewayProcess
+from tests.support.gateway import gateway_settings
 
 TOKEN = "fuzz-admin-token"
 
@@ -25,12 +25,7 @@ TOKEN = "fuzz-admin-token"
 @pytest.fixture(scope="module")
 def gateway(exported, triton, kafka, tmp_path_factory):
     topic = f"events-{uuid.uuid4().hex[:8]}"
-    settings = {
-        "triton_grpc_url": triton.grpc_url, "kafka_bootstrap_servers": kafka.bootstrap_servers,
-        "events_topic": topic, "recommendations_topic": f"{topic}.recs",
-        "model_repository": exported.repository, "admin_token": TOKEN,
-        "snapshot_path": exported.artifacts / SNAPSHOT_FILE,
-    }
+    settings = gateway_settings(exported, triton, kafka, topic, admin_token=TOKEN)
     with GatewayProcess(settings, log_path=tmp_path_factory.mktemp("fuzz") / "gateway.log") as gw:
         yield gw
 
