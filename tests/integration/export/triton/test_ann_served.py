@@ -9,6 +9,7 @@ from export.model.towers import TwoTower
 from export.triton.repository import export_repository
 from features import contract as sig
 from features.catalog import FIRST_ITEM_INDEX, Item, ItemCatalog
+from features.model_inputs import build_inputs, stack_inputs
 from stack.triton import TritonServer
 
 L, K = 8, 10
@@ -26,25 +27,23 @@ def test_large_catalog_uses_the_index_and_honours_exclusions(tmp_path):
     assert (tmp_path / "repo" / sig.RETRIEVE / "1" / "index.faiss").is_file()
 
     rng = np.random.default_rng(0)
-    histories = rng.integers(FIRST_ITEM_INDEX, catalog.num_embeddings, (16, L))
+    histories = [[catalog.items[j].item_id for j in row]
+                 for row in rng.integers(0, catalog.num_items, (16, L))]
+    history = stack_inputs([build_inputs(h, catalog, L, K) for h in histories]).history
     with torch.no_grad():
-        scores = (model.user_tower(torch.from_numpy(histories)) @ model.item_embeddings().T).numpy()
+        scores = (model.user_tower(torch.from_numpy(history)) @ model.item_embeddings().T).numpy()
     scores[:, :FIRST_ITEM_INDEX] = -np.inf
     # exclude each user's exact top 5: the index must over-fetch past them
-    exclude = np.argsort(-scores, axis=1)[:, :5].astype(np.int64)
+    exclude = np.argsort(-scores, axis=1)[:, :5]
     np.put_along_axis(scores, exclude, -np.inf, axis=1)
     exact = np.argsort(-scores, axis=1)[:, :K]
+    batch = stack_inputs([build_inputs(h, catalog, L, K, exclude=[catalog.item_at(i).item_id for i in ex])
+                          for h, ex in zip(histories, exclude, strict=True)])
 
     with TritonServer(tmp_path / "repo", log_path=tmp_path / "triton.log") as triton, \
             grpcclient.InferenceServerClient(triton.grpc_url) as client:
         for model_name in (sig.RECOMMEND, sig.RECOMMEND_FUSED):
-            inputs = [grpcclient.InferInput(sig.HISTORY, [16, L], "INT64"),
-                      grpcclient.InferInput(sig.EXCLUDE, [16, 5], "INT64"),
-                      grpcclient.InferInput(sig.K, [16, 1], "INT32")]
-            inputs[0].set_data_from_numpy(histories.astype(np.int64))
-            inputs[1].set_data_from_numpy(exclude)
-            inputs[2].set_data_from_numpy(np.full((16, 1), K, np.int32))
-            ids = client.infer(model_name, inputs).as_numpy(sig.ITEM_INDEX)
+            ids = client.infer(model_name, batch.infer_inputs(grpcclient)).as_numpy(sig.ITEM_INDEX)
             assert ids.shape == (16, K)
             assert not any(set(ids[r]) & set(exclude[r]) for r in range(16))
             recall = np.mean([len(set(ids[r]) & set(exact[r])) / K for r in range(16)])

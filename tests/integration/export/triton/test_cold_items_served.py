@@ -8,6 +8,7 @@ import tritonclient.grpc as grpcclient
 from export.triton.cold_items import publish_cold_items
 from features import contract as sig
 from features.catalog import Item, ItemCatalog
+from features.model_inputs import build_inputs
 from stack.triton import TritonServer
 
 NEW = [Item("cold-1", "A New Horror Film", ("Horror", "Thriller"), 1998, None),
@@ -29,16 +30,10 @@ def test_cold_items_version_loads_and_is_served(exported, tmp_path):
         cold = catalog.index_of("cold-1")
         # A user who just watched the cold item: with k = the whole catalog, both cold items
         # are candidates and come back with finite scores.
-        history = np.zeros((1, exported.result.report["train"]["config"]["sequence_length"]), np.int64)
-        history[0, -1] = cold
+        length = exported.result.report["train"]["config"]["sequence_length"]
+        inputs = build_inputs(["cold-1"], catalog, length, catalog.num_items - 1, exclude=["cold-1"])
         with grpcclient.InferenceServerClient(triton.grpc_url) as client:
-            inputs = [grpcclient.InferInput(sig.HISTORY, list(history.shape), "INT64"),
-                      grpcclient.InferInput(sig.EXCLUDE, [1, 1], "INT64"),
-                      grpcclient.InferInput(sig.K, [1, 1], "INT32")]
-            inputs[0].set_data_from_numpy(history)
-            inputs[1].set_data_from_numpy(np.array([[cold]], np.int64))
-            inputs[2].set_data_from_numpy(np.array([[catalog.num_items - 1]], np.int32))
-            result = client.infer(sig.RECOMMEND, inputs)
+            result = client.infer(sig.RECOMMEND, inputs.infer_inputs(grpcclient))
         ids, scores = result.as_numpy(sig.ITEM_INDEX)[0], result.as_numpy(sig.SCORE)[0]
         assert catalog.index_of("cold-2") in set(ids.tolist()) and cold not in set(ids.tolist())
         assert np.isfinite(scores).all()

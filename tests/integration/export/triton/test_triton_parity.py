@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 from export.triton.repository import ServingConfig, model_configs, read_config
 from features import contract as sig
 from features.catalog import FIRST_ITEM_INDEX
-from features.sequence import encode_history
+from features.model_inputs import ModelInputs, build_inputs, stack_inputs
+from tests.support.ranking import assert_same_ranking
 
 K = 10
 
@@ -27,29 +29,23 @@ def client(triton):
 
 
 @pytest.fixture(scope="module")
-def requests(exported):
-    """(history [L], exclude [E]) for 24 real users, exclusions padded to one width."""
+def requests(exported) -> list[ModelInputs]:
+    """The request the gateway sends for each of 24 real users: history, seen items excluded."""
     dataset = exported.result.dataset
     catalog, L = dataset.catalog, exported.result.report["train"]["config"]["sequence_length"]
     sequences = dataset.user_sequences()
-    users = sorted(sequences)[:24]
-    histories = np.stack([encode_history(sequences[u], catalog, L) for u in users])
-    seen = [np.unique(catalog.indices_of(sequences[u])) for u in users]
-    width = max(len(s) for s in seen)
-    exclude = np.zeros((len(users), width), dtype=np.int64)
-    for row, s in enumerate(seen):
-        exclude[row, :len(s)] = s
-    return histories, exclude
+    return [build_inputs(sequences[u], catalog, L, K, exclude=sequences[u])
+            for u in sorted(sequences)[:24]]
 
 
-def reference(model, histories: np.ndarray, exclude: np.ndarray, k: int):
+def reference(model, inputs: ModelInputs, k: int = K):
     """Eager PyTorch + numpy top-k: independent of the exported TopKRetrieval module."""
     with torch.no_grad():
-        users = model.user_tower(torch.from_numpy(histories)).numpy()
+        users = model.user_tower(torch.from_numpy(inputs.history)).numpy()
         items = model.item_embeddings().numpy()
     scores = users @ items.T
     scores[:, :FIRST_ITEM_INDEX] = -np.inf
-    for row, ex in enumerate(exclude):
+    for row, ex in enumerate(inputs.exclude):
         scores[row, ex[ex >= FIRST_ITEM_INDEX]] = -np.inf
     ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return ids, np.take_along_axis(scores, ids, axis=1)
@@ -61,67 +57,60 @@ def model_name(request):
     return request.param
 
 
-def infer(client, histories, exclude, k=K, model=sig.RECOMMEND):
-    n = len(histories)
-    inputs = [grpcclient.InferInput(sig.HISTORY, list(histories.shape), "INT64"),
-              grpcclient.InferInput(sig.EXCLUDE, list(exclude.shape), "INT64"),
-              grpcclient.InferInput(sig.K, [n, 1], "INT32")]
-    inputs[0].set_data_from_numpy(histories)
-    inputs[1].set_data_from_numpy(exclude)
-    inputs[2].set_data_from_numpy(np.full((n, 1), k, dtype=np.int32))
-    result = client.infer(model, inputs)
+def infer(client, inputs: ModelInputs, model=sig.RECOMMEND):
+    result = client.infer(model, inputs.infer_inputs(grpcclient))
     return result.as_numpy(sig.ITEM_INDEX), result.as_numpy(sig.SCORE)
 
 
-def assert_same_ranking(ids, scores, ref_ids, ref_scores):
-    np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
-    differ = ids != ref_ids
-    # Positions may only differ where two items are tied to within float error.
-    assert np.all(np.abs(scores[differ] - ref_scores[differ]) < 1e-5), (ids, ref_ids)
-    assert differ.mean() < 0.05
+def assert_matches_pytorch(ids, scores, ref_ids, ref_scores):
+    """Triton against eager PyTorch: another computation, so scores to within 1e-4; items may
+    swap only where tied to within float error, and that rarely: at most 5 % of all places (so
+    compare whole batches, not row by row, or one legitimate swap among 10 places fails)."""
+    assert_same_ranking(ids, scores, ref_ids, ref_scores, score_atol=1e-4, max_moved=0.05)
 
 
 def test_batch_of_one_matches_pytorch(exported, client, requests, model_name):
-    histories, exclude = requests
-    ref_ids, ref_scores = reference(exported.result.model, histories, exclude, K)
-    for row in range(len(histories)):
-        ids, scores = infer(client, histories[row:row + 1], exclude[row:row + 1], model=model_name)
-        assert_same_ranking(ids[0], scores[0], ref_ids[row], ref_scores[row])
-        assert not set(ids[0]) & set(exclude[row])
+    batch = stack_inputs(requests)
+    ref_ids, ref_scores = reference(exported.result.model, batch)
+    answers = [infer(client, row, model=model_name) for row in requests]
+    ids, scores = np.concatenate([i for i, _ in answers]), np.concatenate([s for _, s in answers])
+    assert_matches_pytorch(ids, scores, ref_ids, ref_scores)
+    assert not any(set(ids[row]) & set(batch.exclude[row]) for row in range(len(requests)))
 
 
 def test_client_batch_and_concurrent_requests_match_pytorch(exported, client, triton, requests,
                                                              model_name):
-    histories, exclude = requests
-    ref_ids, ref_scores = reference(exported.result.model, histories, exclude, K)
-    ids, scores = infer(client, histories, exclude, model=model_name)  # one request, batch of 24
-    assert_same_ranking(ids, scores, ref_ids, ref_scores)
+    batch = stack_inputs(requests)
+    ref_ids, ref_scores = reference(exported.result.model, batch)
+    ids, scores = infer(client, batch, model=model_name)  # one request, batch of 24
+    assert_matches_pytorch(ids, scores, ref_ids, ref_scores)
 
     def one(row):
         # each thread its own client: a sync client is not shared across threads
         with grpcclient.InferenceServerClient(triton.grpc_url) as c:
-            return infer(c, histories[row:row + 1], exclude[row:row + 1], model=model_name)
+            return infer(c, row, model=model_name)
 
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(len(histories))))
-    for row, (ids, scores) in enumerate(results):
-        assert_same_ranking(ids[0], scores[0], ref_ids[row], ref_scores[row])
+        results = list(pool.map(one, requests))
+    ids, scores = np.concatenate([i for i, _ in results]), np.concatenate([s for _, s in results])
+    assert_matches_pytorch(ids, scores, ref_ids, ref_scores)
 
 
 def test_k_beyond_catalog_fails_that_request_only(exported, client, requests, model_name):
-    histories, exclude = requests
+    too_many = dataclasses.replace(
+        requests[0], k=np.array([[exported.result.dataset.catalog.num_items + 1]], np.int32))
     with pytest.raises(InferenceServerException, match="catalog size"):
-        infer(client, histories[:1], exclude[:1], k=exported.result.dataset.catalog.num_items + 1,
-              model=model_name)
-    ids, _ = infer(client, histories[:1], exclude[:1], model=model_name)  # the server is still fine
+        infer(client, too_many, model=model_name)
+    ids, _ = infer(client, requests[0], model=model_name)  # the server is still fine
     assert ids.shape == (1, K)
 
 
 def test_out_of_vocabulary_ids_are_bucketed_not_fatal(client, requests):
-    histories, exclude = requests
-    hostile = histories[:1].copy()
+    # Deliberately raw: indices outside the catalog, which build_inputs never produces (it maps
+    # unknown item ids to the OOV bucket); the model must bucket them itself, not fail.
+    hostile = requests[0].history.copy()
     hostile[0, -3:] = [10**9, -7, 10**6]
-    ids, scores = infer(client, hostile, exclude[:1])
+    ids, scores = infer(client, dataclasses.replace(requests[0], history=hostile))
     assert ids.shape == (1, K) and np.isfinite(scores).all()
 
 
