@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 import uuid
 from collections import defaultdict
 
@@ -25,6 +24,9 @@ from features.catalog import ItemCatalog
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from stack.triton import TritonServer
+from tests.support.gateway import gateway_settings, wait_ready
+from tests.support.ranking import assert_same_recommendations
+from tests.support.waiting import wait_for
 
 USERS = [str(u) for u in range(1, 31)]
 
@@ -46,13 +48,6 @@ def candidate_repository(exported, root):
     return root
 
 
-def wait_for(condition, what, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def served(exported, tmp_path):
     repo = tmp_path / "repo"
@@ -65,16 +60,13 @@ def test_promote_and_rollback_under_traffic_drop_nothing(exported, served, kafka
     repo, triton = served
     staging = candidate_repository(exported, tmp_path / "staging")
     topic = f"events-{uuid.uuid4().hex[:8]}"
-    settings = GatewaySettings(
-        triton_grpc_url=triton.grpc_url, kafka_bootstrap_servers=kafka.bootstrap_servers,
-        events_topic=topic, recommendations_topic=f"{topic}.recs", model_repository=str(repo),
-        snapshot_path=str(exported.artifacts / SNAPSHOT_FILE), model_poll_ms=100,
-        # Loading a version (backend stubs, torch) stalls this 2-core box for a moment: a slow
-        # answer is not a dropped one. (In production the 250 ms deadline would serve those from
-        # the fallback, still 200s, counted as reason="deadline".)
-        request_deadline_ms=10_000, triton_timeout_ms=8000)
+    # Loading a version (backend stubs, torch) stalls this 2-core box for a moment: a slow answer
+    # is not a dropped one (model-answer timeouts). In production the 250 ms deadline would serve
+    # those from the fallback, still 200s, counted as reason="deadline".
+    settings = GatewaySettings(**gateway_settings(exported, triton, kafka, topic,
+                                                  model_repository=str(repo), model_poll_ms=100))
     with TestClient(create_app(settings)) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, "readiness")
+        wait_ready(client, timeout_s=60)
         answers: list[tuple[int, str, dict]] = []
         stop = threading.Event()
 
@@ -87,10 +79,16 @@ def test_promote_and_rollback_under_traffic_drop_nothing(exported, served, kafka
         def serving(version):
             return lambda: answers and answers[-1][2].get("model_version") == version
 
+        def every_user_served(version, since):
+            """Every user has had an answer from ``version`` since ``answers[since]`` (not a sleep:
+            on a busy machine half a second may hold a few answers or none)."""
+            return lambda: set(USERS) <= {
+                u for _, u, a in answers[since:] if a.get("model_version") == version}
+
         worker = threading.Thread(target=traffic)
         worker.start()
         try:
-            wait_for(lambda: len(answers) > 60, "traffic")
+            wait_for(lambda: len(answers) > 60, "traffic", timeout_s=60)
             rollout = Rollout(repo, f"127.0.0.1:{triton.http_port}")
             version = rollout.publish(staging)
             assert version == 2
@@ -110,25 +108,29 @@ def test_promote_and_rollback_under_traffic_drop_nothing(exported, served, kafka
                                     requests=30)
             assert 0 <= shadow.overlap_at_k < 1  # the nudged model answers differently
             rollout.promote(version)
-            wait_for(serving(2), "the gateway to serve version 2")
-            time.sleep(0.5)
+            wait_for(serving(2), "the gateway to serve version 2", timeout_s=60)
+            wait_for(every_user_served(2, 0), "version 2 to answer every user", timeout_s=60)
             assert rollout.rollback() == 1
-            wait_for(serving(1), "the gateway to serve version 1 again")
-            time.sleep(0.5)
+            wait_for(serving(1), "the gateway to serve version 1 again", timeout_s=60)
+            since = len(answers)
+            wait_for(every_user_served(1, since), "version 1 to answer every user again", timeout_s=60)
         finally:
             stop.set()
             worker.join(60)
 
     assert answers and all(status == 200 for status, _, _ in answers)
     assert not [a for _, _, a in answers if a["degraded"] or a["source"] != "model"]
-    per_version: dict[tuple[str, int], set[tuple[str, ...]]] = defaultdict(set)
+    per_version: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for _, user, answer in answers:
-        per_version[(user, answer["model_version"])].add(tuple(i["item_id"] for i in answer["items"]))
+        per_version[(user, answer["model_version"])].append(answer)
     assert {v for _, v in per_version} == {1, 2}
     # One answer per user and version: no request paired one version's scores with another's.
-    assert all(len(lists) == 1 for lists in per_version.values())
-    differs = [u for u in USERS if per_version.get((u, 1)) and per_version.get((u, 2))
-               and per_version[(u, 1)] != per_version[(u, 2)]]
+    # (Alike to within float error: dynamic batching changes summation order from call to call.)
+    for (user, version), same in per_version.items():
+        for answer in same[1:]:
+            assert_same_recommendations(answer, same[0], context=(user, version))
+    differs = [u for u in USERS if [i["item_id"] for i in per_version[(u, 1)][0]["items"]]
+               != [i["item_id"] for i in per_version[(u, 2)][0]["items"]]]
     assert differs  # and the versions are told apart
     history = [h["action"] for h in json.loads((repo / sig.ROLLOUT_FILE).read_text())["history"]]
     assert history[0] == "publish" and history[-2:] == ["promote", "rollback"]
