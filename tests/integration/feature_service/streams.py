@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from feature_service.store import FeatureStore, InMemoryStore
 from features.catalog import Item, ItemCatalog
 from features.events import Event
 from features.user_state import FeatureRules
+from tests.support.kafka import read_topic
 
 N_EVENTS = 10_000
 N_USERS = 200
@@ -214,23 +215,8 @@ def wait_until_converged(store: FeatureStore, expected: InMemoryStore, timeout_s
 def dead_letter_keys(bootstrap_servers: str, topic: str, expected: set[bytes],
                      timeout_s: float = 30) -> list[bytes]:
     """Keys of every record on the dead-letter topic: read until all ``expected`` keys have been
-    seen (or the timeout), then to the end of the topic."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        keys: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    assert b'"reason"' in record.value
-                    keys.append(record.key)
-            if expected <= set(keys):
-                ends = consumer.end_offsets(parts)
-                if all(consumer.position(tp) >= end for tp, end in ends.items()):
-                    break
-        return keys
-    finally:
-        consumer.close()
+    seen, then to the end of the topic."""
+    records = read_topic(bootstrap_servers, topic, timeout_s=timeout_s,
+                         until=lambda records: expected <= {r.key for r in records})
+    assert all(b'"reason"' in r.value for r in records)
+    return [r.key for r in records]

@@ -31,6 +31,7 @@ from tests.integration.feature_service.streams import (
     wait_until_converged,
     write_catalog,
 )
+from tests.support.waiting import wait_for
 
 PARTITIONS = 6
 
@@ -131,7 +132,9 @@ def test_consumer_sigkilled_mid_stream_and_restarted(broker, durable_redis, topi
     with redis_consumer(broker, topic, durable_redis, catalog_path, tmp_path, "first") as first:
         producer.start()
         producer.wait_acked(0.4)
-        assert first.metric("feature_events_total", 'outcome="applied"') > 0
+        # killed once it has applied something (on a busy box that may take longer than 40 %)
+        wait_for(lambda: first.metric("feature_events_total", 'outcome="applied"') > 0,
+                 "the first consumer to apply events")
         first.kill()
     producer.wait_acked(0.6)  # the stream goes on while no consumer runs
     with redis_consumer(broker, topic, durable_redis, catalog_path, tmp_path, "second") as second:
