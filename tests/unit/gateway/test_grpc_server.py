@@ -56,7 +56,6 @@ def error_code(error: grpc.aio.AioRpcError) -> str | None:
 
 from tests.support.grpc import as_dict  # noqa: E402  (the proto response as model_dump() shapes it)
 
-
 # --- Recommend -------------------------------------------------------------------------------------
 
 
