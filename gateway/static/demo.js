@@ -18,16 +18,23 @@ const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 const K = 10;
 const PAGE_SIZE = 20;
 const PUSHED_TYPES = new Set(["cart", "purchase"]);
-const PUSH_WAIT_MS = 2000;
+const params = new URLSearchParams(location.search);
+// How long to wait for a push, and for a view to reach the features: budgets for a person
+// watching, which a slow or loaded machine (or a test) can lengthen: ?push_wait_ms=&poll_for_ms=
+const msParam = (name, fallback) => {
+  const value = Number(params.get(name));
+  return Number.isFinite(value) && value > 0 ? value : fallback;
+};
+const PUSH_WAIT_MS = msParam("push_wait_ms", 2000);
 const POLL_EVERY_MS = 100;
-const POLL_FOR_MS = 5000;
+const POLL_FOR_MS = msParam("poll_for_ms", 5000);
 const LABELS = { view: "view", cart: "add to cart", purchase: "buy" };
 
 const $ = (selector) => document.querySelector(selector);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const state = {
-  user: new URLSearchParams(location.search).get("user") || "1",
+  user: params.get("user") || "1",
   offset: 0,
   category: "",
   total: 0,
