@@ -20,6 +20,7 @@ from gateway.proto import recsys_pb2_grpc as pb_grpc
 from gateway.served_model import ServedModel
 from gateway.service import RecommendationService, ServicePolicy
 from stack.ports import free_port
+from tests.support.grpc import as_dict
 from tests.unit.gateway.fakes import FakePublisher, FakeRecommender
 
 
@@ -53,8 +54,6 @@ def rpc_error(service_getter, fn, **server_kwargs) -> grpc.aio.AioRpcError:
 def error_code(error: grpc.aio.AioRpcError) -> str | None:
     return dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)
 
-
-from tests.support.grpc import as_dict  # noqa: E402  (the proto response as model_dump() shapes it)
 
 # --- Recommend -------------------------------------------------------------------------------------
 
