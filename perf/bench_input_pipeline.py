@@ -13,10 +13,7 @@ a wrong number of rows, or not every row exactly once (checked on the sorted tar
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -34,6 +31,9 @@ from export.data.loaders import (  # noqa: E402
     InMemoryBatches,
     write_shards,
 )
+from perf.harness import environment, figure, finish, write_csv, write_json  # noqa: E402
+
+CSV_COLUMNS = ["measurement", "device", "value", "unit", "seconds", "startup_s", "ok"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,54 +92,48 @@ def measure(name: str, device: str, make, expected_targets: np.ndarray, epochs: 
     }
 
 
-def environment() -> dict:
+def versions() -> dict:
+    """The input pipeline's own facts for ``environment``: torch, DALI and the GPU (if any)."""
     import nvidia.dali
 
-    return {
-        "python": platform.python_version(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "dali": nvidia.dali.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    return {"torch": torch.__version__, "dali": nvidia.dali.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def csv_rows(report: dict) -> list[dict]:
+    """The shard write, then one row per loader (``CSV_COLUMNS``)."""
+    s = report["shard_write"]
+    return [{"measurement": "shard_write", "device": "cpu", "value": s["mb_per_s"], "unit": "MB/s",
+             "seconds": s["seconds"], "startup_s": "", "ok": True},
+            *({"measurement": r["loader"], "device": r["device"], "value": r["samples_per_s"],
+               "unit": "samples/s", "seconds": r["seconds"], "startup_s": r["startup_s"], "ok": r["ok"]}
+              for r in report["loaders"])]
 
 
 def write_outputs(out: Path, report: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "input_pipeline.json").write_text(json.dumps(report, indent=2))
-    with (out / "input_pipeline.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["measurement", "device", "value", "unit", "seconds", "startup_s", "ok"])
-        s = report["shard_write"]
-        w.writerow(["shard_write", "cpu", s["mb_per_s"], "MB/s", s["seconds"], "", True])
-        for r in report["loaders"]:
-            w.writerow([r["loader"], r["device"], r["samples_per_s"], "samples/s", r["seconds"],
-                        r["startup_s"], r["ok"]])
+    write_json(out / "input_pipeline.json", report)
+    write_csv(out / "input_pipeline.csv", CSV_COLUMNS, csv_rows(report))
 
     c = report["config"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4), gridspec_kw={"width_ratios": [3, 1]})
-    labels = [f"{r['loader']}\n({r['device']})" for r in report["loaders"]]
-    values = [r["samples_per_s"] for r in report["loaders"]]
-    bars = left.bar(labels, values, color=["#888888", "#76b900", "#3d7d00"][:len(values)])
-    left.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
-    left.set_ylim(0, max(values) * 1.15)  # room for the value labels under the title
-    left.set_ylabel("samples / s")
-    left.set_title(f"input pipeline: {c['rows']:,} rows, L={c['seq_len']}, batch {c['batch_size']}")
-    s = report["shard_write"]
-    right.bar(["shard write"], [s["mb_per_s"]], color="#4477aa")
-    right.bar_label(right.containers[0], labels=[f"{s['mb_per_s']:,.0f}"])
-    right.set_ylim(0, s["mb_per_s"] * 1.15)
-    right.set_ylabel("MB / s")
-    fig.tight_layout()
-    fig.savefig(out / "input_pipeline.png", dpi=120)
-    plt.close(fig)
+    widths = {"width_ratios": [3, 1]}
+    with figure(out / "input_pipeline.png", 2, (9, 4), gridspec_kw=widths) as (_, (left, right)):
+        labels = [f"{r['loader']}\n({r['device']})" for r in report["loaders"]]
+        values = [r["samples_per_s"] for r in report["loaders"]]
+        bars = left.bar(labels, values, color=["#888888", "#76b900", "#3d7d00"][:len(values)])
+        left.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
+        left.set_ylim(0, max(values) * 1.15)  # room for the value labels under the title
+        left.set_ylabel("samples / s")
+        left.set_title(f"input pipeline: {c['rows']:,} rows, L={c['seq_len']}, batch {c['batch_size']}")
+        s = report["shard_write"]
+        right.bar(["shard write"], [s["mb_per_s"]], color="#4477aa")
+        right.bar_label(right.containers[0], labels=[f"{s['mb_per_s']:,.0f}"])
+        right.set_ylim(0, s["mb_per_s"] * 1.15)
+        right.set_ylabel("MB / s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.perf_counter()
     histories, targets = synthetic(args.rows, args.seq_len, args.items, args.seed)
     expected = np.sort(targets)
     loaders = []
@@ -173,17 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                    "items": args.items, "rows_per_file": args.rows_per_file,
                    "files_per_read": args.files_per_read, "num_threads": args.num_threads,
                    "timed_epochs": args.epochs, "warmup_epochs": 1, "seed": args.seed},
-        "environment": environment(),
+        "environment": environment(**versions()),
         "shard_write": shard_write,
         "loaders": loaders,
         "ok": all(r["ok"] for r in loaders),
     }
     write_outputs(args.out, report)
-    print(f"wrote {args.out / 'input_pipeline.json'}, .csv, .png")
-    if not report["ok"]:
-        print("FAILED: a loader delivered the wrong rows", file=sys.stderr)
-        return 1
-    return 0
+    problems = [f"{r['loader']} ({r['device']}): {p}" for r in loaders for p in r["problems"]]
+    return finish(f"{args.out / 'input_pipeline.json'}, .csv, .png", problems, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

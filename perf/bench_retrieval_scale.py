@@ -16,11 +16,9 @@ Exits 1 if any result is malformed: a row with fewer than k items, a duplicate, 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ import torch  # noqa: E402
 
 from export.model.ann import KINDS, RetrievalIndex, build_index, choose_index, config_for  # noqa: E402
 from features.catalog import FIRST_ITEM_INDEX  # noqa: E402
+from perf.harness import environment, figure, finish, write_csv, write_json  # noqa: E402
 
 LATENCY_BUDGET_MS = 20.0  # the issue's target: top-k over 1M items, p99
 WARMUP_QUERIES = 20
@@ -204,11 +203,11 @@ def run_size(num_items: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def environment() -> dict:
+def runtime_facts() -> dict:
+    """This benchmark's own facts for ``environment``: library versions, thread counts, load."""
     import faiss
 
     return {
-        "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "numpy": np.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "faiss": faiss.__version__, "faiss_omp_threads": faiss.omp_get_max_threads(),
         # other processes on the box inflate tails, most of all the memory-bound exact search
@@ -216,47 +215,39 @@ def environment() -> dict:
     }
 
 
+def csv_columns(batch: int) -> list[str]:
+    return ["num_items", "kind", "excluded_per_query", "build_s", "memory_mb", "p50_ms", "p95_ms",
+            "p99_ms", f"qps_batch{batch}", "recall_at_k", "meets_p99_budget", "chosen", "params", "ok"]
+
+
 def write_outputs(out: Path, report: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "retrieval_scale.json").write_text(json.dumps(report, indent=2))
     c = report["config"]
-    qps = f"qps_batch{c['batch']}"
-    columns = ["num_items", "kind", "excluded_per_query", "build_s", "memory_mb", "p50_ms", "p95_ms",
-               "p99_ms", qps, "recall_at_k", "meets_p99_budget", "chosen", "params", "ok"]
-    with (out / "retrieval_scale.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        for r in report["results"]:
-            r = {**r, "memory_mb": round(r["memory_bytes"] / 1e6, 1), "params": json.dumps(r["params"])}
-            w.writerow([r[col] for col in columns])
+    write_json(out / "retrieval_scale.json", report)
+    write_csv(out / "retrieval_scale.csv", csv_columns(c["batch"]),
+              ({**r, "memory_mb": round(r["memory_bytes"] / 1e6, 1), "params": json.dumps(r["params"])}
+               for r in report["results"]))
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    results, budget = report["results"], LATENCY_BUDGET_MS
     colours = {"exact": "#888888", "hnsw": "#76b900", "ivf": "#4477aa"}
-    for kind in c["kinds"]:
-        for excluded, style in ((0, "-"), (c["exclude"], "--")):
-            rows = [r for r in report["results"] if r["kind"] == kind and r["excluded_per_query"] == excluded]
-            sizes = [r["num_items"] for r in rows]
-            label = f"{kind}" + (f", {excluded} excluded" if excluded else "")
-            left.plot(sizes, [r["p99_ms"] for r in rows], style, marker="o", color=colours[kind], label=label)
-            right.plot(sizes, [r["recall_at_k"] for r in rows], style, marker="o", color=colours[kind],
-                       label=label)
-    left.axhline(LATENCY_BUDGET_MS, color="#cc3311", lw=1, ls=":", label=f"{LATENCY_BUDGET_MS:g} ms budget")
-    left.set(xscale="log", yscale="log", xlabel="catalog size (items)", ylabel="p99 latency, batch 1 (ms)",
-             title=f"top-{c['k']} latency, D={c['dim']}, {report['environment']['cpu_count']} CPU cores")
-    right.set(xscale="log", xlabel="catalog size (items)", ylabel=f"recall@{c['k']} vs exact",
-              title="recall of the approximate indexes")
-    right.set_ylim(min(r["recall_at_k"] for r in report["results"]) - 0.02, 1.005)
-    for ax in (left, right):
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "retrieval_scale.png", dpi=120)
-    plt.close(fig)
+    with figure(out / "retrieval_scale.png", 2, (11, 4.2)) as (_, (left, right)):
+        for kind in c["kinds"]:
+            for excluded, style in ((0, "-"), (c["exclude"], "--")):
+                rows = [r for r in results if r["kind"] == kind and r["excluded_per_query"] == excluded]
+                sizes = [r["num_items"] for r in rows]
+                line = {"marker": "o", "color": colours[kind],
+                        "label": f"{kind}" + (f", {excluded} excluded" if excluded else "")}
+                left.plot(sizes, [r["p99_ms"] for r in rows], style, **line)
+                right.plot(sizes, [r["recall_at_k"] for r in rows], style, **line)
+        left.axhline(budget, color="#cc3311", lw=1, ls=":", label=f"{budget:g} ms budget")
+        left.set(xscale="log", yscale="log", xlabel="catalog size (items)",
+                 ylabel="p99 latency, batch 1 (ms)",
+                 title=f"top-{c['k']} latency, D={c['dim']}, {report['environment']['cpu_count']} CPU cores")
+        right.set(xscale="log", xlabel="catalog size (items)", ylabel=f"recall@{c['k']} vs exact",
+                  title="recall of the approximate indexes")
+        right.set_ylim(min(r["recall_at_k"] for r in results) - 0.02, 1.005)
+        for ax in (left, right):
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
 
 
 def table(report: dict) -> str:
@@ -290,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                  "cluster_spread": CLUSTER_SPREAD, "isotropic_noise": ISOTROPIC_NOISE,
                  "query_noise": QUERY_NOISE, "cluster_zipf": CLUSTER_ZIPF,
                  "excluded_ids": f"{args.exclude} per query, drawn from its exact top {2 * args.exclude}"},
-        "environment": {**environment(), "load_average_1m_at_start": load_at_start},
+        "environment": environment(**runtime_facts(), load_average_1m_at_start=load_at_start),
         "choose_index": {str(s): choose_index(s).kind for s in args.sizes},
         "budget": {kind: r["meets_p99_budget"] for r in results
                    for kind in [r["kind"]] if r["num_items"] == largest and r["excluded_per_query"] == 0},
@@ -302,11 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(report))
     print(f"\np99 <= {LATENCY_BUDGET_MS:g} ms at {largest:,} items: {report['budget']}; "
           f"total {report['total_s']:.0f} s")
-    print(f"wrote {args.out / 'retrieval_scale.json'}, .csv, .png")
-    if not report["ok"]:
-        print("FAILED: malformed results (see 'problems' in the JSON)", file=sys.stderr)
-        return 1
-    return 0
+    problems = [f"{r['num_items']} items, {r['kind']}, {r['excluded_per_query']} excluded: {p}"
+                for r in results for p in r["problems"]]
+    return finish(f"{args.out / 'retrieval_scale.json'}, .csv, .png", problems)
 
 
 if __name__ == "__main__":
