@@ -33,10 +33,11 @@ class GatewaySettings(BaseSettings):
     # The whole recommendation, fallback included, answers within this: the feature read and the
     # model call get the first 4/5 (model_share_ms), the fallback the rest.
     request_deadline_ms: int = Field(default=250, gt=0)
-    # Triton's own client timeout. Unset (the default): the model's share of the request deadline
-    # (200 ms of 250), so that the deadline is the one knob to turn. The service cancels the call
-    # at the end of that share anyway, so a longer timeout could never fire: it is refused.
-    triton_timeout_ms: int | None = Field(default=None, gt=0)
+    # Backstop for a Triton that never answers: the gRPC deadline of a model call. Requests do
+    # not wait for it (they answer from the fallback at their deadline); the call itself is never
+    # cancelled earlier, because a cancellation racing a response crashes Triton 2.51 (see
+    # gateway/triton_client.py). It must outlast the request deadline.
+    triton_timeout_ms: int = Field(default=10_000, gt=0)
     # More model calls in flight than this: answer from the fallback at once (load shedding).
     max_inflight_model_calls: int = Field(default=64, ge=1)
     # "recommend_fused" (default: one step, measured 1.2-1.7x the ensemble's throughput, see
@@ -84,17 +85,15 @@ class GatewaySettings(BaseSettings):
     # --- rules across fields: a gateway that cannot work as configured refuses to start ---------
 
     @model_validator(mode="after")
-    def _triton_timeout_within_the_model_share(self) -> Self:
-        share_ms = model_share_ms(self.request_deadline_ms)
-        if self.triton_timeout_ms is None:
-            self.triton_timeout_ms = max(1, int(share_ms))
-        elif self.triton_timeout_ms > share_ms:
+    def _triton_timeout_outlasts_the_request(self) -> Self:
+        if self.triton_timeout_ms <= self.request_deadline_ms:
             raise ValueError(
-                f"triton_timeout_ms ({self.triton_timeout_ms}) must be at most {share_ms:g}, the "
-                f"model's share (4/5) of request_deadline_ms ({self.request_deadline_ms}): the "
-                "service cancels the model call then to answer from the fallback, so a longer "
-                "Triton timeout could never fire. Lower it, raise request_deadline_ms, or leave "
-                "triton_timeout_ms unset to follow the deadline")
+                f"triton_timeout_ms ({self.triton_timeout_ms}) must be longer than "
+                f"request_deadline_ms ({self.request_deadline_ms}): it is the backstop for a "
+                "Triton that never answers, not the request's budget. A client deadline that fires "
+                "while Triton is still answering cancels the call, and Triton 2.51 crashes when a "
+                "cancellation races a response. Requests already answer from the fallback at "
+                "request_deadline_ms without cancelling anything")
         return self
 
     @model_validator(mode="after")

@@ -36,6 +36,11 @@ _ID = re.compile(ID_PATTERN)
 
 
 class Recommender(Protocol):
+    @property
+    def in_flight(self) -> int:
+        """Model calls open now, including any whose request stopped waiting for them: what load
+        shedding compares with ``max_inflight_model_calls``."""
+
     async def recommend(
         self, inputs: ModelInputs, version: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +69,8 @@ class ServicePolicy:
     max_per_category: int = 0
     max_batch_events: int = 500
     # Model calls in flight beyond this are answered from the fallback at once: under overload,
-    # queueing more work for Triton only makes every answer late.
+    # queueing more work for Triton only makes every answer late. Calls that outlived their
+    # request still count (they are never cancelled: see gateway/triton_client.py).
     max_inflight_model_calls: int = 64
     push_event_types: frozenset[EventType] = frozenset({EventType.CART, EventType.PURCHASE})
     push_k: int = 10  # items in a pushed refresh (as a GET without k); at most max_k
@@ -81,7 +87,6 @@ class RecommendationService:
         self.inventory = inventory
         self.policy = policy or ServicePolicy()
         self.pusher = pusher  # None: no push after high-intent events
-        self._inflight = 0
 
     @property
     def max_k(self) -> int:
@@ -139,10 +144,9 @@ class RecommendationService:
             return await self._fallback(served, user_id, k, base, deadline, reason="cold_start")
         rules = Rules(exclude=base.exclude | self._excluded_for(features), categories=base.categories,
                       max_per_category=cap)
-        if self._inflight >= self.policy.max_inflight_model_calls:
+        if self.recommender.in_flight >= self.policy.max_inflight_model_calls:
             return await self._fallback(served, user_id, k, rules, deadline, reason="overload",
                                         updated_at_ms=features.updated_at_ms)
-        self._inflight += 1
         try:
             async with asyncio.timeout_at(model_deadline):
                 candidates = await self._model_candidates(served, features, rules, k)
@@ -151,8 +155,6 @@ class RecommendationService:
             log.warning("model %s, serving the fallback: %r", reason, exc)
             return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
                                         updated_at_ms=features.updated_at_ms)
-        finally:
-            self._inflight -= 1
         metrics.RECOMMENDATIONS.labels("model", "none").inc()
         return self._response(served, user_id, rules.select(candidates, k),
                               source="model", cold_start=False, degraded=False,

@@ -14,7 +14,7 @@ from tests.support.waiting import wait_for
 
 # Tests that look at the model's answers must get them even on a busy 2-core CI box: the
 # production deadline (250 ms) would serve a slow call from the fallback (a 200, degraded).
-MODEL_ANSWER_TIMEOUTS = {"request_deadline_ms": 10_000, "triton_timeout_ms": 8000}
+MODEL_ANSWER_TIMEOUTS = {"request_deadline_ms": 10_000, "triton_timeout_ms": 20_000}
 
 
 def gateway_settings(exported: Any, triton: Any, kafka: Any, topic: str, **overrides: Any) -> dict[str, Any]:

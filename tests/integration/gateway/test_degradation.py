@@ -29,7 +29,7 @@ def test_triton_killed_mid_traffic_answers_from_the_fallback(exported, own_trito
     settings = GatewaySettings(**gateway_settings(
         exported, own_triton, kafka, topic,
         # room for a slow model answer before the kill; after it, calls fail fast (no server)
-        request_deadline_ms=2000, triton_timeout_ms=1500))
+        request_deadline_ms=2000))
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         responses = []  # (started, finished, status, body)
@@ -66,3 +66,36 @@ def test_triton_killed_mid_traffic_answers_from_the_fallback(exported, own_trito
         assert all(len(b["items"]) == 5 for b in after)
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["triton"] is False
+
+
+def test_deadlines_that_race_triton_answers_never_take_the_server_down(exported, own_triton, kafka):
+    """A deadline about as long as a model call makes the gateway give up on calls Triton is about
+    to answer, many times a second. Cancelling those calls crashes or wedges Triton 2.51
+    (perf/triton_cancellation.py measures it); the gateway must leave them to finish instead."""
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    settings = GatewaySettings(**gateway_settings(exported, own_triton, kafka, topic,
+                                                  request_deadline_ms=3))
+    statuses: list[int] = []
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+
+        def traffic(offset: int) -> None:
+            for i in range(250):
+                user = str(1 + (offset * 250 + i) % 900)
+                statuses.append(client.get(f"/v1/users/{user}/recommendations",
+                                           params={"k": 10}).status_code)
+
+        workers = [threading.Thread(target=traffic, args=(n,)) for n in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert own_triton.running, own_triton.log_tail()
+        assert client.get("/readyz").json()["checks"]["triton"] is True
+    assert len(statuses) == 8 * 250 and set(statuses) == {200}
+    log = own_triton.log_path.read_text(errors="replace")
+    assert "Signal (11)" not in log and "ASSERTION FAILED" not in log
+    started = time.monotonic()
+    own_triton.stop(timeout_s=20)
+    # a clean stop takes a few seconds; a wedged server waits out the timeout and is SIGKILLed
+    assert time.monotonic() - started < 20, own_triton.log_tail()

@@ -25,6 +25,7 @@ class FakeRecommender:
         self.calls: list[tuple[np.ndarray, np.ndarray, int]] = []
         self.fail = False
         self.delay_s = 0.0
+        self.in_flight = 0
 
     async def recommend(self, inputs: ModelInputs,
                         version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +33,11 @@ class FakeRecommender:
         exclude = exclude[exclude != PAD_INDEX]
         self.calls.append((history.copy(), exclude.copy(), k))
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(self.delay_s)
+            finally:
+                self.in_flight -= 1
         if self.fail:
             raise UpstreamUnavailable("triton down")
         excluded = set(exclude.tolist())
