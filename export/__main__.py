@@ -3,6 +3,7 @@
     python -m export --dataset ml-100k --seeds 0 1 2          # the documented evaluation
     python -m export --dataset path/to/log.parquet --items path/to/items.csv
     python -m export --dataset synthetic --no-export
+    python -m export --dataset ml-100k --seeds 0 --no-export --tune 20   # search on validation first
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import logging
 from pathlib import Path
 
 from export.evaluation.report import format_table
-from export.pipeline import run
+from export.pipeline import load_dataset, run
 from export.train import TrainConfig
+from export.tune import TUNING_JSON, format_tuning, tune
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,19 +41,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
+    parser.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="first search N configs on the validation split (export/tune.py), then "
+                             "train the best one as usual; overrides the searched flags")
+    parser.add_argument("--tune-epochs", type=int, default=6, help="maximum epochs per tuning trial")
+    parser.add_argument("--tune-patience", type=int, default=2,
+                        help="early-stopping patience per tuning trial")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          temperature=args.temperature, loss=args.loss,
                          uniform_negatives=args.uniform_negatives)
+    tuning = None
+    if args.tune > 0:
+        # Trials train with the first seed; the search never reads the test split.
+        tuning = tune(load_dataset(args.dataset, args.items), config, args.tune,
+                      epochs=args.tune_epochs, patience=args.tune_patience, seed=args.seeds[0],
+                      artifacts=args.artifacts)
+        config = tuning.best_config
     result = run(args.dataset, None if args.no_export else args.repository, args.artifacts, config,
                  seeds=args.seeds, items_path=args.items, loader=args.loader,
                  baselines=not args.no_baselines, version=args.version,
                  target=args.target)
+    if tuning is not None:
+        print(format_tuning(tuning.record))
+        print()
     print(format_table(result.report))
     print(f"report: {args.artifacts / 'report.json'}  chart: {args.artifacts / 'metrics.png'}"
-          + ("" if args.no_export else f"  repository: {args.repository}"))
+          + ("" if args.no_export else f"  repository: {args.repository}")
+          + ("" if tuning is None else f"  tuning: {args.artifacts / TUNING_JSON}"))
     return 0
 
 
