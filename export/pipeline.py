@@ -1,4 +1,9 @@
-"""Load -> split -> baselines -> train (one run per seed) -> evaluate -> report -> export."""
+"""Load -> split -> baselines -> train (one run per seed) -> evaluate -> report -> export.
+
+Two protocols (docs/evaluation.md): leave-last-out (the headline numbers; its best-validation seed
+is exported) and a global temporal split, whose baselines are always evaluated and whose own model
+(trained per seed on the data before the cut, never exported) only with ``run(temporal=True)``.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ from pathlib import Path
 
 from export.data.interactions import Dataset, load_interactions_file, load_movielens_100k
 from export.data.loaders import DaliBatches, InMemoryBatches, write_shards
-from export.data.split import leave_last_out
+from export.data.split import leave_last_out, temporal_split
 from export.data.synthetic import generate
 from export.evaluation.baselines import evaluate_baselines
 from export.evaluation.metrics import evaluate
 from export.evaluation.report import aggregate_seeds, write_report
+from export.evaluation.temporal import MODEL_OFF, temporal_section, untrainable
 from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
@@ -27,6 +33,7 @@ from export.train import (
     train,
 )
 from export.triton.repository import ServingConfig, export_repository
+from features.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +88,13 @@ def run(
     version: int = 1,
     serving: ServingConfig = ServingConfig(),
     target: str = "python",
+    temporal: bool = False,
 ) -> PipelineResult:
-    """The whole offline job; ``repository=None`` evaluates without exporting."""
+    """The whole offline job; ``repository=None`` evaluates without exporting.
+
+    ``temporal=True`` also trains one model per seed on the temporal split's pre-cut data and
+    evaluates it there (doubles training time); the leave-last-out numbers do not change.
+    """
     started = time.perf_counter()
     dataset = load_dataset(dataset_spec, items_path)
     split = leave_last_out(dataset)
@@ -96,32 +108,13 @@ def run(
     if baselines:
         models.update(evaluate_baselines(test_histories, split.test, catalog))
 
-    histories, targets = build_examples(split.train, catalog, L)
-    log_q = target_log_frequencies(targets, catalog.num_embeddings)
-    shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
+    temporal_data = temporal_split(dataset)
+    temporal_report = temporal_section(temporal_data, catalog, baselines)
+    log.info("temporal split at %s: %d users with a target, left out %s",
+             temporal_report["cutoff_utc"], len(temporal_data.test), temporal_data.left_out)
 
-    def batches(seed: int) -> Iterable:
-        if shards is not None:
-            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed)
-        return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
-
-    def validate(m: TwoTower) -> dict:
-        metrics = evaluate(score_histories(m, catalog, L), split.train, split.valid, catalog)
-        return {k: metrics[k] for k in ("recall@10", "ndcg@10")}
-
-    runs = []
-    for seed in seeds:
-        seed_config = replace(config, seed=seed)
-        seed_everything(seed)  # before the model exists: its initial weights are random too
-        model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
-        t0 = time.perf_counter()
-        epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
-                       checkpoint_dir=artifacts / "checkpoints" / f"seed{seed}")
-        seconds = time.perf_counter() - t0
-        test = evaluate(score_histories(model, catalog, L), test_histories, split.test, catalog)
-        best_valid = max(e["valid_recall@10"] for e in epochs)
-        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
-        log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
+    runs = _train_seeds(split.train, split.valid, test_histories, split.test, catalog, config,
+                        seeds, loader, artifacts)
     models[MODEL_NAME] = aggregate_seeds([r.test for r in runs])
     # Which model to ship is decided on validation data only, never on the test split.
     best = max(runs, key=lambda r: r.best_valid_recall)
@@ -136,10 +129,27 @@ def run(
         "train": {
             "config": config.as_dict(),
             "loader": loader,
-            "seeds": [{"seed": r.seed, "seconds": round(r.seconds, 1), "best_valid_recall@10":
-                       r.best_valid_recall, "test": r.test, "epochs": r.epochs} for r in runs],
+            "seeds": [_seed_entry(r) for r in runs],
             "exported_seed": best.seed,
         },
+    }
+    if temporal:
+        reason = untrainable(temporal_data)
+        if reason is None:
+            temporal_runs = _train_seeds(temporal_data.train, temporal_data.valid,
+                                         temporal_data.history_for("test"), temporal_data.test,
+                                         catalog, config, seeds, loader, artifacts / "temporal")
+            temporal_report["models"][MODEL_NAME] = aggregate_seeds([r.test for r in temporal_runs])
+            temporal_report["seeds"] = [_seed_entry(r) for r in temporal_runs]
+        else:
+            log.warning("temporal protocol: no model trained (%s)", reason)
+            temporal_report["model_skipped"] = reason
+    else:
+        temporal_report["model_skipped"] = MODEL_OFF
+    report["protocols"] = {
+        "leave_last_out": {"description": PROTOCOL, "users": len(split.test), "models": models,
+                           "seeds": [{"seed": r.seed, "test": r.test} for r in runs]},
+        "temporal": temporal_report,
     }
     if dataset.cleaning is not None:
         report["cleaning"] = dataset.cleaning.summary()
@@ -156,3 +166,52 @@ def run(
     report["seconds_total"] = round(time.perf_counter() - started, 1)
     write_report(report, artifacts)
     return PipelineResult(best.model, dataset, report, repository)
+
+
+def _seed_entry(r: SeedRun) -> dict:
+    return {"seed": r.seed, "seconds": round(r.seconds, 1), "best_valid_recall@10": r.best_valid_recall,
+            "test": r.test, "epochs": r.epochs}
+
+
+def _train_seeds(
+    train_sequences: dict[str, list[str]],
+    valid_targets: dict[str, str],
+    test_histories: dict[str, list[str]],
+    test_targets: dict[str, str],
+    catalog: ItemCatalog,
+    config: TrainConfig,
+    seeds: Sequence[int],
+    loader: str,
+    artifacts: Path,
+) -> list[SeedRun]:
+    """One model per seed on ``train_sequences``; early stopping on the validation targets (with
+    the training sequences as histories), then test metrics. Shards and checkpoints go under
+    ``artifacts``."""
+    L = config.sequence_length
+    histories, targets = build_examples(train_sequences, catalog, L)
+    log_q = target_log_frequencies(targets, catalog.num_embeddings)
+    shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
+
+    def batches(seed: int) -> Iterable:
+        if shards is not None:
+            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed)
+        return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
+
+    def validate(m: TwoTower) -> dict:
+        metrics = evaluate(score_histories(m, catalog, L), train_sequences, valid_targets, catalog)
+        return {k: metrics[k] for k in ("recall@10", "ndcg@10")}
+
+    runs = []
+    for seed in seeds:
+        seed_config = replace(config, seed=seed)
+        seed_everything(seed)  # before the model exists: its initial weights are random too
+        model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
+        t0 = time.perf_counter()
+        epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
+                       checkpoint_dir=artifacts / "checkpoints" / f"seed{seed}")
+        seconds = time.perf_counter() - t0
+        test = evaluate(score_histories(model, catalog, L), test_histories, test_targets, catalog)
+        best_valid = max(e["valid_recall@10"] for e in epochs)
+        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
+        log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
+    return runs

@@ -1,9 +1,16 @@
-"""Leave-last-out split: per user, the last new item is the test target, the one before it the
-validation target, everything earlier is training history (docs/evaluation.md)."""
+"""The two evaluation splits of docs/evaluation.md.
+
+* Leave-last-out (the headline protocol): per user, the last new item is the test target, the one
+  before it the validation target, everything earlier is training history.
+* Global temporal: one cut-off time for every user; the target is each user's first new item after
+  the cut, the history everything the user did before it. Nothing after the cut is visible.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from export.data.interactions import Dataset
 
@@ -40,3 +47,115 @@ def leave_last_out(dataset: Dataset, min_interactions: int = 3) -> LeaveLastOutS
             continue
         train[user], valid[user], test[user] = seq[:-2], seq[-2], seq[-1]
     return LeaveLastOutSplit(train, valid, test)
+
+
+TEST_QUANTILE = 0.9  # test = interactions at or after the timestamp at this quantile
+VALID_QUANTILE = 0.8  # validation = the band between this quantile's timestamp and the test cut
+
+# Why a user is not a target of the temporal protocol (TemporalSplit.left_out keys).
+NO_HISTORY = "no_history_before_cut"  # every interaction at or after the cut (a new user)
+INACTIVE_AFTER = "no_interaction_after_cut"
+ONLY_REPEATS_AFTER = "only_seen_items_after_cut"  # active after the cut, but nothing new
+
+
+def cutoff_timestamp(timestamps: np.ndarray, quantile: float) -> int:
+    """The timestamp of the interaction at 0-based position ``floor(quantile * n)`` in time order.
+
+    Interactions strictly before it are "before the cut"; the rest (ties included) are after it,
+    so at least ``1 - quantile`` of all interactions are after the cut.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    ordered = np.sort(np.asarray(timestamps, dtype=np.int64))
+    if len(ordered) == 0:
+        raise ValueError("no interactions to cut")
+    position = min(len(ordered) - 1, int(np.floor(quantile * len(ordered) + 1e-9)))
+    return int(ordered[position])
+
+
+@dataclass
+class TemporalSplit:
+    """Global temporal split: one cut-off time for all users (docs/evaluation.md).
+
+    ``train``: per user, first occurrences before ``valid_cutoff`` (what a model may train on).
+    ``valid``: first item in ``[valid_cutoff, test_cutoff)`` not in that user's ``train``.
+    ``before_cut``: per user, first occurrences before ``test_cutoff`` (the test histories; what the
+    baselines are fitted on). ``test``: first item at or after ``test_cutoff`` not in ``before_cut``.
+    ``left_out``: users with no test target, by reason (``NO_HISTORY`` etc.).
+    """
+
+    train: dict[str, list[str]]
+    valid: dict[str, str]
+    before_cut: dict[str, list[str]]
+    test: dict[str, str]
+    valid_cutoff: int
+    test_cutoff: int
+    left_out: dict[str, int] = field(default_factory=dict)
+    valid_quantile: float = VALID_QUANTILE
+    test_quantile: float = TEST_QUANTILE
+
+    def history_for(self, stage: str) -> dict[str, list[str]]:
+        """What the model may see when predicting ``stage`` ("valid" or "test"); may include users
+        without a target (they still count as training data for the baselines)."""
+        if stage == "valid":
+            return self.train
+        if stage == "test":
+            return self.before_cut
+        raise ValueError(f"unknown stage {stage!r}")
+
+
+def _first_new_items(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, str]:
+    """Per user with a history in ``before``: the first item of ``after`` not already in it."""
+    targets = {}
+    for user, history in before.items():
+        seen = set(history)
+        new = next((item for item in after.get(user, ()) if item not in seen), None)
+        if new is not None:
+            targets[user] = new
+    return targets
+
+
+def _sequences(frame) -> dict[str, list[str]]:
+    # the frame is sorted by (user, time) with ties in file order, so groups are chronological
+    return {u: list(dict.fromkeys(g)) for u, g in frame.groupby("user_id", sort=False)["item_id"]}
+
+
+def temporal_split(
+    dataset: Dataset,
+    test_quantile: float = TEST_QUANTILE,
+    valid_quantile: float = VALID_QUANTILE,
+) -> TemporalSplit:
+    """One cut-off for all users at the ``test_quantile`` timestamp of all interactions; validation
+    likewise at ``valid_quantile``. Targets are each user's first *new* item after the cut (repeats
+    of items seen before the cut are skipped, as full ranking excludes them); histories keep the
+    first occurrence of each item before the cut. Users with no history before the cut, or no new
+    item after it, are left out and counted in ``left_out``."""
+    if not valid_quantile < test_quantile:
+        raise ValueError("valid_quantile must be below test_quantile")
+    frame = dataset.interactions
+    ts = frame["timestamp"].to_numpy()
+    test_cut = cutoff_timestamp(ts, test_quantile)
+    valid_cut = cutoff_timestamp(ts, valid_quantile)
+    before_valid = _sequences(frame[ts < valid_cut])
+    before_test = _sequences(frame[ts < test_cut])
+    band = _sequences(frame[(ts >= valid_cut) & (ts < test_cut)])
+    after_test = _sequences(frame[ts >= test_cut])
+
+    test = _first_new_items(before_test, after_test)
+    users = set(frame["user_id"])
+    left_out = {
+        NO_HISTORY: len(users - set(before_test)),
+        INACTIVE_AFTER: len(set(before_test) - set(after_test)),
+        ONLY_REPEATS_AFTER: len((set(before_test) & set(after_test)) - set(test)),
+    }
+    return TemporalSplit(
+        train=before_valid,
+        valid=_first_new_items(before_valid, band),
+        before_cut=before_test,
+        test=test,
+        valid_cutoff=valid_cut,
+        test_cutoff=test_cut,
+        left_out=left_out,
+        valid_quantile=valid_quantile,
+        test_quantile=test_quantile,
+    )

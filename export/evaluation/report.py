@@ -4,6 +4,12 @@ A report is a dict ``{"dataset": str, "protocol": str, "models": {name: metrics}
 top-level keys (``users``, ``items``, training details) are kept as they are. A model's metrics may
 be a mean over seeds, made by :func:`aggregate_seeds`: ``{"recall@10": mean, "recall@10_std":
 std, ..., "seeds": n}``.
+
+``report["protocols"]`` (optional) holds one entry per evaluation protocol, each
+``{"description", "users", "models": {name: metrics}, "seeds": [{"seed", "test", ...}], ...}``:
+``"leave_last_out"`` (the same ``models`` as the top level, which stays the headline) and
+``"temporal"`` (with ``cutoff``/``cutoff_utc``, ``left_out`` and, when no model was trained for it,
+``model_skipped``). :func:`format_table` prints a second table for every protocol but leave-last-out.
 """
 
 from __future__ import annotations
@@ -59,10 +65,7 @@ def _title(report: dict) -> str:
     return f"{report['dataset']} — {counts}" if counts else str(report["dataset"])
 
 
-def format_table(report: dict) -> str:
-    """The report's models as a fixed-width text table, ``mean ± std`` where a std is present."""
-    _check(report)
-    models: dict[str, dict] = report["models"]
+def _table(title: str, models: dict[str, dict]) -> list[str]:
     columns = [c for c in TABLE_COLUMNS if any(c in m for m in models.values())]
     # A std over one seed is always 0: show it only when there was more than one run.
     with_std = any(m.get("seeds", 1) > 1 for m in models.values())
@@ -77,11 +80,33 @@ def format_table(report: dict) -> str:
             text += f" ± {metrics[column + STD_SUFFIX]:.4f}"
         return f"{text:>{width}}"
 
-    lines = [f"{_title(report)} (full ranking)",
-             f"{'model':<{name_width}}" + "".join(f"{c:>{width}}" for c in columns)]
+    lines = [title, f"{'model':<{name_width}}" + "".join(f"{c:>{width}}" for c in columns)]
     for name, metrics in models.items():
         seeds = f"  ({metrics['seeds']} seeds)" if metrics.get("seeds", 1) > 1 else ""
         lines.append(f"{name:<{name_width}}" + "".join(cell(metrics, c) for c in columns) + seeds)
+    return lines
+
+
+def _protocol_title(report: dict, name: str, protocol: dict) -> str:
+    where = f" at {protocol['cutoff_utc']}" if "cutoff_utc" in protocol else ""
+    users = f", {protocol['users']:,} users" if "users" in protocol else ""
+    return f"{report['dataset']} — {name.replace('_', ' ')} protocol{where}{users} (full ranking)"
+
+
+def format_table(report: dict) -> str:
+    """The report's models as a fixed-width text table, ``mean ± std`` where a std is present.
+
+    The headline table (``report["models"]``) comes first; every other protocol in
+    ``report["protocols"]`` with models follows as its own table.
+    """
+    _check(report)
+    lines = _table(f"{_title(report)} (full ranking)", report["models"])
+    for name, protocol in report.get("protocols", {}).items():
+        if name == "leave_last_out" or not protocol.get("models"):
+            continue
+        lines += ["", _protocol_title(report, name, protocol), *_table("", protocol["models"])[1:]]
+        if "model_skipped" in protocol:
+            lines.append(f"(two-tower: {protocol['model_skipped']})")
     return "\n".join(lines)
 
 

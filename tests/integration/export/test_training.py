@@ -1,5 +1,9 @@
 """The trained model (the session's short ML-100K run) against the baselines of the same run."""
 
+from export.evaluation.report import format_table
+from export.pipeline import run
+from export.train import TrainConfig
+
 
 def test_short_training_run_beats_popularity(exported):
     models = exported.result.report["models"]
@@ -12,3 +16,24 @@ def test_report_and_chart_are_written(exported):
     assert (exported.artifacts / "report.json").stat().st_size > 0
     assert (exported.artifacts / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (exported.artifacts / "checkpoints" / "seed0" / "best.pt").is_file()
+
+
+def test_report_lists_every_protocol_with_per_seed_numbers(exported):
+    report = exported.result.report
+    llo, temporal = report["protocols"]["leave_last_out"], report["protocols"]["temporal"]
+    assert llo["models"] == report["models"] and llo["users"] == report["users"] == 943
+    assert [s["seed"] for s in llo["seeds"]] == [s["seed"] for s in report["train"]["seeds"]]
+    # the baselines always; the leave-last-out model saw post-cut data, so it is not evaluated here
+    assert set(temporal["models"]) == {"popularity", "itemknn", "ease", "cooccurrence"}
+    assert temporal["users"] == 90 and temporal["seeds"] == [] and temporal["model_skipped"]
+    assert "temporal protocol at" in format_table(report)
+
+
+def test_temporal_run_trains_a_separate_model_per_seed_on_pre_cut_data(tmp_path):
+    result = run("ml-100k", None, tmp_path, TrainConfig(epochs=1), baselines=False, temporal=True)
+    temporal = result.report["protocols"]["temporal"]
+    assert set(temporal["models"]) == {"two_tower"} and "model_skipped" not in temporal
+    assert [s["seed"] for s in temporal["seeds"]] == [0] and len(temporal["seeds"][0]["epochs"]) == 1
+    assert 0.0 <= temporal["models"]["two_tower"]["recall@10"] <= 1.0
+    assert (tmp_path / "temporal" / "checkpoints" / "seed0" / "best.pt").is_file()
+    assert (tmp_path / "checkpoints" / "seed0" / "best.pt").is_file()  # leave-last-out as before
