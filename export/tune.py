@@ -224,7 +224,7 @@ def tune(
             records.append({"epoch": step, **{f"valid_{k}": round(v, 4) for k, v in out.items()}})
             trial.set_user_attr("epochs", records)
             trial.report(out[METRIC], step)
-            if prune and trial.should_prune():
+            if prune and step < epochs and trial.should_prune():  # the last epoch has nothing to save
                 raise optuna.TrialPruned(f"epoch {step}: valid {METRIC} {out[METRIC]:.4f} below the median")
             return out
 
