@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
+    parser.add_argument("--temporal", action="store_true",
+                        help="also train one model per seed on the temporal split's pre-cut data "
+                             "and evaluate it there (doubles training; docs/evaluation.md)")
     parser.add_argument("--tune", type=int, default=0, metavar="N",
                         help="first search N configs on the validation split (export/tune.py), then "
                              "train the best one as usual; overrides the searched flags")
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.dataset, None if args.no_export else args.repository, args.artifacts, config,
                  seeds=args.seeds, items_path=args.items, loader=args.loader,
                  baselines=not args.no_baselines, version=args.version,
-                 target=args.target)
+                 target=args.target, temporal=args.temporal)
     if tuning is not None:
         print(format_tuning(tuning.record))
         print()
