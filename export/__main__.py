@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     parser.add_argument("--temperature", type=float, default=d.temperature)
+    parser.add_argument("--id-dropout", type=float, default=d.id_dropout,
+                        help="train items without their id vector this often (leans on attributes)")
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
-                         temperature=args.temperature, loss=args.loss,
+                         temperature=args.temperature, loss=args.loss, id_dropout=args.id_dropout,
                          uniform_negatives=args.uniform_negatives)
     tuning = None
     if args.tune > 0:

@@ -27,6 +27,7 @@ from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
     build_examples,
+    new_model,
     score_histories,
     seed_everything,
     target_log_frequencies,
@@ -205,7 +206,7 @@ def _train_seeds(
     for seed in seeds:
         seed_config = replace(config, seed=seed)
         seed_everything(seed)  # before the model exists: its initial weights are random too
-        model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
+        model = new_model(catalog, config)
         t0 = time.perf_counter()
         epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
                        checkpoint_dir=artifacts / "checkpoints" / f"seed{seed}")

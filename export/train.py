@@ -50,6 +50,7 @@ class TrainConfig:
     temperature: float = 0.07
     recency_decay: float = 0.9
     dropout: float = 0.1
+    id_dropout: float = 0.0  # see export.model.towers.ItemEncoder
     loss: Literal["full", "sampled"] = "sampled"
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
     logq_correction: bool = True
@@ -57,6 +58,11 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def new_model(catalog: ItemCatalog, config: TrainConfig) -> TwoTower:
+    """A freshly initialised model with ``config``'s architecture (seed first for repeatability)."""
+    return TwoTower(catalog, config.dim, config.recency_decay, config.dropout, config.id_dropout)
 
 
 def seed_everything(seed: int) -> None:

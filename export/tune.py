@@ -35,7 +35,14 @@ from export.data.loaders import InMemoryBatches
 from export.data.split import leave_last_out
 from export.evaluation.metrics import evaluate
 from export.model.towers import TwoTower
-from export.train import TrainConfig, build_examples, score_histories, seed_everything, target_log_frequencies
+from export.train import (
+    TrainConfig,
+    build_examples,
+    new_model,
+    score_histories,
+    seed_everything,
+    target_log_frequencies,
+)
 from export.train import train as train_model
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,10 @@ SEARCH_SPACE: dict[str, Param] = {
     "recency_decay": Param(low=0.7, high=0.99, why=(
         "weight of an item k steps back is decay^k: half-life from 2 items (0.7, mostly the "
         "last items) to 69 items (0.99, nearly a plain mean of the window)")),
+    "id_dropout": Param(low=0.0, high=0.5, why=(
+        "share of item occurrences trained without their id vector, leaning on attributes: none "
+        "(ids carry everything) to half; validation only sees warm items, so a search rewards it "
+        "for regularisation, not for cold start (measure that with export.evaluation.cold_start)")),
     "loss": Param(choices=("sampled", "full"), why=(
         "the two implemented losses; full softmax is exact and affordable for thousands of "
         "items, sampled (in-batch, logQ) scales to any catalog; cheap to let the data decide")),
@@ -229,7 +240,7 @@ def tune(
             return out
 
         seed_everything(seed)
-        model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
+        model = new_model(catalog, config)
         t0 = time.perf_counter()
         try:
             batches = InMemoryBatches(histories, targets, config.batch_size, seed=seed)

@@ -44,6 +44,7 @@ from export.pipeline import load_dataset
 from export.train import (
     TrainConfig,
     build_examples,
+    new_model,
     score_histories,
     seed_everything,
     target_log_frequencies,
@@ -156,7 +157,7 @@ def run(dataset: Dataset, config: TrainConfig, seeds: Sequence[int],
     seed_runs = []
     for seed in seeds:
         seed_everything(seed)
-        model = TwoTower(catalog, config.dim, config.recency_decay, config.dropout)
+        model = new_model(catalog, config)
         train(model, InMemoryBatches(histories, targets, config.batch_size, seed=seed),
               replace(config, seed=seed), log_q=log_q,
               validate=lambda m: evaluate(score_histories(m, catalog, L), train_histories, valid, catalog))
@@ -195,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--holdout", type=float, default=HOLDOUT_FRACTION)
+    p.add_argument("--id-dropout", type=float, default=d.id_dropout)
     p.add_argument("--out", type=Path, default=Path("build/cold_start"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = run(load_dataset(args.dataset, args.items), replace(d, epochs=args.epochs), args.seeds,
-                 args.holdout)
+    config = replace(d, epochs=args.epochs, id_dropout=args.id_dropout)
+    report = run(load_dataset(args.dataset, args.items), config, args.seeds, args.holdout)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cold_start.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))

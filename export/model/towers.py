@@ -18,8 +18,12 @@ class ItemEncoder(nn.Module):
     """Item index -> dense vector from id, categories, year bucket and price bucket (bucket 0 =
     unknown, so a dataset without prices or years just learns one constant vector)."""
 
-    def __init__(self, catalog: ItemCatalog, dim: int) -> None:
+    def __init__(self, catalog: ItemCatalog, dim: int, id_dropout: float = 0.0) -> None:
         super().__init__()
+        # Training only: the id part of an item's vector is dropped with this probability, so the
+        # attribute parts must carry the item on their own — what a new item (embedded from its
+        # attributes, see export.triton.cold_items) and an item with few interactions rely on.
+        self.id_dropout = id_dropout
         categories = torch.from_numpy(catalog.category_matrix())
         years = torch.from_numpy(catalog.year_buckets())
         prices = torch.from_numpy(catalog.price_buckets())
@@ -40,8 +44,12 @@ class ItemEncoder(nn.Module):
         # raising inside Triton and failing a whole batch.
         in_range = (index >= 0) & (index < self.id_embedding.num_embeddings)
         index = torch.where(in_range, index, torch.full_like(index, self.oov_index))
+        ids = self.id_embedding(index)
+        if self.training and self.id_dropout > 0:
+            keep = torch.rand(index.shape, device=index.device) >= self.id_dropout
+            ids = ids * keep.unsqueeze(-1).to(ids.dtype)
         return (
-            self.id_embedding(index)
+            ids
             + self.category_projection(self.categories[index])
             + self.year_embedding(self.years[index])
             + self.price_embedding(self.prices[index])
@@ -90,9 +98,9 @@ class UserTower(nn.Module):
 
 class TwoTower(nn.Module):
     def __init__(self, catalog: ItemCatalog, dim: int = 64, recency_decay: float = 0.9,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, id_dropout: float = 0.0) -> None:
         super().__init__()
-        encoder = ItemEncoder(catalog, dim)
+        encoder = ItemEncoder(catalog, dim, id_dropout)
         self.user_tower = UserTower(encoder, dim, recency_decay, dropout)
         self.item_tower = ItemTower(encoder, dim)
         self.register_buffer("all_items", torch.arange(catalog.num_embeddings))

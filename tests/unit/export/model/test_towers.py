@@ -72,3 +72,19 @@ def test_training_improves_the_loss_and_restores_the_best_epoch(catalog, tmp_pat
     assert records[-1]["loss"] < records[0]["loss"]
     best = load_checkpoint(TwoTower(catalog, dim=8), tmp_path / "best.pt")
     assert [e["epoch"] for e in best["epochs"]] == [1, 2]
+
+
+def test_id_dropout_drops_id_vectors_only_while_training(catalog):
+    torch.manual_seed(0)
+    model = TwoTower(catalog, dim=8, id_dropout=1.0)  # every id vector dropped in training
+    encoder = model.item_tower.encoder
+    index = torch.tensor([2, 3, 4])
+    with torch.no_grad():
+        attributes_only = (encoder.category_projection(encoder.categories[index])
+                           + encoder.year_embedding(encoder.years[index])
+                           + encoder.price_embedding(encoder.prices[index]))
+        torch.testing.assert_close(encoder(index), attributes_only)
+        model.eval()  # serving: ids always count
+        torch.testing.assert_close(encoder(index), attributes_only + encoder.id_embedding(index))
+    scripted = torch.jit.script(model.user_tower)  # the exported tower stays scriptable
+    torch.testing.assert_close(scripted(index[None]), model.user_tower(index[None]))
