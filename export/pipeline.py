@@ -114,7 +114,7 @@ def run(
     log.info("temporal split at %s: %d users with a target, left out %s",
              temporal_report["cutoff_utc"], len(temporal_data.test), temporal_data.left_out)
 
-    runs = _train_seeds(split.train, split.valid, test_histories, split.test, catalog, config,
+    runs = train_seeds(split.train, split.valid, test_histories, split.test, catalog, config,
                         seeds, loader, artifacts)
     models[MODEL_NAME] = aggregate_seeds([r.test for r in runs])
     # Which model to ship is decided on validation data only, never on the test split.
@@ -137,7 +137,7 @@ def run(
     if temporal:
         reason = untrainable(temporal_data)
         if reason is None:
-            temporal_runs = _train_seeds(temporal_data.train, temporal_data.valid,
+            temporal_runs = train_seeds(temporal_data.train, temporal_data.valid,
                                          temporal_data.history_for("test"), temporal_data.test,
                                          catalog, config, seeds, loader, artifacts / "temporal")
             temporal_report["models"][MODEL_NAME] = aggregate_seeds([r.test for r in temporal_runs])
@@ -174,23 +174,26 @@ def _seed_entry(r: SeedRun) -> dict:
             "test": r.test, "epochs": r.epochs}
 
 
-def _train_seeds(
+def train_seeds(
     train_sequences: dict[str, list[str]],
     valid_targets: dict[str, str],
     test_histories: dict[str, list[str]],
-    test_targets: dict[str, str],
+    test_targets: dict[str, str] | None,
     catalog: ItemCatalog,
     config: TrainConfig,
     seeds: Sequence[int],
-    loader: str,
-    artifacts: Path,
+    loader: str = "memory",
+    artifacts: Path | None = None,
 ) -> list[SeedRun]:
     """One model per seed on ``train_sequences``; early stopping on the validation targets (with
-    the training sequences as histories), then test metrics. Shards and checkpoints go under
-    ``artifacts``."""
+    the training sequences as histories), then test metrics (none when ``test_targets`` is None:
+    the caller evaluates). Shards and checkpoints go under ``artifacts`` (none without it; the
+    DALI loader needs it)."""
     L = config.sequence_length
     histories, targets = build_examples(train_sequences, catalog, L)
     log_q = target_log_frequencies(targets, catalog.num_embeddings)
+    if loader == "dali" and artifacts is None:
+        raise ValueError("the DALI loader reads shards from the artifacts folder: pass artifacts")
     shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
 
     def batches(seed: int) -> Iterable:
@@ -207,11 +210,13 @@ def _train_seeds(
         seed_config = replace(config, seed=seed)
         seed_everything(seed)  # before the model exists: its initial weights are random too
         model = new_model(catalog, config)
+        checkpoints = None if artifacts is None else artifacts / "checkpoints" / f"seed{seed}"
         t0 = time.perf_counter()
         epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
-                       checkpoint_dir=artifacts / "checkpoints" / f"seed{seed}")
+                       checkpoint_dir=checkpoints)
         seconds = time.perf_counter() - t0
-        test = evaluate(score_histories(model, catalog, L), test_histories, test_targets, catalog)
+        test = {} if test_targets is None else evaluate(
+            score_histories(model, catalog, L), test_histories, test_targets, catalog)
         best_valid = max(e["valid_recall@10"] for e in epochs)
         runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
         log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)

@@ -35,21 +35,12 @@ import numpy as np
 import torch
 
 from export.data.interactions import Dataset
-from export.data.loaders import InMemoryBatches
 from export.data.split import leave_last_out
 from export.evaluation.metrics import ScoreFn, evaluate
 from export.evaluation.report import aggregate_seeds
 from export.model.towers import TwoTower
-from export.pipeline import load_dataset
-from export.train import (
-    TrainConfig,
-    build_examples,
-    new_model,
-    score_histories,
-    seed_everything,
-    target_log_frequencies,
-    train,
-)
+from export.pipeline import load_dataset, train_seeds
+from export.train import TrainConfig, score_histories
 from features.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
@@ -152,18 +143,11 @@ def run(dataset: Dataset, config: TrainConfig, seeds: Sequence[int],
 
     models = {"category_popularity": both(category_popularity(train_histories, catalog)),
               "user_category": both(user_category(train_histories, catalog))}
-    histories, targets = build_examples(train_histories, catalog, L)
-    log_q = target_log_frequencies(targets, catalog.num_embeddings)
     seed_runs = []
-    for seed in seeds:
-        seed_everything(seed)
-        model = new_model(catalog, config)
-        train(model, InMemoryBatches(histories, targets, config.batch_size, seed=seed),
-              replace(config, seed=seed), log_q=log_q,
-              validate=lambda m: evaluate(score_histories(m, catalog, L), train_histories, valid, catalog))
-        forget_ids(model, catalog, cold)
-        seed_runs.append(both(score_histories(model, catalog, L)))
-        log.info("seed %d: %s", seed, seed_runs[-1])
+    for run_ in train_seeds(train_histories, valid, test_histories, None, catalog, config, seeds):
+        forget_ids(run_.model, catalog, cold)
+        seed_runs.append(both(score_histories(run_.model, catalog, L)))
+        log.info("seed %d: %s", run_.seed, seed_runs[-1])
     models["two_tower"] = {view: aggregate_seeds([r[view] for r in seed_runs])
                            for view in ("cold_candidates", "full_catalog")}
     attributes = bool(catalog.categories) or any(i.year or i.price for i in catalog.items)
