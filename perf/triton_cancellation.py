@@ -38,8 +38,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import tritonclient.grpc.aio as grpcclient  # noqa: E402
 
 from features import contract as sig  # noqa: E402
-from features.catalog import ItemCatalog  # noqa: E402
 from features.model_inputs import build_inputs  # noqa: E402
+from gateway.served_model import ServedModel, load_served_model  # noqa: E402
 from perf.harness import environment, export_fresh, finish, write_csv, write_json  # noqa: E402
 from stack.triton import TritonServer  # noqa: E402
 
@@ -48,9 +48,10 @@ CSV_COLUMNS = ["mode", "repeat", "survived", "alive", "hung_on_stop", "requests"
 STOP_TIMEOUT_S = 15  # a clean Triton stop takes 1-3 s here
 
 
-async def _drive(url: str, mode: str, catalog: ItemCatalog, sequence_length: int, rounds: int,
-                 concurrency: int, server: TritonServer, rng: random.Random) -> int:
+async def _drive(url: str, mode: str, served: ServedModel, rounds: int, concurrency: int,
+                 server: TritonServer, rng: random.Random) -> int:
     client = grpcclient.InferenceServerClient(url)
+    catalog, sequence_length = served.catalog, served.sequence_length
     ids = [item.item_id for item in catalog.items]
     sent = 0
 
@@ -80,17 +81,14 @@ async def _drive(url: str, mode: str, catalog: ItemCatalog, sequence_length: int
     return sent
 
 
-def run_once(repository: Path, mode: str, repeat: int, args: argparse.Namespace, log_dir: Path) -> dict:
-    version = sig.live_version(repository)
-    version_dir = repository / sig.RETRIEVE / str(version)
-    catalog = ItemCatalog.from_json(version_dir / sig.CATALOG_FILE)
-    sequence_length = json.loads((version_dir / sig.SERVING_FILE).read_text())["sequence_length"]
+def run_once(repository: Path, served: ServedModel, mode: str, repeat: int, args: argparse.Namespace,
+             log_dir: Path) -> dict:
     log_path = log_dir / f"triton-{mode}-{repeat}.log"
     started = time.perf_counter()
     server = TritonServer(repository, log_path=log_path).start()
     try:
-        sent = asyncio.run(_drive(server.grpc_url, mode, catalog, sequence_length, args.rounds,
-                                  args.concurrency, server, random.Random(args.seed + repeat)))
+        sent = asyncio.run(_drive(server.grpc_url, mode, served, args.rounds, args.concurrency, server,
+                                  random.Random(args.seed + repeat)))
         alive = server.running
     finally:
         stopping = time.perf_counter()
@@ -119,10 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cancellation-") as work:
         repository = args.repository or export_fresh(Path(work), 1, args.out / "export.log")[0]
+        served = load_served_model(repository)  # what the gateway reads: catalog, sequence length
         runs = []
         for repeat in range(args.repeats):
             for mode in MODES:  # side by side in each repeat: the machine's load hits all modes
-                runs.append(run_once(repository, mode, repeat, args, args.out / "logs"))
+                runs.append(run_once(repository, served, mode, repeat, args, args.out / "logs"))
                 run = runs[-1]
                 state = ("survived" if run["survived"] else "CRASHED" if not run["alive"]
                          else "HUNG on stop" if run["hung_on_stop"] else "lost")
