@@ -1,7 +1,11 @@
 """Train the two towers on next-item prediction.
 
-Each training example is (the last L items before position t, the item at t) for every position
-of every user's training sequence. Two losses, chosen by measurement (see docs/model.md):
+Each training example is (the last L steps before position t, the item at t) for every position
+of every user's training sequence where the user meets a new item (features/behaviour.py: repeats
+are history, never targets). A history row packs the L item indices and then their L event-type
+codes, so the loaders and the shard files carry one int64 array per example.
+
+Two losses, chosen by measurement (see docs/model.md):
 
 * ``sampled`` — sampled softmax over the other targets in the batch (in-batch negatives), with the
   logQ correction: an item that appears in many batches is a negative far more often than a rare
@@ -20,7 +24,7 @@ import copy
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -30,12 +34,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from export.model.towers import TwoTower
+from features.behaviour import encode_types
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
-from features.sequence import pad_left
+from features.sequence import encode_history, pad_left
 
 log = logging.getLogger(__name__)
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (histories [B, L], targets [B])
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (histories [B, 2L], targets [B])
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class TrainConfig:
     recency_decay: float = 0.9
     dropout: float = 0.1
     id_dropout: float = 0.0  # see export.model.towers.ItemEncoder
+    user_tower: Literal["attention", "pooled"] = "attention"  # see export.model.towers.UserTower
+    use_types: bool = True  # False: the id-only ablation (event types ignored)
     loss: Literal["full", "sampled"] = "sampled"
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
     logq_correction: bool = True
@@ -60,9 +67,14 @@ class TrainConfig:
         return asdict(self)
 
 
-def new_model(catalog: ItemCatalog, config: TrainConfig) -> TwoTower:
-    """A freshly initialised model with ``config``'s architecture (seed first for repeatability)."""
-    return TwoTower(catalog, config.dim, config.recency_decay, config.dropout, config.id_dropout)
+def new_model(catalog: ItemCatalog, config: TrainConfig | dict) -> TwoTower:
+    """A freshly initialised model with ``config``'s architecture (seed first for repeatability).
+    ``config`` may be a checkpoint's or serving.json's config dict (unknown keys ignored)."""
+    if isinstance(config, dict):
+        names = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in config.items() if k in names})
+    return TwoTower(catalog, config.dim, config.sequence_length, config.recency_decay,
+                    config.dropout, config.id_dropout, config.user_tower, config.use_types)
 
 
 def seed_everything(seed: int) -> None:
@@ -74,18 +86,39 @@ def seed_everything(seed: int) -> None:
 def build_examples(
     sequences: dict[str, list[str]], catalog: ItemCatalog, sequence_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(histories [N, L], targets [N]) for every next-item position of every sequence."""
-    histories, targets = [], []
+    """(histories [N, 2L], targets [N]) for every new-item position of every sequence (steps or
+    plain item ids, oldest first); rows laid out as ``encode_histories`` lays them out."""
+    L = sequence_length
+    rows, targets = [], []
     for user in sorted(sequences):
-        indices = catalog.indices_of(sequences[user])
-        for t in range(1, len(indices)):
-            histories.append(pad_left(indices[max(0, t - sequence_length):t], sequence_length))
-            targets.append(indices[t])
-    return np.stack(histories), np.asarray(targets, dtype=np.int64)
+        sequence = sequences[user]
+        # Encoded once per user, then sliced: the same as encoding each prefix on its own.
+        items = catalog.indices_of(sequence)
+        types = encode_types(sequence, len(sequence))
+        seen: set[str] = set()
+        for t, item in enumerate(sequence):
+            if t and item not in seen:
+                start = max(0, t - L)
+                rows.append(np.concatenate([pad_left(items[start:t], L), pad_left(types[start:t], L)]))
+                targets.append(items[t])
+            seen.add(item)
+    if not targets:
+        return np.zeros((0, 2 * L), np.int64), np.zeros(0, np.int64)
+    return np.stack(rows), np.asarray(targets, np.int64)
 
 
 def encode_histories(histories: Sequence[Sequence[str]], catalog: ItemCatalog, length: int) -> torch.Tensor:
-    return torch.from_numpy(np.stack([pad_left(catalog.indices_of(h), length) for h in histories]))
+    """[U, 2L]: each row the item indices of the last ``length`` steps, then their type codes
+    (``features.behaviour``; the same encoding the gateway sends to Triton)."""
+    return torch.from_numpy(np.stack([
+        np.concatenate([encode_history(h, catalog, length), encode_types(h, length)])
+        for h in histories]))
+
+
+def user_vectors(model: TwoTower, histories: torch.Tensor) -> torch.Tensor:
+    """User embeddings of packed history rows [B, 2L]."""
+    length = histories.shape[1] // 2
+    return model.user_tower(histories[:, :length], histories[:, length:])
 
 
 def score_histories(model: TwoTower, catalog: ItemCatalog, length: int):
@@ -94,7 +127,7 @@ def score_histories(model: TwoTower, catalog: ItemCatalog, length: int):
     @torch.no_grad()
     def score(histories: Sequence[Sequence[str]]) -> np.ndarray:
         model.eval()
-        users = model.user_tower(encode_histories(histories, catalog, length))
+        users = user_vectors(model, encode_histories(histories, catalog, length))
         return (users @ model.item_embeddings().T).numpy()
 
     return score
@@ -167,7 +200,7 @@ def train(
         bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                    total=len(batches) if hasattr(batches, "__len__") else None)
         for histories, targets in bar:
-            users = model.user_tower(histories)
+            users = user_vectors(model, histories)
             if config.loss == "full":
                 loss = full_softmax_loss(model, users, targets, config)
             else:

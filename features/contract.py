@@ -13,6 +13,7 @@ RECOMMEND = "recommend"  # the ensemble: user_tower -> retrieve
 RECOMMEND_FUSED = "recommend_fused"  # the same inputs/outputs, one TorchScript step
 
 HISTORY = "HISTORY"  # INT64 [L] item indices, left-padded, most recent last
+HISTORY_TYPES = "HISTORY_TYPES"  # INT64 [L] event-type codes of those steps (features.behaviour)
 USER_EMBEDDING = "USER_EMBEDDING"  # FP32 [D]
 EXCLUDE = "EXCLUDE"  # INT64 [-1] item indices never to return (PAD=0 allowed as filler)
 K = "K"  # INT32 [1]

@@ -16,6 +16,7 @@ from types import ModuleType
 import numpy as np
 
 from features import contract
+from features.behaviour import encode_types
 from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX, Item, ItemCatalog
 from features.sequence import encode_history, exclusion_indices, pad_exclusions
 
@@ -25,6 +26,7 @@ class ModelInputs:
     """A batch of requests, one row per user, in the contract's dtypes and shapes."""
 
     history: np.ndarray  # INT64 [B, L]: item indices, left-padded, most recent last
+    history_types: np.ndarray  # INT64 [B, L]: event-type codes of the same steps
     exclude: np.ndarray  # INT64 [B, E]: item indices never to return, PAD-filled
     k: np.ndarray  # INT32 [B, 1]
 
@@ -34,7 +36,8 @@ class ModelInputs:
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Contract tensor name -> array, in the models' input order."""
-        return {contract.HISTORY: self.history, contract.EXCLUDE: self.exclude, contract.K: self.k}
+        return {contract.HISTORY: self.history, contract.HISTORY_TYPES: self.history_types,
+                contract.EXCLUDE: self.exclude, contract.K: self.k}
 
     def infer_inputs(self, client: ModuleType) -> list:
         """``InferInput``s for ``tritonclient.grpc`` / ``tritonclient.grpc.aio`` /
@@ -52,12 +55,14 @@ _TRITON_DTYPES = {np.int64: "INT64", np.int32: "INT32"}
 
 def build_inputs(history: Sequence[str], catalog: ItemCatalog, sequence_length: int, k: int, *,
                  exclude: Iterable[str] = ()) -> ModelInputs:
-    """One user's request: the chronological item history (oldest first) and the item ids never to
-    return. Unknown history items map to the OOV bucket; unknown exclusions are dropped (the model
-    cannot return them anyway). Exclusions are padded to a power of two so that requests of
-    similar size share a Triton batch."""
+    """One user's request: the chronological behaviour (oldest first: ``features.behaviour.Step``s,
+    or plain item ids, read as type "unknown") and the item ids never to return. Unknown history
+    items map to the OOV bucket; unknown exclusions are dropped (the model cannot return them
+    anyway). Exclusions are padded to a power of two so that requests of similar size share a
+    Triton batch."""
     return ModelInputs(
         history=encode_history(history, catalog, sequence_length).reshape(1, -1),
+        history_types=encode_types(history, sequence_length).reshape(1, -1),
         exclude=pad_exclusions(exclusion_indices(exclude, catalog)).reshape(1, -1),
         k=np.array([[k]], dtype=np.int32),
     )
@@ -73,8 +78,9 @@ def stack_inputs(rows: Sequence[ModelInputs]) -> ModelInputs:
     for r in rows:
         exclude[start:start + r.batch_size, :r.exclude.shape[1]] = r.exclude
         start += r.batch_size
-    return ModelInputs(history=np.concatenate([r.history for r in rows]), exclude=exclude,
-                       k=np.concatenate([r.k for r in rows]))
+    return ModelInputs(history=np.concatenate([r.history for r in rows]),
+                       history_types=np.concatenate([r.history_types for r in rows]),
+                       exclude=exclude, k=np.concatenate([r.k for r in rows]))
 
 
 def ranked_items(indices: np.ndarray, scores: np.ndarray,

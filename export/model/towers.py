@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features.behaviour import NUM_TYPE_CODES, PAD_TYPE
 from features.catalog import OOV_INDEX, PAD_INDEX, ItemCatalog
+
+USER_TOWER_KINDS = ("attention", "pooled")
 
 
 class ItemEncoder(nn.Module):
@@ -70,38 +73,80 @@ class ItemTower(nn.Module):
 
 
 class UserTower(nn.Module):
-    """Recent items [B, L] (left-padded, most recent last) -> unit-norm user embedding [B, D].
+    """Recent steps -> unit-norm user embedding [B, D].
 
-    Two views of the history: a recency-weighted mean (long-term taste) and the last item
-    (short-term intent), blended by an MLP.
+    Inputs: item indices [B, L] and their event-type codes [B, L] (``features.behaviour``),
+    left-padded, most recent last. Views of the history, blended by an MLP:
+
+    * a recency-weighted mean (long-term taste), each step also weighted by a learned weight of its
+      event type (a purchase may count for more than a view);
+    * the last step (short-term intent);
+    * ``kind="attention"`` only: an attention read-out over the whole window, queried by the last
+      step, with a learned embedding per position, so the order of the history beyond its last
+      step counts. ``kind="pooled"`` (the first two views) is kept as the ablation.
+
+    Each step's vector is its item vector plus an embedding of its event type. Both type tables
+    start at "no effect" (zero vector, weight 1), so a type that never occurs in training —
+    every type but "rating" on MovieLens, "unknown" in a shop log — changes nothing when it
+    occurs online. ``use_types=False`` ignores the types altogether (the id-only ablation).
     """
 
-    def __init__(self, encoder: ItemEncoder, dim: int, recency_decay: float = 0.9,
-                 dropout: float = 0.1) -> None:
+    def __init__(self, encoder: ItemEncoder, dim: int, sequence_length: int,
+                 recency_decay: float = 0.9, dropout: float = 0.1, kind: str = "attention",
+                 use_types: bool = True) -> None:
         super().__init__()
+        if kind not in USER_TOWER_KINDS:
+            raise ValueError(f"unknown user tower {kind!r} (one of {', '.join(USER_TOWER_KINDS)})")
         self.encoder = encoder
-        self.pad_index = PAD_INDEX  # an attribute, so TorchScript sees it
+        self.pad_index = PAD_INDEX  # attributes, so TorchScript sees them
         self.recency_decay = recency_decay
+        self.attention = kind == "attention"
+        self.use_types = use_types
+        self.scale = float(dim) ** -0.5
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.type_embedding = nn.Embedding(NUM_TYPE_CODES, dim, padding_idx=PAD_TYPE)
+        nn.init.zeros_(self.type_embedding.weight)
+        # softplus(0.5413) = 1: every type starts with the weight of a plain step
+        self.type_weight = nn.Parameter(torch.full((NUM_TYPE_CODES,), 0.5413))
+        self.positions = nn.Parameter(torch.zeros(sequence_length, dim))
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        views = 3 if self.attention else 2
+        self.head = nn.Sequential(nn.Linear(views * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        items = self.dropout(self.encoder(history))  # [B, L, D]
+    def forward(self, history: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        items = self.encoder(history)  # [B, L, D]
         present = (history != self.pad_index).to(items.dtype)  # [B, L]
         length = history.shape[1]
         age = torch.arange(length - 1, -1, -1, device=history.device, dtype=items.dtype)
         weights = present * torch.pow(torch.full_like(age, self.recency_decay), age)
+        if self.use_types:
+            # Out-of-range codes (a stale or hostile client) read as PAD: no effect.
+            valid = (types >= 0) & (types < self.type_embedding.num_embeddings)
+            types = torch.where(valid, types, torch.zeros_like(types))
+            items = items + self.type_embedding(types)
+            weights = weights * F.softplus(self.type_weight[types])
+        items = self.dropout(items)
         pooled = (weights.unsqueeze(-1) * items).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-6)
         last = items[:, -1] * present[:, -1:]
-        return F.normalize(self.head(torch.cat([pooled, last], dim=-1)), dim=-1)
+        if not self.attention:
+            return F.normalize(self.head(torch.cat([pooled, last], dim=-1)), dim=-1)
+        keys = self.key(items + self.positions[-length:])
+        logits = (keys @ self.query(last).unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
+        logits = logits.masked_fill(present == 0, -1e9)
+        read = (torch.softmax(logits, dim=-1) * present).unsqueeze(-1) * self.value(items)
+        return F.normalize(self.head(torch.cat([pooled, last, read.sum(1)], dim=-1)), dim=-1)
 
 
 class TwoTower(nn.Module):
-    def __init__(self, catalog: ItemCatalog, dim: int = 64, recency_decay: float = 0.9,
-                 dropout: float = 0.1, id_dropout: float = 0.0) -> None:
+    def __init__(self, catalog: ItemCatalog, dim: int = 64, sequence_length: int = 50,
+                 recency_decay: float = 0.9, dropout: float = 0.1, id_dropout: float = 0.0,
+                 user_tower: str = "attention", use_types: bool = True) -> None:
         super().__init__()
         encoder = ItemEncoder(catalog, dim, id_dropout)
-        self.user_tower = UserTower(encoder, dim, recency_decay, dropout)
+        self.user_tower = UserTower(encoder, dim, sequence_length, recency_decay, dropout,
+                                    user_tower, use_types)
         self.item_tower = ItemTower(encoder, dim)
         self.register_buffer("all_items", torch.arange(catalog.num_embeddings))
 
