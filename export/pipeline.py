@@ -38,9 +38,10 @@ from features.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = ("leave-last-out per user over first interactions with each item (last = test, second "
-            "last = validation); full ranking over all items the user has not interacted with "
-            "before the target; baselines fit on the same histories")
+PROTOCOL = ("leave-last-out per user over the first interaction with each item (last new item = "
+            "test, the one before = validation); history = every interaction before the target, "
+            "repeats and event types included; full ranking over all items the user has not "
+            "interacted with before the target; baselines fit on the same histories")
 POPULAR_ITEMS_KEPT = 200
 SNAPSHOT_FILE = "user_histories.json"
 MODEL_NAME = "two_tower"
@@ -163,7 +164,7 @@ def run(
         )
         artifacts.mkdir(parents=True, exist_ok=True)
         # Serving starts from everything that has happened; the stream adds to it.
-        (artifacts / SNAPSHOT_FILE).write_text(json.dumps(dataset.user_sequences()))
+        (artifacts / SNAPSHOT_FILE).write_text(json.dumps(dataset.snapshot_rows()))
     report["seconds_total"] = round(time.perf_counter() - started, 1)
     write_report(report, artifacts)
     return PipelineResult(best.model, dataset, report, repository)

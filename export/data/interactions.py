@@ -12,6 +12,7 @@ imported; MovieLens terms forbid committing copies of the data).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.behaviour import STEP_TYPES, UNKNOWN, Step
 from features.catalog import Item, ItemCatalog
 from features.events import ID_PATTERN
 
@@ -28,10 +30,18 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 INTERACTION_COLUMNS = (*REQUIRED_COLUMNS, "event_type", "value")
-# The gateway's event types plus "rating" (explicit feedback such as MovieLens); lower-cased on read.
-EVENT_TYPES = ("view", "click", "cart", "purchase", "rating")
-# A log without event types is treated as the weakest signal: it claims no intent it cannot show.
-DEFAULT_EVENT_TYPE = "view"
+# Also read when present: a given event id (de-duplication and tie order as online), and the
+# event's context (checked, not yet a model feature).
+OPTIONAL_COLUMNS = ("event_id", "context")
+# The gateway's event types, "rating" (explicit feedback such as MovieLens) and "unknown";
+# lower-cased on read. These are the step types of features.behaviour.
+EVENT_TYPES = STEP_TYPES
+# A log without event types (or an empty cell) claims no intent it cannot show: the model reads
+# such steps as "unknown".
+DEFAULT_EVENT_TYPE = UNKNOWN
+# An offline log without event ids gets these, in file order, so that ties in time keep file order
+# under the (time, event id) order of features.behaviour. Not valid online ids: no clash.
+GENERATED_ID_FORMAT = "row~{:012d}"
 # More malformed rows than this (a fraction of all rows) means the wrong file or a broken export:
 # fail loudly rather than train a model on the remainder.
 MAX_REJECTED_FRACTION = 0.5
@@ -41,7 +51,7 @@ EXAMPLES_PER_REASON = 3
 
 # Rejection reasons, checked in this order; a row is counted under the first one it fails.
 MISSING_VALUE = "missing_value"  # user_id, item_id or timestamp empty
-BAD_ID = "bad_id"  # user_id or item_id does not match features.events.ID_PATTERN
+BAD_ID = "bad_id"  # user_id, item_id or a given event_id does not match features.events.ID_PATTERN
 BAD_TIMESTAMP = "bad_timestamp"  # neither epoch seconds nor ISO-8601, or before 1970
 FUTURE_TIMESTAMP = "future_timestamp"  # later than now + MAX_CLOCK_SKEW_S
 UNKNOWN_EVENT_TYPE = "unknown_event_type"  # not one of EVENT_TYPES
@@ -81,14 +91,19 @@ class CleaningReport:
 
 @dataclass
 class Dataset:
-    """Interactions sorted by (user, time) plus the item catalog they refer to."""
+    """Interactions sorted by (user, time, event id) plus the item catalog they refer to."""
 
     name: str
-    # columns: user_id (str), item_id (str), timestamp (int64 epoch s), event_type (str),
-    # value (float, NaN when absent)
+    # columns: user_id (str), item_id (str), ts_ms (int64 epoch ms), event_id (str),
+    # event_type (str, one of EVENT_TYPES), value (float, NaN when absent)
     interactions: pd.DataFrame
     catalog: ItemCatalog
     cleaning: CleaningReport | None = None
+
+    def user_steps(self) -> dict[str, list[Step]]:
+        """Every user's behaviour as the user tower reads it (``features.behaviour``): one step per
+        event, in (time, event id) order, repeats included."""
+        return steps_by_user(self.interactions)
 
     def user_sequences(self, first_occurrence_only: bool = False) -> dict[str, list[str]]:
         """Chronological item ids per user; optionally each item only where the user first met it."""
@@ -96,6 +111,28 @@ class Dataset:
         if first_occurrence_only:
             return {u: list(dict.fromkeys(g)) for u, g in groups}
         return {u: list(g) for u, g in groups}
+
+    def snapshot_rows(self) -> dict[str, list[list]]:
+        """Per user ``[event_id, item_id, event_type, ts_ms]`` rows: the batch snapshot the feature
+        stores load (``FeatureStore.load_snapshot``), so serving starts from the same events, in
+        the same order, with the same types as training."""
+        frame = self.interactions
+        rows = zip(frame["event_id"], frame["item_id"], frame["event_type"],
+                   frame["ts_ms"].astype(int).tolist(), strict=True)
+        out: dict[str, list[list]] = {}
+        for user, row in zip(frame["user_id"], rows, strict=True):
+            out.setdefault(user, []).append(list(row))
+        return out
+
+
+def steps_by_user(frame: pd.DataFrame) -> dict[str, list[Step]]:
+    """Steps per user of a frame sorted by (user, time, event id), e.g. any slice of
+    ``Dataset.interactions``."""
+    out: dict[str, list[Step]] = {}
+    for user, item, event_type in zip(frame["user_id"], frame["item_id"], frame["event_type"],
+                                      strict=True):
+        out.setdefault(user, []).append(Step(item, event_type))
+    return out
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -148,9 +185,9 @@ def load_interactions_file(
 ) -> Dataset:
     """A behaviour log (CSV or Parquet, chosen by suffix) and optional item attributes.
 
-    Interactions: ``user_id, item_id, timestamp`` required; ``event_type`` and ``value`` optional;
-    other columns are ignored. Items: ``item_id`` required; ``title, categories, year, price``
-    optional (``stock`` and others ignored). See docs/data.md, "Bring your own data".
+    Interactions: ``user_id, item_id, timestamp`` required; ``event_type``, ``value``, ``event_id``
+    and ``context`` optional; other columns are ignored. Items: ``item_id`` required;
+    ``title, categories, year, price`` optional (``stock`` and others ignored). See docs/data.md, "Bring your own data".
     """
     path = Path(path)
     interactions = read_table(path)
@@ -204,11 +241,14 @@ def clean_interactions(
     """Validate, normalise, de-duplicate and sort one behaviour log.
 
     Returns the ``Dataset.interactions`` frame and what was done to get it. Raises
-    ``DatasetError`` for missing required columns, an empty log, or more than
-    ``MAX_REJECTED_FRACTION`` malformed rows. Duplicates are rows equal in all five columns after
-    parsing (so ``1704067200`` and ``2024-01-01T00:00:00Z`` are the same time); the first is kept.
-    The sort is stable, so ties in timestamp keep file order: the "last" interaction of a user is
-    then well defined and the same in every run.
+    ``DatasetError`` for missing required columns, an empty log, a ``context`` cell that is not a
+    JSON object, or more than ``MAX_REJECTED_FRACTION`` malformed rows.
+
+    Duplicates: with an ``event_id`` column, a repeated id (the first row is kept, as the feature
+    stores keep the first delivery); without one, rows equal in every column after parsing (so
+    ``1704067200`` and ``2024-01-01T00:00:00Z`` are the same time). Rows are sorted by (user, time,
+    event id), the order of ``features.behaviour``; generated ids keep ties in file order, so the
+    "last" interaction of a user is well defined and the same in every run.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -219,15 +259,22 @@ def clean_interactions(
     frame = frame.reset_index(drop=True)
     now_s = time.time() if now_s is None else now_s
 
+    _check_contexts(frame.get("context"), source)
     users, items = _as_text(frame["user_id"]), _as_text(frame["item_id"])
     seconds, ts_missing = _parse_timestamps(frame["timestamp"])
+    given_ids = _as_text(frame["event_id"]) if "event_id" in frame.columns else None
+    generated = pd.Series([GENERATED_ID_FORMAT.format(i) for i in range(len(frame))],
+                          index=frame.index, dtype=object)
+    event_ids = generated if given_ids is None else given_ids.mask(given_ids == "", generated)
+    id_bad = pd.Series(False, index=frame.index) if given_ids is None else \
+        (given_ids != "") & ~_valid_ids(given_ids)
     event_types = _parse_event_types(frame.get("event_type"), len(frame))
     values, value_bad = _parse_values(frame.get("value"), len(frame))
 
     reason = pd.Series(None, index=frame.index, dtype=object)
     checks = [
         (MISSING_VALUE, (users == "") | (items == "") | ts_missing),
-        (BAD_ID, ~_valid_ids(users) | ~_valid_ids(items)),
+        (BAD_ID, ~_valid_ids(users) | ~_valid_ids(items) | id_bad),
         (BAD_TIMESTAMP, seconds.isna() | (seconds < 0)),
         (FUTURE_TIMESTAMP, seconds > now_s + MAX_CLOCK_SKEW_S),
         (UNKNOWN_EVENT_TYPE, ~event_types.isin(EVENT_TYPES)),
@@ -240,12 +287,16 @@ def clean_interactions(
     out = pd.DataFrame({
         "user_id": users[keep],
         "item_id": items[keep],
-        "timestamp": seconds[keep].astype(np.int64),
+        # milliseconds, as events carry them online; rounded, not floored: 0.001 s is not exact in
+        # binary and must not become 0 ms
+        "ts_ms": np.round(seconds[keep] * 1000).astype(np.int64),
+        "event_id": event_ids[keep],
         "event_type": event_types[keep],
         "value": values[keep],
     })
-    deduped = out.drop_duplicates()
-    cleaned = deduped.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    deduped = (out.drop_duplicates("event_id") if given_ids is not None
+               else out.drop_duplicates(out.columns.drop("event_id")))
+    cleaned = deduped.sort_values(["user_id", "ts_ms", "event_id"], kind="stable").reset_index(drop=True)
 
     report = CleaningReport(
         source=source,
@@ -354,14 +405,15 @@ def _valid_ids(ids: pd.Series) -> pd.Series:
 
 
 def _parse_timestamps(column: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Epoch seconds (float, NaN when unparseable, floored) and a missing-cell mask.
+    """Epoch seconds (float, NaN when unparseable; fractions kept to the millisecond) and a
+    missing-cell mask.
 
     Accepts integer/float epoch seconds, datetime columns (naive = UTC) and text holding either
     epoch seconds or ISO-8601.
     """
     if pd.api.types.is_datetime64_any_dtype(column):
         utc = column.dt.tz_convert("UTC") if column.dt.tz is not None else column.dt.tz_localize("UTC")
-        return (utc - _EPOCH) // pd.Timedelta(seconds=1), column.isna()
+        return (utc - _EPOCH) // pd.Timedelta(milliseconds=1) / 1000, column.isna()
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         seconds = column.astype(float)
         missing = seconds.isna()
@@ -371,7 +423,7 @@ def _parse_timestamps(column: pd.Series) -> tuple[pd.Series, pd.Series]:
         seconds = pd.to_numeric(text, errors="coerce").astype(float)
         seconds[~missing & seconds.isna()] = _parse_iso(text[~missing & seconds.isna()])
     seconds[~np.isfinite(seconds)] = np.nan
-    return np.floor(seconds), missing
+    return seconds, missing
 
 
 def _parse_iso(text: pd.Series) -> pd.Series:
@@ -384,6 +436,26 @@ def _parse_iso(text: pd.Series) -> pd.Series:
             parsed = pd.to_datetime(part, utc=True, errors="coerce", format="ISO8601")
             out[part.index] = (parsed - _EPOCH) / pd.Timedelta(seconds=1)
     return out
+
+
+def _check_contexts(column: pd.Series | None, source: str) -> None:
+    """Every non-empty ``context`` cell must be a JSON object of strings, as events carry it online
+    (features.events.Event.context). The model does not read context yet; a malformed column
+    still fails loudly, naming the row, because it means the file is not what it claims to be."""
+    if column is None:
+        return
+    for row, cell in enumerate(column.tolist()):
+        if cell is None or (isinstance(cell, float) and np.isnan(cell)) or cell == "":
+            continue
+        try:
+            value = json.loads(cell) if isinstance(cell, str) else cell
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{source}: context of data row {row} is not JSON ({exc.msg}): "
+                               f"{str(cell)[:80]!r}") from None
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise DatasetError(f"{source}: context of data row {row} must be a JSON object of "
+                               f"strings, got {str(cell)[:80]!r}")
 
 
 def _parse_event_types(column: pd.Series | None, n: int) -> pd.Series:

@@ -4,6 +4,10 @@
   before it the validation target, everything earlier is training history.
 * Global temporal: one cut-off time for every user; the target is each user's first new item after
   the cut, the history everything the user did before it. Nothing after the cut is visible.
+
+Histories are lists of ``features.behaviour.Step`` (every event, repeats included, with its type):
+exactly what the user tower is served online. Targets are always new items, because full ranking
+excludes what the user has already interacted with.
 """
 
 from __future__ import annotations
@@ -12,23 +16,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.data.interactions import Dataset
+from export.data.interactions import Dataset, steps_by_user
+from features.behaviour import Step
 
 
 @dataclass
 class LeaveLastOutSplit:
-    """Per user: last interaction = test, second last = validation, the rest = train."""
+    """Per user: last new item = test, the new item before it = validation; ``train`` = every
+    step before the validation item, ``before_test`` = every step before the test item (the
+    validation item and any repeats after it included)."""
 
-    train: dict[str, list[str]]
+    train: dict[str, list[Step]]
     valid: dict[str, str]
     test: dict[str, str]
+    before_test: dict[str, list[Step]]
 
-    def history_for(self, stage: str) -> dict[str, list[str]]:
+    def history_for(self, stage: str) -> dict[str, list[Step]]:
         """What the model may see when predicting ``stage`` ("valid" or "test")."""
         if stage == "valid":
             return self.train
         if stage == "test":
-            return {u: self.train[u] + [self.valid[u]] for u in self.test}
+            return self.before_test
         raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -36,17 +44,31 @@ def leave_last_out(dataset: Dataset, min_interactions: int = 3) -> LeaveLastOutS
     """The evaluation protocol of docs/evaluation.md; users with fewer than ``min_interactions``
     items are left out.
 
-    The task is the next *new* item: repeated interactions with an item (view, then cart, then
-    purchase; re-views) keep only the first, because full ranking excludes what the user has
-    already seen, and serving does the same. MovieLens has one rating per (user, item), so this
-    changes nothing there.
+    The task is the next *new* item: a repeated interaction with an item (view, then cart, then
+    purchase; re-views) is history, never a target, because full ranking excludes what the user
+    has already seen, and serving does the same. ``min_interactions`` counts distinct items.
+    Steps after the test item (repeats only, by construction) are not used.
     """
-    train, valid, test = {}, {}, {}
-    for user, seq in dataset.user_sequences(first_occurrence_only=True).items():
-        if len(seq) < min_interactions:
+    train, valid, test, before_test = {}, {}, {}, {}
+    for user, steps in dataset.user_steps().items():
+        firsts = _first_positions(steps)
+        if len(firsts) < min_interactions:
             continue
-        train[user], valid[user], test[user] = seq[:-2], seq[-2], seq[-1]
-    return LeaveLastOutSplit(train, valid, test)
+        v, t = firsts[-2], firsts[-1]
+        train[user], valid[user] = steps[:v], str(steps[v])
+        test[user], before_test[user] = str(steps[t]), steps[:t]
+    return LeaveLastOutSplit(train, valid, test, before_test)
+
+
+def _first_positions(steps: list[Step]) -> list[int]:
+    """Positions where the user meets an item for the first time."""
+    seen: set[str] = set()
+    out = []
+    for position, step in enumerate(steps):
+        if step not in seen:
+            seen.add(step)
+            out.append(position)
+    return out
 
 
 TEST_QUANTILE = 0.9  # test = interactions at or after the timestamp at this quantile
@@ -77,16 +99,16 @@ def cutoff_timestamp(timestamps: np.ndarray, quantile: float) -> int:
 class TemporalSplit:
     """Global temporal split: one cut-off time for all users (docs/evaluation.md).
 
-    ``train``: per user, first occurrences before ``valid_cutoff`` (what a model may train on).
+    ``train``: per user, steps before ``valid_cutoff`` (what a model may train on).
     ``valid``: first item in ``[valid_cutoff, test_cutoff)`` not in that user's ``train``.
-    ``before_cut``: per user, first occurrences before ``test_cutoff`` (the test histories; what the
+    ``before_cut``: per user, steps before ``test_cutoff`` (the test histories; what the
     baselines are fitted on). ``test``: first item at or after ``test_cutoff`` not in ``before_cut``.
     ``left_out``: users with no test target, by reason (``NO_HISTORY`` etc.).
     """
 
-    train: dict[str, list[str]]
+    train: dict[str, list[Step]]
     valid: dict[str, str]
-    before_cut: dict[str, list[str]]
+    before_cut: dict[str, list[Step]]
     test: dict[str, str]
     valid_cutoff: int
     test_cutoff: int
@@ -94,7 +116,7 @@ class TemporalSplit:
     valid_quantile: float = VALID_QUANTILE
     test_quantile: float = TEST_QUANTILE
 
-    def history_for(self, stage: str) -> dict[str, list[str]]:
+    def history_for(self, stage: str) -> dict[str, list[Step]]:
         """What the model may see when predicting ``stage`` ("valid" or "test"); may include users
         without a target (they still count as training data for the baselines)."""
         if stage == "valid":
@@ -111,13 +133,13 @@ def _first_new_items(before: dict[str, list[str]], after: dict[str, list[str]]) 
         seen = set(history)
         new = next((item for item in after.get(user, ()) if item not in seen), None)
         if new is not None:
-            targets[user] = new
+            targets[user] = str(new)
     return targets
 
 
-def _sequences(frame) -> dict[str, list[str]]:
-    # the frame is sorted by (user, time) with ties in file order, so groups are chronological
-    return {u: list(dict.fromkeys(g)) for u, g in frame.groupby("user_id", sort=False)["item_id"]}
+def _sequences(frame) -> dict[str, list[Step]]:
+    # the frame is sorted by (user, time, event id), so each user's steps are in behaviour order
+    return steps_by_user(frame)
 
 
 def temporal_split(
@@ -126,14 +148,14 @@ def temporal_split(
     valid_quantile: float = VALID_QUANTILE,
 ) -> TemporalSplit:
     """One cut-off for all users at the ``test_quantile`` timestamp of all interactions; validation
-    likewise at ``valid_quantile``. Targets are each user's first *new* item after the cut (repeats
-    of items seen before the cut are skipped, as full ranking excludes them); histories keep the
-    first occurrence of each item before the cut. Users with no history before the cut, or no new
-    item after it, are left out and counted in ``left_out``."""
+    likewise at ``valid_quantile`` (times in epoch ms). Targets are each user's first *new* item
+    after the cut (repeats of items seen before the cut are skipped, as full ranking excludes
+    them); histories are every step before the cut. Users with no history before the cut, or no
+    new item after it, are left out and counted in ``left_out``."""
     if not valid_quantile < test_quantile:
         raise ValueError("valid_quantile must be below test_quantile")
     frame = dataset.interactions
-    ts = frame["timestamp"].to_numpy()
+    ts = frame["ts_ms"].to_numpy()
     test_cut = cutoff_timestamp(ts, test_quantile)
     valid_cut = cutoff_timestamp(ts, valid_quantile)
     before_valid = _sequences(frame[ts < valid_cut])

@@ -16,15 +16,15 @@ from features.catalog import ItemCatalog
 
 TEMPORAL_PROTOCOL = ("global temporal split: one cut-off time for all users (the timestamp at the "
                      "test quantile of all interactions); target = each user's first item after "
-                     "the cut not seen before it; history = first interactions before the cut; "
+                     "the cut not seen before it; history = every interaction before the cut; "
                      "full ranking over all items the user has not interacted with before the cut; "
                      "validation = first new item in the band between the validation and test "
                      "cut-offs; models are trained on interactions before the validation cut-off")
 MODEL_OFF = "not trained; run(temporal=True) trains one per seed on the data before the cut"
 
 
-def utc(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cold_targets(split: TemporalSplit) -> int:
@@ -52,9 +52,9 @@ def temporal_section(split: TemporalSplit, catalog: ItemCatalog, baselines: bool
         "description": TEMPORAL_PROTOCOL,
         "users": len(split.test),
         "valid_users": len(split.valid),
-        "cutoff": split.test_cutoff,
+        "cutoff_ms": split.test_cutoff,
         "cutoff_utc": utc(split.test_cutoff),
-        "valid_cutoff": split.valid_cutoff,
+        "valid_cutoff_ms": split.valid_cutoff,
         "valid_cutoff_utc": utc(split.valid_cutoff),
         "quantiles": {"valid": split.valid_quantile, "test": split.test_quantile},
         "left_out": dict(split.left_out),

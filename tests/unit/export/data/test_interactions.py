@@ -29,8 +29,8 @@ def test_clean_drops_exact_duplicates_and_sorts_stably():
         "user_id": ["u", "u", "u", "v"], "item_id": ["b", "a", "b", "c"], "timestamp": [2, 1, 2, 5],
     })
     out, report = clean_interactions(raw, now_s=NOW_S)
-    assert out[["user_id", "item_id", "timestamp"]].values.tolist() == [
-        ["u", "a", 1], ["u", "b", 2], ["v", "c", 5]]
+    assert out[["user_id", "item_id", "ts_ms"]].values.tolist() == [
+        ["u", "a", 1000], ["u", "b", 2000], ["v", "c", 5000]]
     assert report.duplicates == 1 and report.rows_in == 4 and report.rows_kept == 3
     assert report.rejected == {}
 
@@ -38,9 +38,11 @@ def test_clean_drops_exact_duplicates_and_sorts_stably():
 def test_clean_output_columns_defaults_and_dtypes():
     raw = pd.DataFrame({"user_id": ["u"], "item_id": ["a"], "timestamp": ["100"]})
     out, _ = clean_interactions(raw, now_s=NOW_S)
-    assert list(out.columns) == ["user_id", "item_id", "timestamp", "event_type", "value"]
-    assert out.dtypes["timestamp"] == np.int64 and out.dtypes["value"] == np.float64
-    assert out.loc[0, "event_type"] == "view" and np.isnan(out.loc[0, "value"])
+    assert list(out.columns) == ["user_id", "item_id", "ts_ms", "event_id", "event_type", "value"]
+    assert out.dtypes["ts_ms"] == np.int64 and out.dtypes["value"] == np.float64
+    # no event_type column: the step type "unknown"; no event_id column: ids in file order
+    assert out.loc[0, "event_type"] == "unknown" and np.isnan(out.loc[0, "value"])
+    assert out.loc[0, "event_id"] == "row~000000000000"
     assert isinstance(out.loc[0, "user_id"], str)
 
 
@@ -87,11 +89,14 @@ def test_timestamps_accept_epoch_seconds_and_iso_8601():
         ("u", "b", "2024-01-01T02:00:00+02:00", "view", ""),  # same instant as the row above
         ("u", "c", "2024-01-01T00:00:10", "view", ""),        # no offset means UTC
         ("u", "d", "2024-01-01T00:00:20Z", "view", ""),
-        ("u", "e", 1704067230.9, "view", ""),                 # fractions of a second are dropped
+        ("u", "e", 1704067230.9, "view", ""),                 # milliseconds are kept
+        ("u", "f", "2024-01-01T00:00:40.123Z", "view", ""),
+        ("u", "g", "1704067250.001", "view", ""),             # rounded, not floored, to the ms
     ])
     out, report = clean_interactions(raw, now_s=1_800_000_000)
     assert report.rejected == {}
-    assert out["timestamp"].tolist() == [1704067200, 1704067200, 1704067210, 1704067220, 1704067230]
+    assert out["ts_ms"].tolist() == [1704067200000, 1704067200000, 1704067210000, 1704067220000,
+                                     1704067230900, 1704067240123, 1704067250001]
 
 
 def test_duplicates_are_judged_after_parsing():
@@ -172,7 +177,43 @@ def test_parquet_with_typed_columns(tmp_path):
     log.to_parquet(tmp_path / "log.parquet")
     dataset = load_interactions_file(tmp_path / "log.parquet", name="typed")
     assert dataset.name == "typed"
-    assert dataset.interactions.drop(columns="value").values.tolist() == [
-        ["7", "45", 1704067200, "view"], ["7", "42", 1704067205, "view"], ["8", "44", 1704067200, "view"]]
+    assert dataset.interactions.drop(columns=["value", "event_id"]).values.tolist() == [
+        ["7", "45", 1704067200000, "unknown"], ["7", "42", 1704067205000, "unknown"],
+        ["8", "44", 1704067200000, "unknown"]]
     assert dataset.interactions["value"].tolist()[:2] == [3.0, 1.0]
     assert dataset.cleaning.rejected == {MISSING_VALUE: 1, BAD_VALUE: 1}
+
+
+def test_given_event_ids_dedupe_like_the_stores_and_break_ties_in_time():
+    raw = frame([("u", "b", 5, "view", "", "e2"), ("u", "a", 5, "view", "", "e10"),
+                 ("u", "c", 5, "cart", "", "e2"),  # the same event delivered again: first kept
+                 ("u", "d", 4, "view", "", ""),    # no id: one is generated
+                 ("u", "e", 6, "view", "", "bad id!")],
+                columns=("user_id", "item_id", "timestamp", "event_type", "value", "event_id"))
+    out, report = clean_interactions(raw, now_s=NOW_S)
+    assert out["item_id"].tolist() == ["d", "a", "b"]  # ts, then event id: "e10" < "e2"
+    assert report.duplicates == 1 and report.rejected == {BAD_ID: 1}
+
+
+def test_context_column_must_hold_json_objects_and_names_the_bad_row(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text('user_id,item_id,timestamp,context\nu,a,1,"{""device"": ""ios""}"\nu,b,2,\n')
+    assert load_interactions_file(good).interactions["item_id"].tolist() == ["a", "b"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text('user_id,item_id,timestamp,context\nu,a,1,{}\nu,b,2,device=ios\n')
+    with pytest.raises(DatasetError, match="context of data row 1 is not JSON"):
+        load_interactions_file(bad)
+    not_object = tmp_path / "list.csv"
+    not_object.write_text('user_id,item_id,timestamp,context\nu,a,1,"[1, 2]"\n')
+    with pytest.raises(DatasetError, match="row 0 must be a JSON object of strings"):
+        load_interactions_file(not_object)
+
+
+def test_user_steps_carry_event_types_and_keep_repeats():
+    raw = frame([("u", "a", 1, "view", ""), ("u", "a", 2, "cart", ""), ("u", "b", 3, "", ""),
+                 ("u", "a", 4, "purchase", "9.5")])
+    dataset = dataset_from_frames("d", raw, now_s=NOW_S)
+    steps = dataset.user_steps()["u"]
+    assert steps == ["a", "a", "b", "a"]
+    assert [s.event_type for s in steps] == ["view", "cart", "unknown", "purchase"]
+    assert dataset.snapshot_rows()["u"][1] == ["row~000000000001", "a", "cart", 2000]

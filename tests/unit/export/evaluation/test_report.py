@@ -110,7 +110,7 @@ def test_temporal_section_evaluates_the_baselines_on_the_pre_cut_histories(tmp_p
     # sorted times 1,2,2,3,4,5,8,9,9: floor(0.7 * 9) = 6 -> cut at 8; floor(0.35 * 9) = 3 -> at 3
     split = temporal_split(dataset, test_quantile=0.7, valid_quantile=0.35)
     section = temporal_section(split, dataset.catalog)
-    assert (section["cutoff"], section["valid_cutoff"]) == (8, 3)
+    assert (section["cutoff_ms"], section["valid_cutoff_ms"]) == (8000, 3000)
     assert section["cutoff_utc"] == "1970-01-01T00:00:08Z"
     assert section["users"] == 2 and section["valid_users"] == 1
     assert section["quantiles"] == {"valid": 0.35, "test": 0.7}
