@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=d.temperature)
     parser.add_argument("--id-dropout", type=float, default=d.id_dropout,
                         help="train items without their id vector this often (leans on attributes)")
+    parser.add_argument("--sequence-length", type=int, default=d.sequence_length,
+                        help="steps of recent behaviour the user tower reads")
+    parser.add_argument("--user-tower", choices=["attention", "pooled"], default=d.user_tower,
+                        help="pooled = without the attention read-out (the ablation)")
+    parser.add_argument("--no-event-types", action="store_true",
+                        help="ignore event types (the id-only ablation)")
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
@@ -57,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          temperature=args.temperature, loss=args.loss, id_dropout=args.id_dropout,
-                         uniform_negatives=args.uniform_negatives)
+                         uniform_negatives=args.uniform_negatives,
+                         sequence_length=args.sequence_length, user_tower=args.user_tower,
+                         use_types=not args.no_event_types)
     tuning = None
     if args.tune > 0:
         # Trials train with the first seed; the search never reads the test split.

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from export.model.towers import TwoTower
-from features.behaviour import encode_types
+from features.behaviour import encode_types, step_type_of
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 from features.sequence import encode_history, pad_left
 
@@ -84,10 +84,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_examples(
-    sequences: dict[str, list[str]], catalog: ItemCatalog, sequence_length: int
+    sequences: dict[str, list[str]], catalog: ItemCatalog, sequence_length: int,
+    target: Literal["new_item", "purchase"] = "new_item",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(histories [N, 2L], targets [N]) for every new-item position of every sequence (steps or
-    plain item ids, oldest first); rows laid out as ``encode_histories`` lays them out."""
+    plain item ids, oldest first); rows laid out as ``encode_histories`` lays them out.
+    ``target="purchase"``: every first purchase of an item instead, viewed or carted before or not
+    (the next-purchase task of export.evaluation.next_purchase)."""
     L = sequence_length
     rows, targets = [], []
     for user in sorted(sequences):
@@ -96,12 +99,17 @@ def build_examples(
         items = catalog.indices_of(sequence)
         types = encode_types(sequence, len(sequence))
         seen: set[str] = set()
+        bought: set[str] = set()
         for t, item in enumerate(sequence):
-            if t and item not in seen:
+            purchase = step_type_of(item) == "purchase"
+            is_target = item not in seen if target == "new_item" else purchase and item not in bought
+            if t and is_target:
                 start = max(0, t - L)
                 rows.append(np.concatenate([pad_left(items[start:t], L), pad_left(types[start:t], L)]))
                 targets.append(items[t])
             seen.add(item)
+            if purchase:
+                bought.add(item)
     if not targets:
         return np.zeros((0, 2 * L), np.int64), np.zeros(0, np.int64)
     return np.stack(rows), np.asarray(targets, np.int64)

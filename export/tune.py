@@ -98,6 +98,9 @@ SEARCH_SPACE: dict[str, Param] = {
         "share of item occurrences trained without their id vector, leaning on attributes: none "
         "(ids carry everything) to half; validation only sees warm items, so a search rewards it "
         "for regularisation, not for cold start (measure that with export.evaluation.cold_start)")),
+    "user_tower": Param(choices=("attention", "pooled"), why=(
+        "the architecture: with an attention read-out over the whole window (order beyond the "
+        "last step counts) or without it (recency-weighted mean + last step, the ablation)")),
     "loss": Param(choices=("sampled", "full"), why=(
         "the two implemented losses; full softmax is exact and affordable for thousands of "
         "items, sampled (in-batch, logQ) scales to any catalog; cheap to let the data decide")),

@@ -90,9 +90,12 @@ def evaluate(
     catalog: ItemCatalog,
     ks: Sequence[int] = (10, 20),
     batch_users: int = 256,
+    exclude: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics of ``score_fn`` for every user in ``targets``.
 
+    The candidates are every item not in the user's history, or not in ``exclude[user]`` when
+    given (a next-purchase task excludes only what the user already bought).
     Keys: ``recall@K``, ``ndcg@K`` for each K, ``mrr``, then ``coverage@K`` for each K.
     """
     users = sorted(targets)
@@ -101,7 +104,8 @@ def evaluate(
     for start in range(0, len(users), batch_users):
         batch = users[start:start + batch_users]
         hist = [histories[u] for u in batch]
-        candidates = candidate_scores(score_fn(hist), [catalog.indices_of(h) for h in hist])
+        excluded = hist if exclude is None else [exclude[u] for u in batch]
+        candidates = candidate_scores(score_fn(hist), [catalog.indices_of(e) for e in excluded])
         tgt = np.array([catalog.index_of(targets[u]) for u in batch], dtype=np.int64)
         ranks.append(_ranks(candidates, tgt))
         tops.append(_top_k(candidates, k_max))

@@ -86,3 +86,15 @@ def test_evaluate_reports_all_metrics_in_order(catalog):
     assert list(m) == ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr", "coverage@10", "coverage@20"]
     # one user, 5 candidates: everything unseen is shown
     assert m["coverage@10"] == pytest.approx(5 / 6)
+
+
+def test_explicit_exclusions_replace_the_history():
+    from export.evaluation.metrics import evaluate
+    from features.catalog import Item, ItemCatalog
+    catalog = ItemCatalog.from_items([Item(i, i) for i in "abc"])
+    scores = lambda batch: np.tile(np.array([0, 0, 3.0, 2.0, 1.0]), (len(batch), 1))  # noqa: E731
+    # "a" is in the history but not excluded: a next-purchase target may be an item already seen
+    m = evaluate(scores, {"u": ["a"]}, {"u": "a"}, catalog, ks=(1,), exclude={"u": []})
+    assert m["recall@1"] == 1.0
+    m = evaluate(scores, {"u": ["a"]}, {"u": "b"}, catalog, ks=(1,))
+    assert m["recall@1"] == 1.0  # "a" excluded as history: "b" comes first

@@ -1,0 +1,65 @@
+import numpy as np
+import torch
+
+from export.train import TrainConfig, build_examples, encode_histories, new_model, user_vectors
+from features.behaviour import Step, type_code
+from features.catalog import Item, ItemCatalog
+from features.model_inputs import build_inputs
+
+
+def catalog(n=8):
+    return ItemCatalog.from_items([Item(str(i), str(i)) for i in range(n)])
+
+
+SHOP = {"u": [Step("1", "view"), Step("1", "cart"), Step("2", "view"), Step("1", "purchase"),
+              Step("3", "view"), Step("3", "purchase"), Step("2", "purchase")]}
+
+
+def test_targets_are_new_items_and_the_history_keeps_repeats_with_their_types():
+    cat = catalog()
+    histories, targets = build_examples(SHOP, cat, 4)
+    assert targets.tolist() == [cat.index_of("2"), cat.index_of("3")]
+    # the row for "3": the last four steps before it, items then type codes, left-padded
+    items, types = histories[1, :4], histories[1, 4:]
+    assert items.tolist() == cat.indices_of(["1", "1", "2", "1"]).tolist()
+    assert types.tolist() == [type_code(t) for t in ("view", "cart", "view", "purchase")]
+    first_items, first_types = histories[0, :4], histories[0, 4:]
+    assert first_items.tolist() == [0, 0, cat.index_of("1"), cat.index_of("1")]
+    assert first_types.tolist() == [0, 0, type_code("view"), type_code("cart")]
+
+
+def test_purchase_targets_are_first_purchases_of_seen_items_too():
+    cat = catalog()
+    _, targets = build_examples(SHOP, cat, 4, target="purchase")
+    assert targets.tolist() == cat.indices_of(["1", "3", "2"]).tolist()
+
+
+def test_training_rows_encode_exactly_what_the_gateway_sends():
+    cat = catalog()
+    history = SHOP["u"][:5]
+    served = build_inputs(history, cat, 4, 3)
+    row = encode_histories([history], cat, 4)[0].numpy()
+    assert np.array_equal(row[:4], served.history[0]) and np.array_equal(row[4:], served.history_types[0])
+
+
+def test_ablations_change_what_the_user_tower_reads():
+    cat = catalog()
+    rows = encode_histories([SHOP["u"][:5]], cat, 4)
+    retyped = rows.clone()
+    retyped[0, 4:] = type_code("view")
+    for user_tower, use_types, differs in (("attention", True, True), ("pooled", True, True),
+                                           ("attention", False, False)):
+        torch.manual_seed(0)
+        model = new_model(cat, TrainConfig(dim=8, sequence_length=4, user_tower=user_tower,
+                                           use_types=use_types)).eval()
+        with torch.no_grad():  # give the zero-initialised type tables something to say
+            model.user_tower.type_embedding.weight.normal_()
+            a, b = user_vectors(model, rows), user_vectors(model, retyped)
+        assert (not torch.allclose(a, b)) == differs, (user_tower, use_types)
+
+
+def test_new_model_reads_a_checkpoint_config_dict():
+    cat = catalog()
+    config = TrainConfig(dim=8, sequence_length=6, user_tower="pooled").as_dict() | {"extra": 1}
+    model = new_model(cat, config)
+    assert model.user_tower.positions.shape == (6, 8) and not model.user_tower.attention
