@@ -187,7 +187,8 @@ def load_interactions_file(
 
     Interactions: ``user_id, item_id, timestamp`` required; ``event_type``, ``value``, ``event_id``
     and ``context`` optional; other columns are ignored. Items: ``item_id`` required;
-    ``title, categories, year, price`` optional (``stock`` and others ignored). See docs/data.md, "Bring your own data".
+    ``title, categories, year, price`` optional (``stock`` and others ignored). See docs/data.md,
+    "Bring your own data".
     """
     path = Path(path)
     interactions = read_table(path)
