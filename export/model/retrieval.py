@@ -61,7 +61,8 @@ class TopKRetrieval(nn.Module):
 
 class FusedRecommender(nn.Module):
     """User tower and retrieval in one TorchScript module: one Triton step instead of two, which
-    saves the ensemble's hop between model instances per request."""
+    saves the ensemble's hop between model instances per request. Its query is the user tower's
+    two inputs (item indices, event-type codes); ``TopKRetrieval``'s is one user embedding."""
 
     def __init__(self, user_tower: nn.Module, retrieval: TopKRetrieval) -> None:
         super().__init__()
@@ -73,17 +74,18 @@ class FusedRecommender(nn.Module):
         return self.retrieval.num_items()
 
     @torch.jit.export
-    def embed(self, history: torch.Tensor) -> torch.Tensor:
-        return self.user_tower(history)
+    def embed(self, history: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        """Item indices and event-type codes, both [B, L] -> the ANN query vectors [B, D]."""
+        return self.user_tower(history, types)
 
     @torch.jit.export
-    def scores(self, history: torch.Tensor) -> torch.Tensor:
-        return self.retrieval.scores(self.user_tower(history))
+    def scores(self, history: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return self.retrieval.scores(self.user_tower(history, types))
 
     @torch.jit.export
     def top_k(self, scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.retrieval.top_k(scores, exclude, k)
 
-    def forward(self, history: torch.Tensor, exclude: torch.Tensor,
+    def forward(self, history: torch.Tensor, types: torch.Tensor, exclude: torch.Tensor,
                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.retrieval.top_k(self.scores(history), exclude, int(k.max()))
+        return self.retrieval.top_k(self.scores(history, types), exclude, int(k.max()))

@@ -22,7 +22,7 @@ from torch import nn
 
 from export.data.interactions import items_from_frame, read_table
 from export.model.towers import TwoTower
-from export.train import load_checkpoint
+from export.train import load_checkpoint, new_model
 from export.triton.repository import ServingConfig, export_repository
 from features import contract as sig
 from features.catalog import PAD_INDEX, Item, ItemCatalog
@@ -70,8 +70,9 @@ def publish_cold_items(repository: Path, checkpoint: Path, new_items: list[Item]
     catalog = ItemCatalog.from_json(retrieve_dir / str(current) / sig.CATALOG_FILE)
     info = json.loads((retrieve_dir / str(current) / sig.SERVING_FILE).read_text())
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = state["config"]
-    model = TwoTower(catalog, config["dim"], config["recency_decay"], config["dropout"])
+    # The checkpoint's own config, so the architecture (user tower kind, types, sequence length)
+    # is the one its weights were trained with.
+    model = new_model(catalog, state["config"])
     load_checkpoint(model, checkpoint)
     extended = extend_catalog(catalog, new_items)
     extend_model(model, catalog, extended)

@@ -33,6 +33,7 @@ from export.model.ann import RetrievalIndexConfig, build_index, choose_index
 from export.model.retrieval import FusedRecommender, TopKRetrieval
 from export.model.towers import TwoTower
 from features import contract as sig
+from features.behaviour import STEP_TYPES, type_code
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 
 MODEL_CODE = Path(__file__).parent / "models"
@@ -77,17 +78,20 @@ class ModelSpec:
 def model_specs(sequence_length: int, dim: int) -> dict[str, ModelSpec]:
     """The single description every config is generated from."""
     history = Tensor(sig.HISTORY, "TYPE_INT64", (sequence_length,))
+    history_types = Tensor(sig.HISTORY_TYPES, "TYPE_INT64", (sequence_length,))
     user_embedding = Tensor(sig.USER_EMBEDDING, "TYPE_FP32", (dim,))
     exclude = Tensor(sig.EXCLUDE, "TYPE_INT64", (-1,))
     k = Tensor(sig.K, "TYPE_INT32", (1,))
     item_index = Tensor(sig.ITEM_INDEX, "TYPE_INT64", (-1,))
     score = Tensor(sig.SCORE, "TYPE_FP32", (-1,))
     return {
-        sig.USER_TOWER: ModelSpec(sig.USER_TOWER, (history,), (user_embedding,), "torchscript.py"),
+        sig.USER_TOWER: ModelSpec(sig.USER_TOWER, (history, history_types), (user_embedding,),
+                                  "torchscript.py"),
+        # models/retrieve.py reads the last two inputs as EXCLUDE and K, the rest as its query.
         sig.RETRIEVE: ModelSpec(sig.RETRIEVE, (user_embedding, exclude, k), (item_index, score),
                                 "retrieve.py"),
-        sig.RECOMMEND: ModelSpec(sig.RECOMMEND, (history, exclude, k), (item_index, score)),
-        sig.RECOMMEND_FUSED: ModelSpec(sig.RECOMMEND_FUSED, (history, exclude, k),
+        sig.RECOMMEND: ModelSpec(sig.RECOMMEND, (history, history_types, exclude, k), (item_index, score)),
+        sig.RECOMMEND_FUSED: ModelSpec(sig.RECOMMEND_FUSED, (history, history_types, exclude, k),
                                        (item_index, score), "retrieve.py"),
     }
 
@@ -254,21 +258,26 @@ REFERENCE_FILE = "reference.json"
 def write_reference(fused: torch.jit.ScriptModule, catalog: ItemCatalog, sequence_length: int,
                     path: Path, users: int = 16, seed: int = 0) -> None:
     """What this version must answer, computed in PyTorch at export time: the rollout's smoke
-    check replays these requests against Triton and compares (export/triton/rollout.py)."""
+    check replays these requests against Triton and compares (export/triton/rollout.py). Every
+    step gets a random event type, so a server that dropped or misordered HISTORY_TYPES would
+    answer differently from the reference."""
     rng = np.random.default_rng(seed)
     k = min(10, catalog.num_items)
+    codes = np.array([type_code(name) for name in STEP_TYPES], dtype=np.int64)
     histories = np.zeros((users, sequence_length), dtype=np.int64)
-    for row in histories:
+    types = np.zeros((users, sequence_length), dtype=np.int64)  # PAD_TYPE where the history is PAD
+    for row, row_types in zip(histories, types, strict=True):
         length = int(rng.integers(1, sequence_length + 1))
         row[-length:] = rng.integers(FIRST_ITEM_INDEX, catalog.num_embeddings, size=length)
+        row_types[-length:] = rng.choice(codes, size=length)
     exclude = np.zeros((users, WARMUP_EXCLUDE_WIDTH), dtype=np.int64)
     exclude[:, :2] = histories[:, -2:]
     with torch.no_grad():
-        items, scores = fused(torch.from_numpy(histories), torch.from_numpy(exclude),
-                              torch.full((users, 1), k, dtype=torch.int32))
+        items, scores = fused(torch.from_numpy(histories), torch.from_numpy(types),
+                              torch.from_numpy(exclude), torch.full((users, 1), k, dtype=torch.int32))
     path.write_text(json.dumps({
-        "k": k, "history": histories.tolist(), "exclude": exclude.tolist(),
-        "item_index": items.tolist(), "score": scores.tolist(),
+        "k": k, "history": histories.tolist(), "history_types": types.tolist(),
+        "exclude": exclude.tolist(), "item_index": items.tolist(), "score": scores.tolist(),
     }))
 
 

@@ -36,8 +36,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton.repository import REFERENCE_FILE, read_config, write_config
 from features import contract as sig
+from features.behaviour import Step, steps_of
 from features.catalog import ItemCatalog
 from features.model_inputs import ModelInputs, build_inputs, ranked_items
+from features.user_state import snapshot_events
 
 log = logging.getLogger("export.triton.rollout")
 
@@ -238,14 +240,21 @@ class Rollout:
             raise RolloutError(f"no {REFERENCE_FILE} for version {version} (exported with an ANN "
                                "index, or by an older exporter): nothing to smoke-check against")
         ref = json.loads(path.read_text())
+        if "history_types" not in ref:
+            raise RolloutError(f"{path} has no history_types: version {version} predates the "
+                               "behaviour-aware contract (HISTORY_TYPES); re-export it")
         history = np.array(ref["history"], dtype=np.int64)
-        inputs = ModelInputs(history=history, exclude=np.array(ref["exclude"], dtype=np.int64),
+        inputs = ModelInputs(history=history, history_types=np.array(ref["history_types"], dtype=np.int64),
+                             exclude=np.array(ref["exclude"], dtype=np.int64),
                              k=np.full((len(history), 1), ref["k"], dtype=np.int32))
         items, scores, _ = self._infer(version, inputs)
         want_items, want_scores = np.array(ref["item_index"]), np.array(ref["score"])
         overlap = np.mean([len(set(a) & set(b)) / ref["k"] for a, b in zip(items, want_items, strict=True)])
-        report = SmokeReport(version, len(want_items), float(overlap),
-                             float(np.max(np.abs(scores - want_scores))))
+        # Excluded items fill a top-k longer than what is left at -inf on both sides: equal, and
+        # inf - inf would be nan, which fails every comparison.
+        with np.errstate(invalid="ignore"):
+            diff = np.where(scores == want_scores, 0.0, np.abs(scores - want_scores))
+        report = SmokeReport(version, len(want_items), float(overlap), float(np.max(diff)))
         self._record("smoke", version=version, ok=report.ok, id_overlap=report.id_overlap,
                      max_score_diff=report.max_score_diff)
         return report
@@ -253,7 +262,9 @@ class Rollout:
     def shadow(self, version: int, histories: dict[str, list[str]], *, requests: int = 200,
                k: int = 10) -> ShadowReport:
         """Recorded requests (user histories) against the live and the candidate version, each with
-        its own catalog, as the gateway would send them: top-k overlap and latency."""
+        its own catalog, as the gateway would send them: top-k overlap and latency. A history is
+        ``features.behaviour.Step``s (``read_shadow_requests``) or plain item ids, which
+        ``build_inputs`` sends with type "unknown"."""
         catalogs = {v: ItemCatalog.from_json(self.repository / sig.RETRIEVE / str(v) / sig.CATALOG_FILE)
                     for v in (self.state.live, version)}
         seq_len = int(json.loads((self.repository / sig.RETRIEVE / str(version) / sig.SERVING_FILE)
@@ -323,6 +334,13 @@ class Rollout:
         return previous
 
 
+def read_shadow_requests(path: Path) -> dict[str, list[Step]]:
+    """A user-history snapshot file as each user's steps, in the order and with the types the
+    feature stores would hand the gateway (see ``features.user_state.snapshot_events``)."""
+    return {user: steps_of(snapshot_events(user, rows))
+            for user, rows in json.loads(path.read_text()).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.triton.rollout",
                                      description=__doc__.split("\n\n")[0])
@@ -338,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         step.add_argument("version", type=int)
         if name in ("shadow", "promote"):
             step.add_argument("--shadow-requests", type=Path,
-                              help="JSON {user: [item ids]} of recorded requests "
-                                   "(e.g. build/user_histories.json)")
+                              help="a user-history snapshot, JSON {user: rows}, rows bare item ids "
+                                   "or typed events (e.g. build/user_histories.json)")
             step.add_argument("--requests", type=int, default=200)
         if name == "promote":
             step.add_argument("--min-overlap", type=float)
@@ -349,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     rollout = Rollout(args.repository, args.triton_url, dry_run=args.dry_run)
-    histories = (json.loads(args.shadow_requests.read_text())
+    histories = (read_shadow_requests(args.shadow_requests)
                  if getattr(args, "shadow_requests", None) else None)
     try:
         if args.step == "status":

@@ -2,13 +2,20 @@ import torch
 
 from export.model.retrieval import TopKRetrieval
 from export.model.towers import TwoTower
+from features.behaviour import NUM_TYPE_CODES, PAD_TYPE, type_code
 from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX
+
+
+def views(history: torch.Tensor) -> torch.Tensor:
+    """Type codes for ``history``: "view" on every step, PAD where the item is PAD."""
+    return torch.where(history == PAD_INDEX, PAD_TYPE, type_code("view"))
 
 
 def test_embeddings_are_unit_norm_and_ids_out_of_range_are_bucketed(catalog):
     model = TwoTower(catalog, dim=8).eval()
     history = torch.tensor([[PAD_INDEX, 2, 3], [999, -4, 5]])  # second row: hostile ids
-    users = model.user_tower(history)
+    types = torch.tensor([[PAD_TYPE, 1, 2], [NUM_TYPE_CODES, -1, 10**6]])  # and hostile types
+    users = model.user_tower(history, types)
     assert users.shape == (2, 8)
     torch.testing.assert_close(users.norm(dim=1), torch.ones(2))
     torch.testing.assert_close(model.item_embeddings().norm(dim=1)[FIRST_ITEM_INDEX:],
@@ -18,15 +25,17 @@ def test_embeddings_are_unit_norm_and_ids_out_of_range_are_bucketed(catalog):
 def test_torchscript_matches_eager(catalog):
     model = TwoTower(catalog, dim=8).eval()
     history = torch.randint(0, catalog.num_embeddings, (4, 5))
+    types = torch.randint(0, NUM_TYPE_CODES, (4, 5))
     scripted = torch.jit.script(model.user_tower)
-    torch.testing.assert_close(scripted(history), model.user_tower(history))
+    torch.testing.assert_close(scripted(history, types), model.user_tower(history, types))
 
 
 def test_retrieval_never_returns_excluded_or_reserved_rows(catalog):
     model = TwoTower(catalog, dim=8).eval()
     with torch.no_grad():
         retrieval = torch.jit.script(TopKRetrieval(model.item_embeddings()))
-        users = model.user_tower(torch.tensor([[2, 3, 4]]))
+        history = torch.tensor([[2, 3, 4]])
+        users = model.user_tower(history, views(history))
         exclude = torch.tensor([[2, 3, PAD_INDEX, 10_000]])  # out-of-range exclusions are ignored
         index, score = retrieval(users, exclude, torch.tensor([[catalog.num_items - 2]]))
     returned = set(index[0].tolist())
@@ -43,7 +52,8 @@ def test_sampled_softmax_with_logq_lowers_popular_negatives(catalog):
     torch.manual_seed(0)
     model = TwoTower(catalog, dim=8).eval()
     targets = torch.tensor([2, 3, 4, 2])  # item 2 twice: not a negative for itself
-    users = model.user_tower(torch.tensor([[2, 3], [3, 4], [4, 5], [5, 6]]))
+    history = torch.tensor([[2, 3], [3, 4], [4, 5], [5, 6]])
+    users = model.user_tower(history, views(history))
     log_q = target_log_frequencies(np.array([2] * 50 + [3, 4, 5, 6, 7]), catalog.num_embeddings)
     plain = sampled_softmax_loss(model, users, targets, TrainConfig(logq_correction=False), log_q)
     corrected = sampled_softmax_loss(model, users, targets, TrainConfig(logq_correction=True), log_q)
@@ -60,8 +70,10 @@ def test_training_improves_the_loss_and_restores_the_best_epoch(catalog, tmp_pat
     from export.train import TrainConfig, load_checkpoint, target_log_frequencies, train
 
     rng = np.random.default_rng(0)
-    histories = rng.integers(2, catalog.num_embeddings, (64, 3))
-    targets = histories[:, -1].copy()  # learnable: the next item is the last one again
+    items = rng.integers(2, catalog.num_embeddings, (64, 3))
+    types = rng.integers(1, NUM_TYPE_CODES, (64, 3))
+    histories = np.concatenate([items, types], axis=1)  # packed rows, as export.train lays them out
+    targets = items[:, -1].copy()  # learnable: the next item is the last one again
     calls = iter([0.1, 0.3, 0.2, 0.2])
     model = TwoTower(catalog, dim=8)
     config = TrainConfig(epochs=4, patience=2, loss="sampled", learning_rate=0.05)
@@ -87,4 +99,5 @@ def test_id_dropout_drops_id_vectors_only_while_training(catalog):
         model.eval()  # serving: ids always count
         torch.testing.assert_close(encoder(index), attributes_only + encoder.id_embedding(index))
     scripted = torch.jit.script(model.user_tower)  # the exported tower stays scriptable
-    torch.testing.assert_close(scripted(index[None]), model.user_tower(index[None]))
+    history = index[None]
+    torch.testing.assert_close(scripted(history, views(history)), model.user_tower(history, views(history)))

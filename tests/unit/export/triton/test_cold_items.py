@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from export.model.towers import TwoTower
-from export.train import TrainConfig, save_checkpoint
+from export.train import TrainConfig, new_model, save_checkpoint
 from export.triton.cold_items import extend_catalog, publish_cold_items
 from export.triton.repository import ServingConfig, export_repository
 from features import contract as sig
@@ -53,8 +53,24 @@ def test_a_cold_item_is_retrievable_by_its_own_embedding(published):
 def test_user_tower_accepts_histories_with_new_items(published):
     repo, _ = published
     user_tower = load(repo, sig.USER_TOWER, 2)
-    out = user_tower(torch.tensor([[0, 2, 8, 9]]))  # 8, 9: the cold items
+    out = user_tower(torch.tensor([[0, 2, 8, 9]]), torch.tensor([[0, 1, 2, 5]]))  # 8, 9: the cold items
     assert torch.isfinite(out).all()
+
+
+def test_the_model_is_rebuilt_with_the_checkpoints_architecture(tmp_path, catalog):
+    """Not the default tower: a pooled, id-only model must load its own weights and keep its
+    answers for every trained item."""
+    torch.manual_seed(0)
+    config = TrainConfig(dim=8, sequence_length=4, user_tower="pooled", use_types=False)
+    model = new_model(catalog, config).eval()
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(model, torch.optim.Adam(model.parameters()), config, [], checkpoint)
+    repo = tmp_path / "repo"
+    export_repository(model, catalog, repo, sequence_length=4, serving=ServingConfig(warmup=False))
+    version = publish_cold_items(repo, checkpoint, NEW, ServingConfig(warmup=False))
+    history, types = torch.tensor([[0, 2, 3, 4]]), torch.tensor([[0, 1, 4, 5]])
+    old, new = load(repo, sig.USER_TOWER, 1), load(repo, sig.USER_TOWER, version)
+    torch.testing.assert_close(new(history, types), old(history, types))
 
 
 def test_items_already_in_the_catalog_are_refused(catalog):

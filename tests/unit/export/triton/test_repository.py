@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,14 +8,19 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.model.towers import TwoTower
 from export.triton.repository import (
+    REFERENCE_FILE,
     ServingConfig,
     export_repository,
     model_configs,
+    model_specs,
     read_config,
     scripted_modules,
     write_config,
 )
 from features import contract as sig
+from features.behaviour import NUM_TYPE_CODES, PAD_TYPE
+from features.catalog import PAD_INDEX
+from features.model_inputs import build_inputs
 
 ALL_MODELS = {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED}
 
@@ -111,3 +118,48 @@ def test_an_ann_index_ships_next_to_the_searching_models(tmp_path, catalog):
     with pytest.raises(ValueError, match="python target"):
         export_repository(model, catalog, tmp_path / "lt", sequence_length=5, target="libtorch",
                           index=RetrievalIndexConfig(kind="hnsw"))
+
+
+@pytest.mark.parametrize("target", ["python", "libtorch"])
+def test_history_types_are_served_next_to_the_history(tmp_path, catalog, target):
+    """user_tower, recommend and recommend_fused take HISTORY_TYPES INT64 [L] right after HISTORY,
+    as written to disk and parsed back (for libtorch: the second positional input)."""
+    export_repository(TwoTower(catalog, dim=8), catalog, tmp_path, sequence_length=5, target=target)
+    for name in (sig.USER_TOWER, sig.RECOMMEND, sig.RECOMMEND_FUSED):
+        config = read_config(tmp_path / name / "config.pbtxt")
+        contract_order = [t.name for t in model_specs(5, 8)[name].inputs]
+        assert contract_order[:2] == [sig.HISTORY, sig.HISTORY_TYPES]
+        position = contract_order.index(sig.HISTORY_TYPES)
+        types = config.input[position]
+        wanted = sig.HISTORY_TYPES if target == "python" or name == sig.RECOMMEND else "INPUT__1"
+        assert types.name == wanted
+        assert types.data_type == mc.TYPE_INT64 and list(types.dims) == [5]
+        assert list(config.input[position - 1].dims) == [5]
+        # the warm-up request sends it too (zeros: PAD steps)
+        if config.model_warmup:
+            assert config.model_warmup[0].inputs[types.name].zero_data
+    retrieve = read_config(tmp_path / sig.RETRIEVE / "config.pbtxt")
+    assert sig.HISTORY_TYPES not in {t.name for t in retrieve.input}
+
+
+def test_clients_send_exactly_what_the_models_take_in_order(catalog):
+    """One order everywhere: ModelInputs.tensors(), the ensemble's and the fused model's inputs;
+    models/retrieve.py reads the last two inputs as EXCLUDE and K and the rest as its query."""
+    client_order = list(build_inputs(["a"], catalog, 5, 2).tensors())
+    specs = model_specs(5, 8)
+    for name in (sig.RECOMMEND, sig.RECOMMEND_FUSED):
+        assert [t.name for t in specs[name].inputs] == client_order
+    for name in (sig.RETRIEVE, sig.RECOMMEND_FUSED):
+        assert [t.name for t in specs[name].inputs][-2:] == [sig.EXCLUDE, sig.K]
+    assert [t.name for t in specs[sig.USER_TOWER].inputs] == client_order[:2]
+
+
+def test_the_reference_requests_carry_realistic_event_types(tmp_path, catalog):
+    torch.manual_seed(0)
+    export_repository(TwoTower(catalog, dim=8), catalog, tmp_path, sequence_length=5)
+    ref = json.loads((tmp_path / sig.RETRIEVE / "1" / REFERENCE_FILE).read_text())
+    history, types = np.array(ref["history"]), np.array(ref["history_types"])
+    assert types.shape == history.shape
+    assert ((types == PAD_TYPE) == (history == PAD_INDEX)).all()  # a type on every real step
+    real = types[history != PAD_INDEX]
+    assert ((real > PAD_TYPE) & (real < NUM_TYPE_CODES)).all() and len(set(real.tolist())) > 2

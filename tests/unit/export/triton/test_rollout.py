@@ -12,8 +12,9 @@ import torch
 
 from export.model.towers import TwoTower
 from export.triton.repository import REFERENCE_FILE, export_repository, scripted_modules
-from export.triton.rollout import Rollout, RolloutError, RolloutState
+from export.triton.rollout import Rollout, RolloutError, RolloutState, read_shadow_requests
 from features import contract as sig
+from tests.support.models import with_type_effects
 
 SEQ = 5
 
@@ -77,17 +78,60 @@ def test_rollback_needs_a_previous_version_and_retire_refuses_the_live_one(live)
         r.retire(1)
 
 
-def test_the_reference_outputs_are_what_the_fused_model_answers(catalog, live):
-    ref = json.loads((live / sig.RETRIEVE / "1" / REFERENCE_FILE).read_text())
+def test_the_reference_outputs_are_what_the_fused_model_answers(catalog, tmp_path):
     torch.manual_seed(0)
-    fused = scripted_modules(TwoTower(catalog, dim=8).eval())[sig.RECOMMEND_FUSED]
-    history, exclude = np.array(ref["history"]), np.array(ref["exclude"])
+    model = with_type_effects(TwoTower(catalog, dim=8)).eval()  # types change its answers
+    live = export_repository(model, catalog, tmp_path / "typed", sequence_length=SEQ)
+    ref = json.loads((live / sig.RETRIEVE / "1" / REFERENCE_FILE).read_text())
+    fused = scripted_modules(model)[sig.RECOMMEND_FUSED]
+    history, types = np.array(ref["history"]), np.array(ref["history_types"])
+    exclude, k = np.array(ref["exclude"]), torch.full((len(history), 1), ref["k"], dtype=torch.int32)
     with torch.no_grad():
-        items, scores = fused(torch.from_numpy(history), torch.from_numpy(exclude),
-                              torch.full((len(history), 1), ref["k"], dtype=torch.int32))
+        items, scores = fused(torch.from_numpy(history), torch.from_numpy(types),
+                              torch.from_numpy(exclude), k)
+        _, untyped = fused(torch.from_numpy(history), torch.zeros_like(torch.from_numpy(types)),
+                           torch.from_numpy(exclude), k)
     assert items.tolist() == ref["item_index"]
     assert np.allclose(scores.numpy(), ref["score"])
-    assert history.shape == (16, SEQ) and all(row[-1] >= 2 for row in history)
+    assert not np.allclose(untyped.numpy(), ref["score"])  # a server that dropped types fails smoke
+    assert history.shape == types.shape == (16, SEQ) and all(row[-1] >= 2 for row in history)
     # the excluded items never come back with a finite score
     for ex, it, sc in zip(exclude, items.numpy(), scores.numpy(), strict=True):
         assert not set(ex[ex > 0]) & set(it[np.isfinite(sc)])
+
+
+def test_smoke_replays_the_reference_with_its_types(live):
+    ref = json.loads((live / sig.RETRIEVE / "1" / REFERENCE_FILE).read_text())
+    sent = []
+
+    def infer(version, inputs):  # stands in for Triton: answers what the reference says
+        sent.append(inputs)
+        return np.array(ref["item_index"]), np.array(ref["score"], dtype=np.float32), 1.0
+
+    r = rollout(live)
+    r._infer = infer
+    assert r.smoke(1).ok
+    (inputs,) = sent
+    assert list(inputs.tensors()) == [sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
+    assert inputs.history_types.tolist() == ref["history_types"]
+    assert inputs.history_types.dtype == np.int64 and inputs.history.tolist() == ref["history"]
+
+
+def test_smoke_refuses_a_reference_from_before_history_types(live):
+    path = live / sig.RETRIEVE / "1" / REFERENCE_FILE
+    ref = json.loads(path.read_text())
+    del ref["history_types"]
+    path.write_text(json.dumps(ref))
+    with pytest.raises(RolloutError, match="predates the behaviour-aware contract"):
+        rollout(live).smoke(1)
+
+
+def test_shadow_requests_read_either_snapshot_row_form(tmp_path):
+    path = tmp_path / "histories.json"
+    path.write_text(json.dumps({
+        "u1": ["a", "b"],  # bare item ids: type unknown, file order
+        "u2": [["e2", "b", "purchase", 20], ["e1", "a", "view", 10]],  # typed events, by time
+    }))
+    histories = read_shadow_requests(path)
+    assert [(str(s), s.event_type) for s in histories["u1"]] == [("a", "unknown"), ("b", "unknown")]
+    assert [(str(s), s.event_type) for s in histories["u2"]] == [("a", "view"), ("b", "purchase")]
