@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from feature_service.store import FeatureStore, StoreUnavailable, store_call
+from features.behaviour import steps_of
 from features.catalog import Item, ItemCatalog
 from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
 from features.model_inputs import ModelInputs, build_inputs, ranked_items
@@ -171,7 +172,8 @@ class RecommendationService:
         # Rules applied after retrieval (category filter, per-category cap) may drop items: ask
         # the model for more so that k usually survive.
         fetch_k = min(catalog.num_items, max(4 * k, k + 50)) if rules.filters_after_retrieval else k
-        inputs = build_inputs(features.recent_items, catalog, served.sequence_length, fetch_k,
+        # Steps, not bare items: the user tower reads each event's type (a purchase is not a view).
+        inputs = build_inputs(steps_of(features.recent), catalog, served.sequence_length, fetch_k,
                               exclude=rules.exclude)
         started = time.perf_counter()
         try:

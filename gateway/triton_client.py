@@ -28,6 +28,30 @@ from gateway.errors import UpstreamUnavailable
 log = logging.getLogger(__name__)
 
 
+class ContractMismatch(RuntimeError):
+    """The served model's inputs are not the ones this gateway sends: start-up must stop, since
+    every request would be rejected."""
+
+
+def check_contract(model: str, config: dict) -> int:
+    """The sequence length of ``model``'s history inputs, from its config (JSON form); raises
+    ContractMismatch naming what is missing or inconsistent."""
+    inputs = {i["name"]: i for i in config.get("input", [])}
+    if sig.HISTORY not in inputs:
+        raise ContractMismatch(f"Triton model {model!r} has no {sig.HISTORY} input (its inputs: "
+                               f"{', '.join(inputs) or 'none'}): it is not a recommender of this contract")
+    if sig.HISTORY_TYPES not in inputs:
+        raise ContractMismatch(
+            f"Triton model {model!r} has no {sig.HISTORY_TYPES} input: its repository predates the "
+            "behaviour-aware contract (an event type per history step) and must be re-exported "
+            "(python -m export)")
+    lengths = {name: int(inputs[name]["dims"][0]) for name in (sig.HISTORY, sig.HISTORY_TYPES)}
+    if len(set(lengths.values())) != 1:
+        raise ContractMismatch(f"Triton model {model!r}: {sig.HISTORY} and {sig.HISTORY_TYPES} have "
+                               f"different lengths {lengths}; they describe the same steps")
+    return lengths[sig.HISTORY]
+
+
 class TritonRecommender:
     def __init__(self, url: str, timeout_ms: int, model: str = sig.RECOMMEND, *,
                  client: Any | None = None) -> None:
@@ -44,13 +68,13 @@ class TritonRecommender:
         return len(self._calls)
 
     async def connect(self) -> None:
-        """Read the ensemble's input shape from its config (the contract) once at start-up."""
+        """Read the served model's input shape from its config (the contract) once at start-up,
+        and refuse a model whose inputs are not the contract's: every request would fail."""
         try:
             config = (await self._client.get_model_config(self.model, as_json=True))["config"]
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton at {self.url}: {exc}") from exc
-        history = next(i for i in config["input"] if i["name"] == sig.HISTORY)
-        self.sequence_length = int(history["dims"][0])
+        self.sequence_length = check_contract(self.model, config)
 
     async def ready(self) -> bool:
         try:

@@ -18,11 +18,12 @@ from gateway.schemas import Recommendations
 
 class FakeRecommender:
     """Scores items by index, highest first (so "f" > "e" > ... > "a"); records each call as
-    (history, exclusions without padding, k)."""
+    (history, exclusions without padding, k), and its whole request in ``inputs``."""
 
     def __init__(self, catalog: ItemCatalog) -> None:
         self.catalog = catalog
         self.calls: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self.inputs: list[ModelInputs] = []
         self.fail = False
         self.delay_s = 0.0
         self.in_flight = 0
@@ -32,6 +33,7 @@ class FakeRecommender:
         history, exclude, k = inputs.history[0], inputs.exclude[0], int(inputs.k[0, 0])
         exclude = exclude[exclude != PAD_INDEX]
         self.calls.append((history.copy(), exclude.copy(), k))
+        self.inputs.append(inputs)
         if self.delay_s:
             self.in_flight += 1
             try:

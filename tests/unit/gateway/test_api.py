@@ -10,8 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from feature_service.store import InMemoryStore
-from features.events import Event
-from features.user_state import FeatureRules
+from features import contract as sig
+from features.behaviour import PAD_TYPE, type_code
+from features.catalog import PAD_INDEX
+from features.events import Event, EventType
+from features.user_state import FeatureRules, RecentEvent, UserFeatures
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from gateway.deps import get_service
@@ -73,6 +76,55 @@ def test_known_user_gets_model_recommendations_without_seen_items(parts, catalog
     history, exclude, k = parts.recommender.calls[0]
     assert history.tolist() == [0, 0, catalog.index_of("a"), catalog.index_of("b")]
     assert sorted(exclude.tolist()) == sorted(catalog.indices_of(["a", "b"]).tolist()) and k == 3
+
+
+def test_the_model_reads_the_users_events_with_their_types_in_event_order(parts, catalog):
+    now = int(time.time() * 1000)
+    # applied out of time order, as a late event arrives: the request follows event time
+    for item, event_type, ts_ms in [("c", "purchase", now), ("a", "view", now - 2000),
+                                    ("c", "cart", now - 1000)]:
+        parts.store.apply(Event(user_id="u2", item_id=item, event_type=event_type, ts_ms=ts_ms))
+    recommend(parts, user="u2", k=2)
+    inputs = parts.recommender.inputs[-1]
+    a, c = catalog.index_of("a"), catalog.index_of("c")
+    assert inputs.history.tolist() == [[PAD_INDEX, a, c, c]]  # the repeat is a step of its own
+    assert inputs.history_types.tolist() == [
+        [PAD_TYPE, type_code("view"), type_code("cart"), type_code("purchase")]]
+    assert list(inputs.tensors()) == [sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
+
+
+class OneUserStore:
+    """A store holding one user's recent events as given (event types as enums or as names)."""
+
+    blocking = False
+
+    def __init__(self, recent) -> None:
+        self.recent = recent
+
+    def get(self, user_id, now_ms=None):
+        return UserFeatures(user_id, list(self.recent), seen_items={e.item_id for e in self.recent})
+
+    def trending(self, k, now_ms=None):
+        return []
+
+
+@pytest.mark.parametrize("as_enum", [True, False])
+def test_event_types_reach_the_request_whether_stored_as_enums_or_names(catalog, as_enum):
+    def kind(name):
+        return EventType(name) if as_enum else name
+
+    # out of order and with a tie on time: sorted by (time, event id), as the stores keep them
+    recent = [RecentEvent("e3", "d", kind("purchase"), 20), RecentEvent("e2", "b", kind("cart"), 10),
+              RecentEvent("e1", "a", kind("click"), 10)]
+    served = ServedModel(version=1, catalog=catalog, popular_items=[], sequence_length=3)
+    recommender = FakeRecommender(catalog)
+    service = RecommendationService(served, OneUserStore(recent), recommender, FakePublisher(),
+                                    InMemoryInventory())
+    body = asyncio.run(service.recommend("u", 2))
+    assert body.source == "model"
+    (inputs,) = recommender.inputs
+    assert inputs.history.tolist() == [catalog.indices_of(["a", "b", "d"]).tolist()]
+    assert inputs.history_types.tolist() == [[type_code("click"), type_code("cart"), type_code("purchase")]]
 
 
 def test_exclude_param_and_out_of_stock_items_are_never_recommended(parts):

@@ -1,5 +1,6 @@
 """The Triton client never cancels a call it has sent (Triton 2.51 crashes on a cancellation that
-races a response): a caller that stops waiting leaves the call to finish in the background."""
+races a response): a caller that stops waiting leaves the call to finish in the background. At
+start-up it refuses a model whose inputs are not the contract's."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from features import contract as sig
 from features.model_inputs import build_inputs
 from gateway.errors import UpstreamUnavailable
-from gateway.triton_client import TritonRecommender
+from gateway.triton_client import ContractMismatch, TritonRecommender
 
 
 class Result:
@@ -119,3 +120,41 @@ def test_close_lets_open_calls_finish_first(inputs):
         stuck.release.set()
 
     asyncio.run(scenario())
+
+
+class ConfigClient:
+    """Answers ``get_model_config`` with the given inputs (Triton's JSON form: dims as strings)."""
+
+    def __init__(self, *inputs: tuple[str, int]):
+        self.config = {"name": "m", "input": [{"name": n, "data_type": "TYPE_INT64", "dims": [str(d)]}
+                                              for n, d in inputs]}
+
+    async def get_model_config(self, model, as_json):
+        return {"config": self.config}
+
+
+def connect(client) -> TritonRecommender:
+    triton = TritonRecommender("unused", 1000, sig.RECOMMEND_FUSED, client=client)
+    asyncio.run(triton.connect())
+    return triton
+
+
+def test_start_up_reads_the_sequence_length_of_the_contract_inputs():
+    client = ConfigClient((sig.HISTORY, 7), (sig.HISTORY_TYPES, 7), (sig.EXCLUDE, -1), (sig.K, 1))
+    assert connect(client).sequence_length == 7
+
+
+def test_a_repository_from_before_history_types_stops_start_up_with_what_to_do():
+    old = ConfigClient((sig.HISTORY, 7), (sig.EXCLUDE, -1), (sig.K, 1))
+    with pytest.raises(ContractMismatch, match="no HISTORY_TYPES input") as failure:
+        connect(old)
+    assert "predates the behaviour-aware contract" in str(failure.value)
+    assert "re-export" in str(failure.value) and sig.RECOMMEND_FUSED in str(failure.value)
+
+
+def test_a_model_without_the_contract_names_stops_start_up():
+    positional = ConfigClient(("INPUT__0", 7), ("INPUT__1", 7), ("INPUT__2", -1), ("INPUT__3", 1))
+    with pytest.raises(ContractMismatch, match="no HISTORY input.*INPUT__0"):
+        connect(positional)
+    with pytest.raises(ContractMismatch, match="different lengths"):
+        connect(ConfigClient((sig.HISTORY, 7), (sig.HISTORY_TYPES, 5)))
