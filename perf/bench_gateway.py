@@ -61,6 +61,7 @@ from perf import gateway_report  # noqa: E402
 from perf.cpu_accounting import CpuProbe  # noqa: E402
 from perf.gateway_targets import GatewayTarget, TritonTarget  # noqa: E402
 from perf.harness import SNAPSHOT_FILE, environment, export_fresh, finish, write_csv, write_json  # noqa: E402
+from perf.input_data import snapshot_steps  # noqa: E402
 from perf.load_generator import RunSpec, make_schedule, open_loop, summarize_run  # noqa: E402
 from perf.server_stats import (  # noqa: E402
     GATEWAY_HISTOGRAMS,
@@ -74,10 +75,11 @@ TARGETS = ("gateway", "triton")
 HISTORY_ITEMS = 100  # the feature store's recent events per user (FeatureRules.history_items)
 
 
-def request_inputs(items: Sequence[str], catalog, sequence_length: int, k: int) -> ModelInputs:
-    """What the gateway sends Triton for a user whose store was seeded with ``items``: the store
-    keeps the last HISTORY_ITEMS events as history, and every item as seen (excluded)."""
-    return build_inputs(list(items[-HISTORY_ITEMS:]), catalog, sequence_length, k, exclude=items)
+def request_inputs(steps: Sequence[str], catalog, sequence_length: int, k: int) -> ModelInputs:
+    """What the gateway sends Triton for a user whose store was seeded with ``steps`` (a user of
+    ``perf.input_data.snapshot_steps``): the store keeps the last HISTORY_ITEMS events as history,
+    with their types, and every item as seen (excluded)."""
+    return build_inputs(list(steps[-HISTORY_ITEMS:]), catalog, sequence_length, k, exclude=steps)
 
 
 async def measure(target, spec: RunSpec, probe: CpuProbe, triton_url: str | None,
@@ -166,7 +168,7 @@ def sanity_check(gateway_url: str, user: str, k: int) -> str | None:
 def load_users(args: argparse.Namespace, repository: Path,
                histories_path: Path) -> tuple[list[str], dict[str, ModelInputs]]:
     """The snapshot's users with a history (in a stable order) and each one's Triton request."""
-    histories: dict[str, list[str]] = json.loads(histories_path.read_text())
+    histories = snapshot_steps(json.loads(histories_path.read_text()))
     served = load_served_model(repository)
     users = sorted((u for u, items in histories.items() if items), key=lambda u: (len(u), u))
     if args.users:

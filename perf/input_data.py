@@ -2,7 +2,8 @@
 
 perf_analyzer's ``--input-data`` JSON (docs: perf_analyzer "Real Input Data") is::
 
-    {"data": [{"HISTORY": {"content": [...], "shape": [L]}, "EXCLUDE": {...}, "K": {...}}, ...]}
+    {"data": [{"HISTORY": {"content": [...], "shape": [L]}, "HISTORY_TYPES": {...},
+               "EXCLUDE": {...}, "K": {...}}, ...]}
 
 one entry per request (batch 1, so ``shape`` leaves out the batch dimension), sent round-robin.
 Random or zero inputs would measure a different workload: an all-PAD history skips most of the
@@ -20,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from features import contract as sig
+from features.behaviour import Step, steps_of
 from features.catalog import PAD_INDEX, ItemCatalog
 from features.model_inputs import ModelInputs, build_inputs, stack_inputs
+from features.user_state import SnapshotRow, snapshot_events
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,13 @@ DEFAULT_K = 10
 # Below this share of known items the histories belong to another catalog (another dataset):
 # every row would be OOV, which is no better than zeros.
 MIN_KNOWN_SHARE = 0.9
+
+
+def snapshot_steps(snapshot: Mapping[str, Sequence[SnapshotRow]]) -> dict[str, list[Step]]:
+    """A user-history snapshot (``user_histories.json``: bare item ids or typed event rows, see
+    ``features.user_state``) as each user's steps, in the order and with the types the feature
+    stores give the gateway."""
+    return {user: steps_of(snapshot_events(user, rows)) for user, rows in snapshot.items()}
 
 
 def recent_seen(item_ids: Sequence[str], catalog: ItemCatalog, limit: int) -> list[str]:
@@ -72,6 +82,7 @@ def build_rows(
 ) -> ModelInputs:
     """``users`` randomly chosen (seeded) users' requests, one row each, built as the gateway
     builds them (``features.model_inputs.build_inputs``) but with EXCLUDE at one fixed width.
+    ``histories`` are steps (``snapshot_steps``), or plain item ids, sent with type "unknown".
 
     Raises ValueError if the histories do not belong to ``catalog`` (too many unknown items) or
     no user has a known item.
@@ -93,14 +104,16 @@ def build_rows(
     return replace(batch, exclude=fixed_width(batch.exclude, exclude_width))
 
 
-def user_embeddings(user_tower_pt: Path, history: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Run the exported TorchScript user tower on ``history``: the USER_EMBEDDING rows that the
-    ensemble's first step would hand to ``retrieve``."""
+def user_embeddings(user_tower_pt: Path, history: np.ndarray, history_types: np.ndarray,
+                    chunk: int = 256) -> np.ndarray:
+    """Run the exported TorchScript user tower on ``history`` and its type codes: the
+    USER_EMBEDDING rows that the ensemble's first step would hand to ``retrieve``."""
     import torch  # only needed here; keeps the JSON helpers importable without torch
 
     tower = torch.jit.load(str(user_tower_pt), map_location="cpu").eval()
     with torch.inference_mode():
-        parts = [tower(torch.from_numpy(history[i:i + chunk])).numpy()
+        parts = [tower(torch.from_numpy(history[i:i + chunk]),
+                       torch.from_numpy(history_types[i:i + chunk])).numpy()
                  for i in range(0, len(history), chunk)]
     return np.concatenate(parts).astype(np.float32)
 
@@ -120,10 +133,11 @@ def perf_analyzer_data(tensors: Mapping[str, np.ndarray]) -> dict:
 
 def model_tensors(rows: ModelInputs, embeddings: np.ndarray | None) -> dict[str, dict[str, np.ndarray]]:
     """Inputs per model: the ensemble and the fused model take what a client sends; ``user_tower``
-    only the history; ``retrieve`` the tower's output (when ``embeddings`` is given)."""
+    only the history (items and types); ``retrieve`` the tower's output (when ``embeddings`` is
+    given)."""
     client = rows.tensors()
     out = {
-        sig.USER_TOWER: {sig.HISTORY: rows.history},
+        sig.USER_TOWER: {sig.HISTORY: rows.history, sig.HISTORY_TYPES: rows.history_types},
         sig.RECOMMEND: client,
         sig.RECOMMEND_FUSED: client,
     }
@@ -154,7 +168,7 @@ def write_input_files(
     rows = build_rows(histories, catalog, int(serving["sequence_length"]), users=users,
                       exclude_width=exclude_width, k=k, seed=seed)
     tower_pt = latest_version(repository / sig.USER_TOWER) / "model.pt"
-    embeddings = user_embeddings(tower_pt, rows.history)
+    embeddings = user_embeddings(tower_pt, rows.history, rows.history_types)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for model, tensors in model_tensors(rows, embeddings).items():

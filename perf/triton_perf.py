@@ -47,7 +47,7 @@ from features import contract as sig  # noqa: E402
 from perf import triton_report  # noqa: E402
 from perf.analyzer import PerfError, Target, Window, run_perf_analyzer  # noqa: E402
 from perf.harness import SNAPSHOT_FILE, environment, export_fresh, finish  # noqa: E402
-from perf.input_data import DEFAULT_K, EXCLUDE_WIDTH, write_input_files  # noqa: E402
+from perf.input_data import DEFAULT_K, EXCLUDE_WIDTH, snapshot_steps, write_input_files  # noqa: E402
 from perf.triton_report import BATCHING_CONCURRENCY, point  # noqa: E402
 
 MODELS = (sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED)
@@ -102,8 +102,9 @@ def env_vars(**values: str | None) -> Iterator[None]:
 
 
 def load_histories(path: Path | None) -> dict[str, list[str]]:
+    """Users' steps from a snapshot file (either row form), else from ML-100K."""
     if path is not None:
-        return json.loads(path.read_text())
+        return snapshot_steps(json.loads(path.read_text()))
     from export.data.interactions import load_movielens_100k
 
     return load_movielens_100k().user_sequences()

@@ -3,17 +3,23 @@
 import numpy as np
 
 from features import contract as sig
+from features.behaviour import type_code
 from features.catalog import PAD_INDEX
 from perf.bench_gateway import HISTORY_ITEMS, request_inputs
 from perf.gateway_report import CSV_COLUMNS, run_warnings, target_checks
+from perf.input_data import snapshot_steps
 
 
 def test_triton_request_is_what_the_gateway_builds(catalog):
     items = ["a", "b", "c", "a", "zz"]
-    inputs = request_inputs(items, catalog, sequence_length=4, k=10)
+    types = ["view", "click", "cart", "purchase", "view"]
+    steps = snapshot_steps({"u": [[f"e{i}", item, t, 10 * i]
+                                  for i, (item, t) in enumerate(zip(items, types, strict=True))]})["u"]
+    inputs = request_inputs(steps, catalog, sequence_length=4, k=10)
     tensors = inputs.tensors()
-    assert list(tensors) == [sig.HISTORY, sig.EXCLUDE, sig.K]
+    assert list(tensors) == [sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
     assert tensors[sig.HISTORY].tolist() == [[catalog.index_of(i) for i in items[-4:]]]
+    assert tensors[sig.HISTORY_TYPES].tolist() == [[type_code(t) for t in types[-4:]]]
     exclude = tensors[sig.EXCLUDE][0]
     assert len(exclude) == 16  # a power of two, as the gateway pads it
     assert sorted(exclude[exclude != PAD_INDEX].tolist()) == sorted(catalog.index_of(i) for i in "abc")

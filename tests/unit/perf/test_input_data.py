@@ -10,6 +10,7 @@ import torch
 from export.model.towers import TwoTower
 from export.triton.repository import ServingConfig, export_repository
 from features import contract as sig
+from features.behaviour import PAD_TYPE, STEP_TYPES, type_code
 from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX
 from perf.input_data import (
     build_rows,
@@ -17,8 +18,10 @@ from perf.input_data import (
     model_tensors,
     perf_analyzer_data,
     recent_seen,
+    snapshot_steps,
     write_input_files,
 )
+from tests.support.models import with_type_effects
 
 HISTORIES = {
     "u1": ["a", "b", "c", "a"],
@@ -32,6 +35,7 @@ def test_rows_have_contract_shapes_and_no_all_pad_history(catalog):
     rows = build_rows(HISTORIES, catalog, sequence_length=5, users=10, exclude_width=8, k=3)
     assert rows.batch_size == 4  # fewer users than asked: all of them
     assert rows.history.shape == (4, 5) and rows.history.dtype == np.int64
+    assert rows.history_types.shape == (4, 5) and rows.history_types.dtype == np.int64
     assert rows.exclude.shape == (4, 8) and rows.exclude.dtype == np.int64
     assert rows.k.dtype == np.int32 and rows.k.tolist() == [[3]] * 4
     assert (rows.history != PAD_INDEX).any(axis=1).all()
@@ -88,13 +92,15 @@ def test_perf_analyzer_json_has_one_batch1_entry_per_row(catalog):
     embeddings = np.random.default_rng(0).normal(size=(rows.batch_size, 4)).astype(np.float32)
     tensors = model_tensors(rows, embeddings)
     assert set(tensors) == {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED}
-    assert set(tensors[sig.USER_TOWER]) == {sig.HISTORY}
+    assert list(tensors[sig.USER_TOWER]) == [sig.HISTORY, sig.HISTORY_TYPES]
+    assert list(tensors[sig.RECOMMEND]) == [sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
     assert set(tensors[sig.RETRIEVE]) == {sig.USER_EMBEDDING, sig.EXCLUDE, sig.K}
 
     data = json.loads(json.dumps(perf_analyzer_data(tensors[sig.RECOMMEND])))["data"]
     assert len(data) == rows.batch_size
     for i, entry in enumerate(data):
         assert entry[sig.HISTORY] == {"content": rows.history[i].tolist(), "shape": [5]}
+        assert entry[sig.HISTORY_TYPES] == {"content": rows.history_types[i].tolist(), "shape": [5]}
         assert entry[sig.EXCLUDE]["shape"] == [8] and len(entry[sig.EXCLUDE]["content"]) == 8
         assert entry[sig.K] == {"content": [3], "shape": [1]}
         assert all(isinstance(v, int) for v in entry[sig.EXCLUDE]["content"])
@@ -107,12 +113,23 @@ def test_unequal_row_counts_are_refused():
         perf_analyzer_data({"A": np.zeros((2, 3)), "B": np.zeros((3, 3))})
 
 
+def test_snapshot_rows_become_steps_with_their_types(catalog):
+    steps = snapshot_steps({"old": ["a", "b"],  # bare item ids: type unknown, file order
+                            "new": [["e2", "b", "purchase", 20], ["e1", "a", "view", 10]]})
+    assert [(str(s), s.event_type) for s in steps["old"]] == [("a", "unknown"), ("b", "unknown")]
+    assert [(str(s), s.event_type) for s in steps["new"]] == [("a", "view"), ("b", "purchase")]
+    rows = build_rows({"new": steps["new"]}, catalog, sequence_length=3, users=1)
+    assert rows.history_types.tolist() == [[PAD_TYPE, type_code("view"), type_code("purchase")]]
+
+
 def test_input_files_come_from_an_exported_repository(catalog, tmp_path):
     torch.manual_seed(0)
-    model = TwoTower(catalog, dim=8)
+    model = with_type_effects(TwoTower(catalog, dim=8, sequence_length=4))  # types move embeddings
     repository = export_repository(model, catalog, tmp_path / "repo", sequence_length=4,
                                    serving=ServingConfig(warmup=False))
-    paths = write_input_files(repository, HISTORIES, tmp_path / "inputs", users=3,
+    histories = snapshot_steps({u: [[f"e{i}", item, STEP_TYPES[i % len(STEP_TYPES)], i]
+                                    for i, item in enumerate(items)] for u, items in HISTORIES.items()})
+    paths = write_input_files(repository, histories, tmp_path / "inputs", users=3,
                               exclude_width=8, k=2)
     assert set(paths) == {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED}
     retrieve = json.loads(paths[sig.RETRIEVE].read_text())["data"]
@@ -120,8 +137,12 @@ def test_input_files_come_from_an_exported_repository(catalog, tmp_path):
     assert len(retrieve) == len(recommend) == 3
     # USER_EMBEDDING rows are the exported tower's output for the same histories.
     history = torch.tensor([r[sig.HISTORY]["content"] for r in recommend])
+    types = torch.tensor([r[sig.HISTORY_TYPES]["content"] for r in recommend])
+    user_tower = json.loads(paths[sig.USER_TOWER].read_text())["data"]
+    assert [r[sig.HISTORY_TYPES] for r in user_tower] == [r[sig.HISTORY_TYPES] for r in recommend]
+    assert len(set(types.flatten().tolist())) > 2
     with torch.no_grad():
-        expected = model.eval().user_tower(history).numpy()
+        expected = model.eval().user_tower(history, types).numpy()
     got = np.array([r[sig.USER_EMBEDDING]["content"] for r in retrieve], dtype=np.float32)
     assert got.shape == (3, 8)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
