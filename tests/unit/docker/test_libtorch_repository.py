@@ -17,9 +17,12 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.model.towers import TwoTower
-from export.triton.repository import export_repository, read_config
+from export.triton.repository import export_repository, model_specs, read_config
 from features import contract as sig
+from features.behaviour import Step
 from features.catalog import FIRST_ITEM_INDEX
+from features.model_inputs import build_inputs
+from tests.support.models import with_type_effects
 
 SEQUENCE_LENGTH = 5
 DIM = 8
@@ -35,7 +38,7 @@ DTYPES = {
 def repository(tmp_path_factory, catalog_items):
     root = tmp_path_factory.mktemp("model_repository_libtorch")
     torch.manual_seed(0)
-    model = TwoTower(catalog_items, dim=DIM).eval()
+    model = with_type_effects(TwoTower(catalog_items, dim=DIM, sequence_length=SEQUENCE_LENGTH)).eval()
     export_repository(model, catalog_items, root, sequence_length=SEQUENCE_LENGTH, version=VERSION,
                       target="libtorch")
     return root
@@ -177,3 +180,43 @@ def test_the_gateway_finds_its_serving_files(repository):
     served = load_served_model(repository)
     assert served.version == VERSION and served.sequence_length == SEQUENCE_LENGTH
     assert served.catalog.num_items == 6
+
+
+def test_positional_inputs_are_the_contracts_order(repository, catalog_items):
+    """INPUT__i is the i-th contract tensor: the ensemble maps names onto positions, and a
+    request built by the gateway, fed to forward in that order, reaches the right arguments."""
+    specs = model_specs(SEQUENCE_LENGTH, DIM)
+    assert [t.name for t in specs[sig.RECOMMEND_FUSED].inputs] == [
+        sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
+    steps = {step.model_name: dict(step.input_map)
+             for step in _configs(repository)[sig.RECOMMEND].ensemble_scheduling.step}
+    assert steps[sig.USER_TOWER] == {"INPUT__0": sig.HISTORY, "INPUT__1": sig.HISTORY_TYPES}
+    assert steps[sig.RETRIEVE] == {"INPUT__0": sig.USER_EMBEDDING, "INPUT__1": sig.EXCLUDE,
+                                   "INPUT__2": sig.K}
+    fused = torch.jit.load(str(repository / sig.RECOMMEND_FUSED / str(VERSION) / "model.pt")).eval()
+    assert [a.name for a in fused.forward.schema.arguments][1:] == ["history", "types", "exclude", "k"]
+    # the event types reach the model: same items, other types, other scores
+    answers = []
+    for event_type in ("view", "purchase"):
+        inputs = build_inputs([Step(i, event_type) for i in "abc"], catalog_items, SEQUENCE_LENGTH, 3)
+        with torch.no_grad():
+            answers.append(fused(*[torch.from_numpy(a) for a in inputs.tensors().values()])[1])
+    assert not torch.allclose(*answers)
+
+
+def test_the_compose_gateway_calls_a_model_that_takes_the_contract_names(repository):
+    """The gateway sends HISTORY, HISTORY_TYPES, EXCLUDE, K by name and checks them at start-up;
+    in this repository only the ensemble has those names (the others are INPUT__i)."""
+    from google.protobuf import json_format
+
+    from gateway.triton_client import ContractMismatch, check_contract
+    from tests.unit.docker._support import load_compose
+
+    model = load_compose()["services"]["gateway"]["environment"]["RECSYS_GATEWAY_TRITON_MODEL"]
+    configs = {name: json_format.MessageToDict(config, preserving_proto_field_name=True)
+               for name, config in _configs(repository).items()}
+    assert check_contract(model, configs[model]) == SEQUENCE_LENGTH
+    assert [i["name"] for i in configs[model]["input"]] == [
+        sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
+    with pytest.raises(ContractMismatch, match="no HISTORY input"):
+        check_contract(sig.RECOMMEND_FUSED, configs[sig.RECOMMEND_FUSED])
