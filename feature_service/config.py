@@ -40,7 +40,8 @@ class FeatureServiceSettings(BaseSettings):
     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS  # events further ahead of the clock: dead-letter topic
     # A catalog.json (as in model_repository/retrieve/<v>/): item categories for affinities.
     catalog_path: str | None = None
-    snapshot_path: str | None = None  # user histories to seed the in-process store with
+    # A batch snapshot of user histories (JSON, features.user_state.snapshot_events) to seed the store with.
+    snapshot_path: str | None = None
     # Prometheus endpoint of `python -m feature_service` (embedded, the gateway's /metrics has it).
     metrics_port: int = 0  # 0: none
     metrics_host: str = "127.0.0.1"  # interface of the Prometheus endpoint

@@ -7,7 +7,9 @@ and survives them. Both apply the rules in ``features.user_state`` and pass the 
 bounded window, so Kafka's at-least-once delivery becomes effectively-once; each event is applied
 atomically (de-duplication mark and every feature update together, or nothing).
 
-Recent events are ordered by event time, ties by event id, so a late event lands where it belongs.
+Recent events are in ``features.behaviour.event_order`` (event time, ties by event id) in both
+stores, trimmed alike, so a late event lands where it belongs and both stores hand the user tower
+the same steps.
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ from typing import Protocol, TypeVar
 
 import redis
 
+from features.behaviour import event_order
 from features.events import Event, EventType
 from features.user_state import (
     EVENT_WEIGHTS,
     FeatureRules,
     RecentEvent,
+    SnapshotRow,
     UserFeatures,
     decayed_value,
+    is_purchase,
     log_decayed_add,
     recent_event,
+    snapshot_events,
 )
 
 
@@ -44,10 +50,18 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _snapshot_event(position: int, item_id: str) -> RecentEvent:
-    # Snapshot rows have no event time or type: time 0 keeps them before every live event, and the
-    # zero-padded position keeps their order (ties are broken by event id).
-    return RecentEvent(f"snapshot:{position:06d}", item_id, EventType.VIEW, 0)
+def _parse_snapshot(histories: Mapping[str, Sequence[SnapshotRow]],
+                    keep: int) -> list[tuple[str, list[RecentEvent], set[str], set[str]]]:
+    """Per user: the newest ``keep`` snapshot events, and the seen and bought items of all of them
+    (those sets are never trimmed). Everything is parsed before either store changes anything, so a
+    malformed snapshot leaves the store as it was."""
+    out = []
+    for user, rows in histories.items():
+        events = snapshot_events(user, rows)
+        if events:
+            out.append((user, events[-keep:], {e.item_id for e in events},
+                        {e.item_id for e in events if is_purchase(e)}))
+    return out
 
 
 class FeatureStore(Protocol):
@@ -69,9 +83,12 @@ class FeatureStore(Protocol):
     def trending(self, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
         """The ``k`` items with the highest decayed popularity, best first."""
 
-    def load_snapshot(self, histories: dict[str, list[str]]) -> None:
-        """Merge chronological item histories (a batch snapshot) in front of any live events.
-        Idempotent: loading the same snapshot again changes nothing."""
+    def load_snapshot(self, histories: Mapping[str, Sequence[SnapshotRow]]) -> None:
+        """Merge a batch snapshot of user histories (``features.user_state.snapshot_events``: typed
+        ``[event_id, item_id, event_type, ts_ms]`` rows, or bare item ids in front of every live
+        event) into the recent events, seen items and bought items (purchases). An event whose
+        (time, id) is already there is not added again, so loading the same snapshot twice changes
+        nothing. Affinities and trending come from the live stream only."""
 
     def ping(self) -> bool: ...
 
@@ -96,10 +113,6 @@ class _UserState:
     bought: set[str] = field(default_factory=set)
     affinity_log: dict[str, float] = field(default_factory=dict)
     updated_at_ms: int | None = None
-
-
-def _order(e: RecentEvent) -> tuple[int, str]:
-    return e.ts_ms, e.event_id
 
 
 class InMemoryStore:
@@ -139,13 +152,16 @@ class InMemoryStore:
             self._applied.popitem(last=False)
         rules = self.rules
         state = self._users.setdefault(event.user_id, _UserState())
-        # Late events land at their place in time, not at the end.
+        # Late events land at their place in time, not at the end. The same (time, id) already
+        # there came from a snapshot: it counts below (the snapshot has no affinities or trending)
+        # but is one step, not two.
         insert_at = len(state.recent)
         key = (event.ts_ms, event.event_id)
-        while insert_at and _order(state.recent[insert_at - 1]) > key:
+        while insert_at and event_order(state.recent[insert_at - 1]) > key:
             insert_at -= 1
-        state.recent.insert(insert_at, recent_event(event))
-        del state.recent[:-rules.history_items]
+        if not insert_at or event_order(state.recent[insert_at - 1]) != key:
+            state.recent.insert(insert_at, recent_event(event))
+            del state.recent[:-rules.history_items]
         state.seen.add(event.item_id)
         if event.event_type is EventType.PURCHASE:
             state.bought.add(event.item_id)
@@ -181,17 +197,17 @@ class InMemoryStore:
             top = heapq.nlargest(k, self._trending_log.items(), key=lambda kv: (kv[1], kv[0]))
         return [(item, decayed_value(v, now_ms, self.rules.trending_half_life_ms)) for item, v in top]
 
-    def load_snapshot(self, histories: dict[str, list[str]]) -> None:
+    def load_snapshot(self, histories: Mapping[str, Sequence[SnapshotRow]]) -> None:
+        keep = self.rules.history_items
+        parsed = _parse_snapshot(histories, keep)
         with self._lock:
-            for user, items in histories.items():
+            for user, events, seen, bought in parsed:
                 state = self._users.setdefault(user, _UserState())
-                have = {e.event_id for e in state.recent}
-                offset = len(items) - len(items[-self.rules.history_items:])
-                added = [_snapshot_event(offset + i, item)
-                         for i, item in enumerate(items[offset:])]
-                state.recent = sorted(state.recent + [e for e in added if e.event_id not in have],
-                                      key=_order)[-self.rules.history_items:]
-                state.seen.update(items)
+                have = {event_order(e) for e in state.recent}
+                state.recent = sorted(state.recent + [e for e in events if event_order(e) not in have],
+                                      key=event_order)[-keep:]
+                state.seen.update(seen)
+                state.bought.update(bought)
 
     def ping(self) -> bool:
         return True
@@ -200,11 +216,36 @@ class InMemoryStore:
         pass
 
 
+# A recent-event member is "<event_id> <item_id> <event_type>", scored by event time. Redis orders
+# equal scores by member bytes, and the space sorts below every character ids may contain
+# (features.events.ID_PATTERN), so members of one time sort as their ids do and the ZSET order is
+# features.behaviour.event_order ("a" before "a0"). The earlier separator "|" sorts above them
+# (members written before the change still read; ``get`` sorts, so their ties come out right too).
+_SEP = " "
+_OLD_SEP = "|"
+
+# Lua: whether the recent ZSET already holds an event with this member's id at this time (written by
+# a snapshot, or in the old member format).
+_HAS_EVENT_LUA = """
+local function event_id(member) return string.match(member, '^[^ |]+') end
+local function has_event(key, ts, member)
+  local id = event_id(member)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, ts, ts)) do
+    if event_id(m) == id then return true end
+  end
+  return false
+end
+local function trim(key, keep)
+  local n = redis.call('ZCARD', key)
+  if n > keep then redis.call('ZREMRANGEBYRANK', key, 0, n - keep - 1) end
+end
+"""
+
 # Atomic apply. KEYS: dedup mark, recent (ZSET by event time), seen, bought, affinity (HASH of log
 # scores), updated, trending (ZSET of log scores). ARGV: dedup ttl s, ts ms, recent member, item,
 # history length, now ms, is purchase, log2(weight), affinity half life, trending half life,
 # categories... The log-space arithmetic is features.user_state.log_decayed_add.
-_APPLY_LUA = """
+_APPLY_LUA = _HAS_EVENT_LUA + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
 local ts = tonumber(ARGV[2])
 local log2w = tonumber(ARGV[8])
@@ -215,10 +256,10 @@ local function logadd(current, term)
   return hi + math.log(1 + 2 ^ (lo - hi)) / math.log(2)
 end
 local function fmt(x) return string.format('%.17g', x) end
-redis.call('ZADD', KEYS[2], ts, ARGV[3])
-local n = redis.call('ZCARD', KEYS[2])
-local keep = tonumber(ARGV[5])
-if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1) end
+if not has_event(KEYS[2], ARGV[2], ARGV[3]) then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  trim(KEYS[2], tonumber(ARGV[5]))
+end
 redis.call('SADD', KEYS[3], ARGV[4])
 if ARGV[7] == '1' then redis.call('SADD', KEYS[4], ARGV[4]) end
 local aff_term = log2w + ts / tonumber(ARGV[9])
@@ -232,21 +273,33 @@ redis.call('SET', KEYS[6], ARGV[6])
 return 1
 """
 
-_SNAPSHOT_LUA = """
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
-local n = redis.call('ZCARD', KEYS[1])
-local keep = tonumber(ARGV[1])
-if n > keep then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - keep - 1) end
-return n
+# One user's snapshot. KEYS: recent. ARGV: history length, then (ts ms, member) pairs.
+_SNAPSHOT_LUA = _HAS_EVENT_LUA + """
+for i = 2, #ARGV, 2 do
+  if not has_event(KEYS[1], ARGV[i], ARGV[i + 1]) then redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+trim(KEYS[1], tonumber(ARGV[1]))
+return redis.call('ZCARD', KEYS[1])
 """
+
+
+def _member(event_id: str, item_id: str, event_type: str) -> str:
+    return f"{event_id}{_SEP}{item_id}{_SEP}{event_type}"
+
+
+def _from_member(member: bytes, ts: float) -> RecentEvent:
+    text = member.decode()
+    event_id, item_id, event_type = text.split(_SEP if _SEP in text else _OLD_SEP)
+    return RecentEvent(event_id, item_id, event_type, int(ts))
 
 
 class RedisStore:
     """Features in Redis under ``<prefix>:u:<user>:{recent,seen,bought,aff,updated}``, trending in
     ``<prefix>:trending``, de-duplication marks ``<prefix>:e:<event_id>`` with a TTL.
 
-    A recent-event member is ``<event_id>|<item_id>|<event_type>`` scored by event time, so that
-    repeated views of one item are all kept."""
+    A recent-event member is ``<event_id> <item_id> <event_type>`` (space-separated, so that ties
+    in time sort by event id as ``features.behaviour.event_order`` does) scored by event time, so
+    that repeated views of one item are all kept."""
 
     durable = True
     blocking = True
@@ -278,7 +331,7 @@ class RedisStore:
         keys = [f"{self.prefix}:e:{event.event_id}", recent, seen, bought, aff, updated,
                 self._trending_key]
         args = [self.dedup_ttl_s, event.ts_ms,
-                f"{event.event_id}|{event.item_id}|{event.event_type.value}", event.item_id,
+                _member(event.event_id, event.item_id, event.event_type.value), event.item_id,
                 rules.history_items, now_ms, int(event.event_type is EventType.PURCHASE),
                 repr(math.log2(EVENT_WEIGHTS[event.event_type])), rules.affinity_half_life_ms,
                 rules.trending_half_life_ms, *self.item_categories.get(event.item_id, ())]
@@ -324,10 +377,8 @@ class RedisStore:
             raise StoreUnavailable(str(exc)) from exc
         if not seen_items:
             return None
-        events = []
-        for member, ts in members:
-            event_id, item_id, event_type = member.decode().split("|")
-            events.append(RecentEvent(event_id, item_id, EventType(event_type), int(ts)))
+        # Sorted here as well: members in the old format order ties differently in Redis.
+        events = sorted((_from_member(member, ts) for member, ts in members), key=event_order)
         half_life = self.rules.affinity_half_life_ms
         return UserFeatures(
             user_id=user_id,
@@ -348,19 +399,20 @@ class RedisStore:
         half_life = self.rules.trending_half_life_ms
         return [(item.decode(), decayed_value(score, now_ms, half_life)) for item, score in top]
 
-    def load_snapshot(self, histories: dict[str, list[str]]) -> None:
+    def load_snapshot(self, histories: Mapping[str, Sequence[SnapshotRow]]) -> None:
+        keep = self.rules.history_items
+        parsed = _parse_snapshot(histories, keep)
         try:
             pipe = self._redis.pipeline(transaction=False)
-            for user, items in histories.items():
-                if not items:
-                    continue
-                recent, seen, *_ = self._user_keys(user)
-                offset = len(items) - len(items[-self.rules.history_items:])
-                members = [f"{e.event_id}|{e.item_id}|{e.event_type.value}"
-                           for e in (_snapshot_event(offset + i, item)
-                                     for i, item in enumerate(items[offset:]))]
-                self._snapshot(keys=[recent], args=[self.rules.history_items, *members], client=pipe)
-                pipe.sadd(seen, *items)
+            for user, events, seen_items, bought_items in parsed:
+                recent, seen, bought, *_ = self._user_keys(user)
+                args: list[object] = [keep]
+                for e in events:
+                    args += [e.ts_ms, _member(e.event_id, e.item_id, e.event_type)]
+                self._snapshot(keys=[recent], args=args, client=pipe)
+                pipe.sadd(seen, *seen_items)
+                if bought_items:
+                    pipe.sadd(bought, *bought_items)
             pipe.execute()
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc

@@ -15,9 +15,12 @@ in step.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from features.events import Event, EventType
+from features.behaviour import event_order, type_name
+from features.events import ID_PATTERN, Event, EventType
 
 # A purchase says more about taste than a view. Used for affinities and trending alike.
 EVENT_WEIGHTS: dict[EventType, float] = {
@@ -60,14 +63,16 @@ def decayed_value(log_score: float, now_ms: int, half_life_ms: int) -> float:
 class RecentEvent:
     event_id: str
     item_id: str
-    event_type: EventType
+    # A ``features.behaviour`` step-type name, not an ``EventType``: a snapshot from offline data
+    # carries types the live stream has not ("rating", "unknown").
+    event_type: str
     ts_ms: int
 
 
 @dataclass
 class UserFeatures:
     user_id: str
-    recent: list[RecentEvent]  # chronological by event time, most recent last
+    recent: list[RecentEvent]  # by features.behaviour.event_order, most recent last
     seen_items: set[str] = field(default_factory=set)  # every item ever interacted with
     bought_items: set[str] = field(default_factory=set)  # purchased items
     category_affinity: dict[str, float] = field(default_factory=dict)  # decayed to read time
@@ -82,4 +87,60 @@ class UserFeatures:
 
 
 def recent_event(event: Event) -> RecentEvent:
-    return RecentEvent(event.event_id, event.item_id, event.event_type, event.ts_ms)
+    return RecentEvent(event.event_id, event.item_id, type_name(event.event_type), event.ts_ms)
+
+
+# --- batch snapshots ------------------------------------------------------------------------------
+#
+# A snapshot seeds the stores with users' histories from offline data (``load_snapshot``), as JSON
+# ``{user_id: rows}``. A row is either
+#
+# * ``[event_id, item_id, event_type, ts_ms]``: a real event. It sorts among live events by its real
+#   time and id, and the live delivery of the same event (same time and id) does not add it twice;
+# * a bare ``item_id`` (the older form: chronological items, nothing else known). These become
+#   events of type "unknown" at time 0 with ids ``snapshot:<position>``, so they stay in file order
+#   and in front of every live event.
+
+SNAPSHOT_TYPE = "unknown"
+_ID = re.compile(ID_PATTERN)
+# Event ids of snapshot rows are never part of a Redis key, and the ids the offline loader generates
+# for a log without them ("row~<n>") lie outside ID_PATTERN: any printable ASCII but the space and
+# "|", the separators of a Redis recent-event member. The space sorts below all of these, which
+# keeps Redis's order of ties that of the ids.
+_EVENT_ID = re.compile(r"^[!-{}~]{1,64}$")
+
+SnapshotRow = str | Sequence[object]
+
+
+def _checked_id(value: object, what: str, user_id: str, pattern: re.Pattern = _ID) -> str:
+    # User and item ids become parts of Redis keys: the same alphabet as live events.
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"snapshot user {user_id!r}: {what} {value!r} does not match {pattern.pattern}")
+    return value
+
+
+def snapshot_events(user_id: str, rows: Iterable[SnapshotRow]) -> list[RecentEvent]:
+    """One user's snapshot rows (either form, see above) as events in ``event_order``, each
+    (time, id) once. Raises ValueError on a malformed row: a bad snapshot should stop a start-up,
+    not seed wrong histories."""
+    _checked_id(user_id, "user id", user_id)
+    events: dict[tuple[int, str], RecentEvent] = {}
+    for position, row in enumerate(rows):
+        if isinstance(row, str):
+            event = RecentEvent(f"snapshot:{position:06d}", _checked_id(row, "item id", user_id),
+                                SNAPSHOT_TYPE, 0)
+        else:
+            if not isinstance(row, (list, tuple)) or len(row) != 4:
+                raise ValueError(f"snapshot user {user_id!r}: row {row!r} is neither an item id "
+                                 "nor [event_id, item_id, event_type, ts_ms]")
+            event_id, item_id, event_type, ts_ms = row
+            if isinstance(ts_ms, bool) or not isinstance(ts_ms, int) or ts_ms < 0:
+                raise ValueError(f"snapshot user {user_id!r}: ts_ms {ts_ms!r} is not an integer >= 0")
+            event = RecentEvent(_checked_id(event_id, "event id", user_id, _EVENT_ID),
+                                _checked_id(item_id, "item id", user_id), type_name(event_type), ts_ms)
+        events.setdefault(event_order(event), event)
+    return sorted(events.values(), key=event_order)
+
+
+def is_purchase(event: RecentEvent) -> bool:
+    return event.event_type == EventType.PURCHASE.value

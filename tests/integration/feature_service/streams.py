@@ -180,7 +180,7 @@ def snapshot(store: FeatureStore, users: list[str], now_ms: int) -> Snapshot:
     for user in users:
         f = store.get(user, now_ms)
         snap.users[user] = None if f is None else (
-            [(e.event_id, e.item_id, e.event_type.value, e.ts_ms) for e in f.recent],
+            [(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in f.recent],
             f.seen_items, f.bought_items, f.category_affinity)
     snap.trending = dict(store.trending(len(ITEMS) + 1, now_ms))
     return snap

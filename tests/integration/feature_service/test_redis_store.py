@@ -38,3 +38,18 @@ def test_unreachable_redis_raises_store_unavailable():
     with pytest.raises(StoreUnavailable):
         store.apply(ev("u", "a", 1))
     assert not store.ping()
+
+
+def test_members_written_in_the_old_format_still_read_in_event_order(redis_server):
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
+    recent = f"{store.prefix}:u:u:recent"
+    # "<id>|<item>|<type>", as stores before the space separator wrote them: Redis orders "a|"
+    # after "a0|"
+    store._redis.zadd(recent, {"a|x|view": 5, "a0|y|cart": 5, "b|z|purchase": 3})
+    store._redis.sadd(f"{store.prefix}:u:u:seen", "x", "y", "z")
+    assert store.apply(ev("u", "w", 5, event_id="a00"))
+    assert not store.apply(ev("u", "w", 6, event_id="a00"))
+    assert store.apply(ev("u", "x", 5, event_id="a"))  # already there in the old format: one step
+    assert [(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in store.get("u").recent] == [
+        ("b", "z", "purchase", 3), ("a", "x", "view", 5), ("a0", "y", "cart", 5), ("a00", "w", "view", 5)]
+    store.close()

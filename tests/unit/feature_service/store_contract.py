@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from features.behaviour import event_order
 from features.events import Event
 from features.user_state import FeatureRules
 
@@ -34,7 +35,7 @@ class StoreContract:
         assert store.apply(ev("u", "b", 20, event_id="e2", kind="purchase"))
         features = store.get("u")
         assert features.recent_items == ["a", "b"]
-        assert [(e.event_id, e.event_type.value, e.ts_ms) for e in features.recent] == [
+        assert [(e.event_id, e.event_type, e.ts_ms) for e in features.recent] == [
             ("e1", "view", 10), ("e2", "purchase", 20)]
         assert features.seen_items == {"a", "b"}
         assert features.bought_items == {"b"}
@@ -97,6 +98,73 @@ class StoreContract:
         assert store.get("t").recent_items == ["q"]
         store.apply(ev("t", "new", 5))
         assert store.get("t").recent_items == ["q", "new"]
+
+    def test_plain_snapshot_rows_are_unknown_steps_at_time_zero_in_file_order(self, store):
+        store.load_snapshot({"s": ["x", "y", "x", "z"]})
+        assert [(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in store.get("s").recent] == [
+            ("snapshot:000001", "y", "unknown", 0), ("snapshot:000002", "x", "unknown", 0),
+            ("snapshot:000003", "z", "unknown", 0)]
+        assert store.get("s").bought_items == set()
+
+    def test_typed_snapshot_rows_sort_among_live_events_by_real_time(self, store):
+        store.apply_many([ev("s", "a", 10, "L1"), ev("s", "b", 40, "L4", kind="cart")])
+        # "row~3": an id the offline loader generates for a log without ids
+        rows = [["row~3", "c", "rating", 30], ["S2", "d", "purchase", 20], ["S0", "e", "view", 5],
+                ["S5", "f", "wishlist", 50]]  # a type the model has no embedding for: "unknown"
+        store.load_snapshot({"s": rows})
+        store.load_snapshot({"s": rows})  # idempotent
+        features = store.get("s")
+        assert [(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in features.recent] == [
+            ("row~3", "c", "rating", 30), ("L4", "b", "cart", 40), ("S5", "f", "unknown", 50)]
+        assert features.seen_items == {"a", "b", "c", "d", "e", "f"}  # from every row, trimmed or not
+        assert features.bought_items == {"d"}  # snapshot purchases count as bought
+
+    def test_a_live_event_already_in_the_snapshot_is_one_step(self, store):
+        store.load_snapshot({"s": [["e1", "a", "view", 10], ["e2", "b", "purchase", 20]]})
+        # the live delivery of a snapshot event: applied (trending counts it) but not a second step
+        assert store.apply(ev("s", "b", 20, "e2", kind="purchase"))
+        assert store.apply(ev("s", "c", 15, "e3"))
+        assert [e.event_id for e in store.get("s").recent] == ["e1", "e3", "e2"]
+        assert dict(store.trending(5, now_ms=20)) == pytest.approx({"b": 8.0, "c": 2 ** (-5 / 1000)})
+        # and a snapshot of events the store already has adds nothing
+        store.load_snapshot({"s": [["e3", "c", "view", 15], ["e2", "b", "purchase", 20]]})
+        assert [e.event_id for e in store.get("s").recent] == ["e1", "e3", "e2"]
+
+    def test_malformed_snapshot_is_refused_and_changes_nothing(self, store):
+        for bad in ({"s": [["e1", "a", "view"]]}, {"s": [["e1", "a b", "view", 1]]},
+                    {"s": [["e1", "a", "view", "1"]]}, {"s": [["e1", "a", "view", -1]]},
+                    {"s": [["e|1", "a", "view", 1]]}, {"s": ["a|b"]}, {"bad user": ["a"]}):
+            with pytest.raises(ValueError):
+                store.load_snapshot({"ok": ["a"], **bad})
+        assert store.get("ok") is None and store.get("s") is None
+
+    def test_ties_in_time_are_ordered_by_event_id_like_event_order(self, store, make_store):
+        # Prefix-related ids at one time: "a" sorts before "a-", "a0", "a:" (as Python compares
+        # strings), and the trim drops the oldest by that order in every store.
+        ids = ["a0", "b", "a", "a:", "a-"]
+        store.apply_many([ev("u", f"i{n}", 7, event_id) for n, event_id in enumerate(ids)])
+        assert [e.event_id for e in store.get("u").recent] == ["a0", "a:", "b"]
+        roomy = make_store(FeatureRules(history_items=10), CATEGORIES)
+        roomy.apply_many([ev("u", "x", 7, event_id) for event_id in ids]
+                         + [ev("u", "x", 6, "e10"), ev("u", "x", 6, "e1")])
+        recent = roomy.get("u").recent
+        assert [e.event_id for e in recent] == ["e1", "e10", "a", "a-", "a0", "a:", "b"]
+        assert recent == sorted(recent, key=event_order)
+
+    def test_a_late_event_lands_at_its_time_among_ties(self, store):
+        store.apply_many([ev("u", "a", 10, "e1"), ev("u", "b", 30, "e3", kind="cart"),
+                          ev("u", "c", 20, "e20")])
+        store.apply(ev("u", "d", 20, "e2", kind="click"))  # later than e3 in arrival, earlier in time
+        assert [(e.event_id, e.event_type) for e in store.get("u").recent] == [
+            ("e2", "click"), ("e20", "view"), ("e3", "cart")]
+
+    def test_a_duplicate_event_id_is_dropped_even_with_other_content(self, store):
+        assert store.apply(ev("u", "a", 10, "e1", kind="cart"))
+        assert not store.apply(ev("u", "b", 5, "e1", kind="view"))  # a re-delivery, rewritten
+        features = store.get("u")
+        assert [(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in features.recent] == [
+            ("e1", "a", "cart", 10)]
+        assert features.seen_items == {"a"}
 
     def test_users_are_isolated(self, store):
         store.apply(ev("u", "a", 1))
