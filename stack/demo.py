@@ -85,7 +85,8 @@ def open_in_browser(url: str) -> bool:
 def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: str) -> None:
     served = load_served_model(repository)
     catalog, popular = served.catalog, served.popular_items
-    seen = set(json.loads((artifacts / SNAPSHOT_FILE).read_text()).get(user, []))
+    # snapshot rows are [event_id, item_id, event_type, ts_ms] (export.data.Dataset.snapshot_rows)
+    seen = {row[1] for row in json.loads((artifacts / SNAPSHOT_FILE).read_text()).get(user, [])}
 
     status, before = http("GET", f"{gateway_url}/v1/users/{user}/recommendations?k=10")
     assert status == 200, before

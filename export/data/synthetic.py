@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from export.data.interactions import INTERACTION_COLUMNS, Dataset, dataset_from_frames
+from export.data.cleaning import INTERACTION_COLUMNS
+from export.data.interactions import Dataset, dataset_from_frames
 
 START_S = 1_704_067_200  # 2024-01-01T00:00:00Z: fixed, so a seed gives the same file every day
 CATEGORIES_PER_DEPARTMENT = 4

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from export.data.interactions import items_from_frame, read_table
+from export.data.cleaning import items_from_frame
+from export.data.interactions import read_table
 from export.model.towers import TwoTower
 from export.train import load_checkpoint, new_model
 from export.triton.repository import ServingConfig, export_repository

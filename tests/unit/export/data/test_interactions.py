@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from export.data.interactions import (
+from export.data.cleaning import (
     BAD_ID,
     BAD_TIMESTAMP,
     BAD_VALUE,
@@ -12,9 +12,8 @@ from export.data.interactions import (
     UNKNOWN_EVENT_TYPE,
     DatasetError,
     clean_interactions,
-    dataset_from_frames,
-    load_interactions_file,
 )
+from export.data.interactions import dataset_from_frames, load_interactions_file
 from features.catalog import Item
 
 NOW_S = 1_700_000_000  # 2023-11-14: a fixed "now" so the future-timestamp rule is deterministic
