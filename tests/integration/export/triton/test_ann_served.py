@@ -8,9 +8,11 @@ from export.model.ann import EXACT_MAX_ITEMS
 from export.model.towers import TwoTower
 from export.triton.repository import export_repository
 from features import contract as sig
+from features.behaviour import STEP_TYPES, Step
 from features.catalog import FIRST_ITEM_INDEX, Item, ItemCatalog
 from features.model_inputs import build_inputs, stack_inputs
 from stack.triton import TritonServer
+from tests.support.models import with_type_effects
 
 L, K = 8, 10
 
@@ -20,18 +22,20 @@ def test_large_catalog_uses_the_index_and_honours_exclusions(tmp_path):
     catalog = ItemCatalog.from_items(
         [Item(f"i{j}", f"item {j}", (f"c{j % 7}",), 1990 + j % 20) for j in range(n)])
     torch.manual_seed(0)
-    model = TwoTower(catalog, dim=16).eval()
+    model = with_type_effects(TwoTower(catalog, dim=16, sequence_length=L)).eval()
     with torch.no_grad():  # distinct items: an untrained model's items are near-ties otherwise
         model.item_tower.encoder.id_embedding.weight.normal_(std=1.0)
     export_repository(model, catalog, tmp_path / "repo", sequence_length=L)
     assert (tmp_path / "repo" / sig.RETRIEVE / "1" / "index.faiss").is_file()
 
     rng = np.random.default_rng(0)
-    histories = [[catalog.items[j].item_id for j in row]
+    histories = [[Step(catalog.items[j].item_id, rng.choice(STEP_TYPES)) for j in row]
                  for row in rng.integers(0, catalog.num_items, (16, L))]
-    history = stack_inputs([build_inputs(h, catalog, L, K) for h in histories]).history
+    requests = stack_inputs([build_inputs(h, catalog, L, K) for h in histories])
     with torch.no_grad():
-        scores = (model.user_tower(torch.from_numpy(history)) @ model.item_embeddings().T).numpy()
+        users = model.user_tower(torch.from_numpy(requests.history),
+                                 torch.from_numpy(requests.history_types))
+        scores = (users @ model.item_embeddings().T).numpy()
     scores[:, :FIRST_ITEM_INDEX] = -np.inf
     # exclude each user's exact top 5: the index must over-fetch past them
     exclude = np.argsort(-scores, axis=1)[:, :5]

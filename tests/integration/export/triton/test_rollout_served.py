@@ -14,11 +14,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from export.model.towers import TwoTower
 from export.pipeline import SNAPSHOT_FILE
-from export.train import load_checkpoint
+from export.train import load_checkpoint, new_model
 from export.triton.repository import REFERENCE_FILE, export_repository
-from export.triton.rollout import Rollout, RolloutError
+from export.triton.rollout import Rollout, RolloutError, read_shadow_requests
 from features import contract as sig
 from features.catalog import ItemCatalog
 from gateway.app import create_app
@@ -38,7 +37,7 @@ def candidate_repository(exported, root):
     checkpoint = exported.artifacts / "checkpoints" / "seed0" / "best.pt"
     config = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
     catalog = ItemCatalog.from_json(root / sig.RETRIEVE / "1" / sig.CATALOG_FILE)
-    model = TwoTower(catalog, config["dim"], config["recency_decay"], config["dropout"])
+    model = new_model(catalog, config)
     load_checkpoint(model, checkpoint)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -104,7 +103,7 @@ def test_promote_and_rollback_under_traffic_drop_nothing(exported, served, kafka
             assert sig.live_version(repo) == 1
             reference.write_text(good)
 
-            shadow = rollout.shadow(version, json.loads((exported.artifacts / SNAPSHOT_FILE).read_text()),
+            shadow = rollout.shadow(version, read_shadow_requests(exported.artifacts / SNAPSHOT_FILE),
                                     requests=30)
             assert 0 <= shadow.overlap_at_k < 1  # the nudged model answers differently
             rollout.promote(version)

@@ -1,4 +1,5 @@
-"""Triton's `recommend` ensemble returns what the in-process PyTorch model computes."""
+"""Triton's `recommend` ensemble and `recommend_fused` return what the in-process PyTorch model
+computes, event types included."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tritonclient.utils import InferenceServerException
 
 from export.triton.repository import ServingConfig, model_configs, read_config
 from features import contract as sig
-from features.catalog import FIRST_ITEM_INDEX
+from features.behaviour import PAD_TYPE, type_code
+from features.catalog import FIRST_ITEM_INDEX, PAD_INDEX
 from features.model_inputs import ModelInputs, build_inputs, stack_inputs
 from tests.support.ranking import assert_same_ranking
 
@@ -30,18 +32,19 @@ def client(triton):
 
 @pytest.fixture(scope="module")
 def requests(exported) -> list[ModelInputs]:
-    """The request the gateway sends for each of 24 real users: history, seen items excluded."""
+    """The request the gateway sends for each of 24 real users: their steps (items with event
+    types), seen items excluded."""
     dataset = exported.result.dataset
     catalog, L = dataset.catalog, exported.result.report["train"]["config"]["sequence_length"]
-    sequences = dataset.user_sequences()
-    return [build_inputs(sequences[u], catalog, L, K, exclude=sequences[u])
-            for u in sorted(sequences)[:24]]
+    steps = dataset.user_steps()
+    return [build_inputs(steps[u], catalog, L, K, exclude=steps[u]) for u in sorted(steps)[:24]]
 
 
 def reference(model, inputs: ModelInputs, k: int = K):
     """Eager PyTorch + numpy top-k: independent of the exported TopKRetrieval module."""
     with torch.no_grad():
-        users = model.user_tower(torch.from_numpy(inputs.history)).numpy()
+        users = model.user_tower(torch.from_numpy(inputs.history),
+                                 torch.from_numpy(inputs.history_types)).numpy()
         items = model.item_embeddings().numpy()
     scores = users @ items.T
     scores[:, :FIRST_ITEM_INDEX] = -np.inf
@@ -114,6 +117,21 @@ def test_out_of_vocabulary_ids_are_bucketed_not_fatal(client, requests):
     assert ids.shape == (1, K) and np.isfinite(scores).all()
 
 
+def test_event_types_reach_the_served_models(exported, client, requests, model_name):
+    """The same items under a type the model never trained with ("unknown": no effect) score
+    otherwise than under their real types, in Triton as in PyTorch: HISTORY_TYPES is wired
+    through the ensemble and the fused model, not dropped or swapped with another input."""
+    batch = stack_inputs(requests)
+    real = batch.history_types[batch.history != PAD_INDEX]
+    assert (real != type_code("unknown")).any(), "the training data should carry event types"
+    unknown = np.where(batch.history == PAD_INDEX, PAD_TYPE, type_code("unknown"))
+    retyped = dataclasses.replace(batch, history_types=unknown)
+    ids, scores = infer(client, batch, model=model_name)
+    other_ids, other_scores = infer(client, retyped, model=model_name)
+    assert_matches_pytorch(other_ids, other_scores, *reference(exported.result.model, retyped))
+    assert not np.allclose(scores, other_scores, atol=1e-4)
+
+
 def test_every_generated_config_parses_back_and_is_what_triton_loaded(exported, triton):
     train = exported.result.report["train"]["config"]
     expected = model_configs(train["sequence_length"], train["dim"], ServingConfig())
@@ -126,3 +144,7 @@ def test_every_generated_config_parses_back_and_is_what_triton_loaded(exported, 
         assert loaded["max_batch_size"] == want.max_batch_size
         assert [(t["name"], [int(d) for d in t["dims"]]) for t in loaded["input"]] == [
             (t.name, list(t.dims)) for t in want.input]
+        if name in (sig.USER_TOWER, sig.RECOMMEND, sig.RECOMMEND_FUSED):
+            types = next(t for t in loaded["input"] if t["name"] == sig.HISTORY_TYPES)
+            assert types["data_type"] == "TYPE_INT64" and [int(d) for d in types["dims"]] == [
+                train["sequence_length"]]
