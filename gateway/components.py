@@ -99,6 +99,11 @@ async def triton_client(settings: GatewaySettings,
         if triton.sequence_length != served.sequence_length:
             raise RuntimeError(f"Triton serves sequence length {triton.sequence_length}, the "
                                f"repository's serving.json says {served.sequence_length}")
+        if settings.history_items < served.sequence_length:
+            # The model would be served shorter histories than it was trained on, silently.
+            raise RuntimeError(f"the feature store keeps {settings.history_items} events per user "
+                               f"(HISTORY_ITEMS) but the model reads the last {served.sequence_length} "
+                               f"steps: set RECSYS_GATEWAY_HISTORY_ITEMS >= {served.sequence_length}")
         yield triton
     finally:
         await triton.close()

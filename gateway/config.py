@@ -54,7 +54,9 @@ class GatewaySettings(BaseSettings):
     store: Literal["memory", "redis"] = "memory"  # redis: shared by gateways and feature services
     redis_url: str = "redis://127.0.0.1:6379/0"  # used when store=redis
     redis_key_prefix: str = "recsys"  # namespace of every Redis key
-    history_items: int = 100  # recent events kept per user in the store
+    # Recent events kept per user in the store: at least the model's sequence length (checked at
+    # start-up), or the user tower would be served shorter histories than it was trained on.
+    history_items: int = 100
     # Chronological item histories to seed the store with (written by `python -m export`).
     snapshot_path: str | None = "build/user_histories.json"
     # Run the feature-service consumer inside this process (the single-process default).

@@ -146,3 +146,34 @@ def test_stock_inventory_in_process_needs_no_refresher():
             assert len(asyncio.all_tasks()) == 1  # only this one: no refresher
 
     asyncio.run(scenario())
+
+
+class _Triton:
+    """Stands in for TritonRecommender: connects, serves sequence length 4."""
+
+    def __init__(self, *args) -> None:
+        self.sequence_length = None
+        self.closed = False
+
+    async def connect(self) -> None:
+        self.sequence_length = 4
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("history_items, error", [(4, None), (3, "RECSYS_GATEWAY_HISTORY_ITEMS >= 4")])
+def test_triton_client_refuses_a_store_that_keeps_fewer_events_than_the_model_reads(
+        catalog, monkeypatch, history_items, error):
+    monkeypatch.setattr(components, "TritonRecommender", _Triton)
+    served = ServedModel(version=1, catalog=catalog, popular_items=[], sequence_length=4)
+
+    async def start():
+        async with components.triton_client(GatewaySettings(history_items=history_items), served) as t:
+            return t
+
+    if error is None:
+        assert asyncio.run(start()).closed
+    else:
+        with pytest.raises(RuntimeError, match=error):
+            asyncio.run(start())
