@@ -88,9 +88,10 @@ SEARCH_SPACE: dict[str, Param] = {
     "dropout": Param(low=0.0, high=0.3, why=(
         "on the history's item vectors: none to moderate; above 0.3 a short history loses most "
         "of its items in every step")),
-    "sequence_length": Param(choices=(20, 50, 100), why=(
-        "how many recent items the user tower reads; cost per epoch is linear in it; with "
-        "recency decay 0.9 the 50th item back weighs 0.006, so 100 only helps with slow decay")),
+    "sequence_length": Param(choices=(20, 50, 100, 200), why=(
+        "how many recent steps the user tower reads; cost per epoch grows linearly with it; the "
+        "recency-weighted mean barely sees past 50 (decay 0.9: the 50th step back weighs 0.006), "
+        "but the attention read-out does, which helps users with long histories (docs/model.md)")),
     "recency_decay": Param(low=0.7, high=0.99, why=(
         "weight of an item k steps back is decay^k: half-life from 2 items (0.7, mostly the "
         "last items) to 69 items (0.99, nearly a plain mean of the window)")),
