@@ -58,6 +58,7 @@ class TrainConfig:
     id_dropout: float = 0.0  # see export.model.towers.ItemEncoder
     user_tower: Literal["attention", "pooled"] = "attention"  # see export.model.towers.UserTower
     use_types: bool = True  # False: the id-only ablation (event types ignored)
+    transition: bool = True  # a learned "what follows" vector per item (UserTower)
     loss: Literal["full", "sampled"] = "sampled"
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
     logq_correction: bool = True
@@ -74,7 +75,8 @@ def new_model(catalog: ItemCatalog, config: TrainConfig | dict) -> TwoTower:
         names = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in config.items() if k in names})
     return TwoTower(catalog, config.dim, config.sequence_length, config.recency_decay,
-                    config.dropout, config.id_dropout, config.user_tower, config.use_types)
+                    config.dropout, config.id_dropout, config.user_tower, config.use_types,
+                    config.transition)
 
 
 def seed_everything(seed: int) -> None:

@@ -102,6 +102,9 @@ SEARCH_SPACE: dict[str, Param] = {
     "user_tower": Param(choices=("attention", "pooled"), why=(
         "the architecture: with an attention read-out over the whole window (order beyond the "
         "last step counts) or without it (recency-weighted mean + last step, the ablation)")),
+    "transition": Param(choices=(True, False), why=(
+        "the learned 'what follows' vector of the last step: item-to-item transitions, which "
+        "last-item co-occurrence lives on; costs one embedding row per item")),
     "loss": Param(choices=("sampled", "full"), why=(
         "the two implemented losses; full softmax is exact and affordable for thousands of "
         "items, sampled (in-batch, logQ) scales to any catalog; cheap to let the data decide")),

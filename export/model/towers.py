@@ -93,7 +93,7 @@ class UserTower(nn.Module):
 
     def __init__(self, encoder: ItemEncoder, dim: int, sequence_length: int,
                  recency_decay: float = 0.9, dropout: float = 0.1, kind: str = "attention",
-                 use_types: bool = True) -> None:
+                 use_types: bool = True, transition: bool = True) -> None:
         super().__init__()
         if kind not in USER_TOWER_KINDS:
             raise ValueError(f"unknown user tower {kind!r} (one of {', '.join(USER_TOWER_KINDS)})")
@@ -112,7 +112,13 @@ class UserTower(nn.Module):
         self.query = nn.Linear(dim, dim, bias=False)
         self.key = nn.Linear(dim, dim, bias=False)
         self.value = nn.Linear(dim, dim, bias=False)
-        views = 3 if self.attention else 2
+        # Optional: a vector per item for "what follows it", untied from the item's own embedding,
+        # read for the last step (factorised item-to-item transitions, as in FPMC). Zero at start.
+        self.transition = transition
+        rows = encoder.id_embedding.num_embeddings if transition else 1
+        # _weight: zeros without drawing random numbers, so the option leaves seeds' runs as they were
+        self.next_embedding = nn.Embedding(rows, dim, _weight=torch.zeros(rows, dim))
+        views = (3 if self.attention else 2) + int(transition)
         self.head = nn.Sequential(nn.Linear(views * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, history: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
@@ -130,23 +136,30 @@ class UserTower(nn.Module):
         items = self.dropout(items)
         pooled = (weights.unsqueeze(-1) * items).sum(1) / weights.sum(1, keepdim=True).clamp_min(1e-6)
         last = items[:, -1] * present[:, -1:]
-        if not self.attention:
-            return F.normalize(self.head(torch.cat([pooled, last], dim=-1)), dim=-1)
-        keys = self.key(items + self.positions[-length:])
-        logits = (keys @ self.query(last).unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
-        logits = logits.masked_fill(present == 0, -1e9)
-        read = (torch.softmax(logits, dim=-1) * present).unsqueeze(-1) * self.value(items)
-        return F.normalize(self.head(torch.cat([pooled, last, read.sum(1)], dim=-1)), dim=-1)
+        views = [pooled, last]
+        if self.attention:
+            keys = self.key(items + self.positions[-length:])
+            logits = (keys @ self.query(last).unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
+            logits = logits.masked_fill(present == 0, -1e9)
+            read = (torch.softmax(logits, dim=-1) * present).unsqueeze(-1) * self.value(items)
+            views.append(read.sum(1))
+        if self.transition:
+            last_index = history[:, -1]
+            in_range = (last_index >= 0) & (last_index < self.next_embedding.num_embeddings)
+            last_index = torch.where(in_range, last_index, torch.zeros_like(last_index))
+            views.append(self.next_embedding(last_index) * present[:, -1:])
+        return F.normalize(self.head(torch.cat(views, dim=-1)), dim=-1)
 
 
 class TwoTower(nn.Module):
     def __init__(self, catalog: ItemCatalog, dim: int = 64, sequence_length: int = 50,
                  recency_decay: float = 0.9, dropout: float = 0.1, id_dropout: float = 0.0,
-                 user_tower: str = "attention", use_types: bool = True) -> None:
+                 user_tower: str = "attention", use_types: bool = True,
+                 transition: bool = True) -> None:
         super().__init__()
         encoder = ItemEncoder(catalog, dim, id_dropout)
         self.user_tower = UserTower(encoder, dim, sequence_length, recency_decay, dropout,
-                                    user_tower, use_types)
+                                    user_tower, use_types, transition)
         self.item_tower = ItemTower(encoder, dim)
         self.register_buffer("all_items", torch.arange(catalog.num_embeddings))
 

@@ -63,3 +63,19 @@ def test_new_model_reads_a_checkpoint_config_dict():
     config = TrainConfig(dim=8, sequence_length=6, user_tower="pooled").as_dict() | {"extra": 1}
     model = new_model(cat, config)
     assert model.user_tower.positions.shape == (6, 8) and not model.user_tower.attention
+
+
+def test_transition_view_reads_the_last_steps_own_successor_vector_and_scripts():
+    cat = catalog()
+    model = new_model(cat, TrainConfig(dim=8, sequence_length=4, transition=True)).eval()
+    rows = encode_histories([SHOP["u"][:3]], cat, 4)
+    before = user_vectors(model, rows)
+    with torch.no_grad():
+        model.user_tower.next_embedding.weight[cat.index_of("1")].normal_()  # not the last step
+    assert torch.allclose(user_vectors(model, rows), before)
+    with torch.no_grad():
+        model.user_tower.next_embedding.weight[cat.index_of("2")].normal_()  # the last step
+    after = user_vectors(model, rows)
+    assert not torch.allclose(after, before)
+    scripted = torch.jit.script(model.user_tower)
+    torch.testing.assert_close(scripted(rows[:, :4], rows[:, 4:]), after)
