@@ -49,6 +49,13 @@ def extend_model(model: TwoTower, catalog: ItemCatalog, extended: ItemCatalog) -
     ids.weight.zero_()
     ids.weight[:old_rows] = encoder.id_embedding.weight
     encoder.id_embedding = ids
+    user_tower = model.user_tower
+    if user_tower.transition:
+        # A new item has no "what follows" yet: zero rows, as for an item never seen in training.
+        rows = extended.num_embeddings
+        follows = nn.Embedding(rows, dim, _weight=torch.zeros(rows, dim))
+        follows.weight[:old_rows] = user_tower.next_embedding.weight
+        user_tower.next_embedding = follows
     # Categories the model never saw have no trained projection: their columns are dropped.
     encoder.categories = torch.from_numpy(extended.category_matrix()[:, :len(catalog.categories)])
     years = extended.year_buckets(first_year=catalog.first_year())

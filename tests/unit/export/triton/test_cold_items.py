@@ -76,3 +76,18 @@ def test_the_model_is_rebuilt_with_the_checkpoints_architecture(tmp_path, catalo
 def test_items_already_in_the_catalog_are_refused(catalog):
     with pytest.raises(ValueError, match="already in the catalog"):
         extend_catalog(catalog, [Item("a", "again")])
+
+
+def test_the_what_follows_table_grows_with_zero_rows_for_new_items(catalog):
+    from export.triton.cold_items import extend_model
+    torch.manual_seed(0)
+    model = TwoTower(catalog, dim=8, sequence_length=4).eval()
+    with torch.no_grad():
+        model.user_tower.next_embedding.weight.normal_()
+    trained = model.user_tower.next_embedding.weight.clone()
+    extended = extend_catalog(catalog, NEW)
+    extend_model(model, catalog, extended)
+    grown = model.user_tower.next_embedding.weight
+    assert grown.shape[0] == extended.num_embeddings
+    torch.testing.assert_close(grown[:catalog.num_embeddings], trained)
+    assert not grown[catalog.num_embeddings:].any()
