@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# Ids end up in Kafka keys and Redis keys: keep them short and printable.
+# Ids end up in Kafka keys and Redis keys: keep them short and printable. Pydantic's (Rust) regex
+# reads ``$`` as the end of the text; Python's ``re.match`` also lets it match before a trailing
+# newline, so Python code checks ids with ``is_valid_id`` (a full match), never ``re.match``.
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` is an id as ID_PATTERN means it (the whole string; "u1\\n" is not one)."""
+    return _ID_RE.fullmatch(value) is not None
 
 
 class EventType(str, Enum):
@@ -58,6 +67,15 @@ def check_event_time(event: Event, now_ms: int, max_future_skew_ms: int = MAX_FU
     ahead_ms = event.ts_ms - now_ms
     if ahead_ms > max_future_skew_ms:
         raise InvalidEvent(f"ts_ms: {ahead_ms} ms in the future (at most {max_future_skew_ms} ms allowed)")
+
+
+def check_event_size(event: Event, max_bytes: int = MAX_EVENT_BYTES) -> None:
+    """What parse_event checks of the message the producer will send (``event.to_bytes()``): lets
+    the gateway refuse an event that the consumer would dead-letter."""
+    size = len(event.to_bytes())
+    if size > max_bytes:
+        raise InvalidEvent(f"the event is {size} bytes serialized, larger than the {max_bytes}-byte "
+                           "limit of the events topic (shorten or drop context values)")
 
 
 def parse_event(raw: bytes | None, now_ms: int, *, max_bytes: int = MAX_EVENT_BYTES,

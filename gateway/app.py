@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from feature_service.config import FeatureServiceSettings
 from features.events import EventType
 from gateway import components
 from gateway.config import GatewaySettings
@@ -23,13 +24,16 @@ from gateway.service import RecommendationService, ServicePolicy
 log = logging.getLogger(__name__)
 
 
-def _policy(settings: GatewaySettings) -> ServicePolicy:
+def _policy(settings: GatewaySettings, features: FeatureServiceSettings) -> ServicePolicy:
+    """``features``: the embedded consumer's settings (``settings.features()``), whose limits on an
+    event the gateway applies too, so that what it accepts the consumer does not dead-letter."""
     return ServicePolicy(
         max_k=settings.max_k, deadline_ms=settings.request_deadline_ms,
         exclude_seen=settings.exclude_seen, max_per_category=settings.max_per_category,
         max_batch_events=settings.max_batch_events,
         max_inflight_model_calls=settings.max_inflight_model_calls,
-        push_event_types=frozenset(EventType(t) for t in settings.push_event_types))
+        push_event_types=frozenset(EventType(t) for t in settings.push_event_types),
+        max_event_bytes=features.max_event_bytes, max_future_skew_ms=features.max_future_skew_ms)
 
 
 @asynccontextmanager
@@ -47,7 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         consumer = await enter(components.embedded_consumer(settings, features, store))
         push_parts = await enter(components.push_parts(settings, store, producer))
         service = RecommendationService(served, store, triton, producer, inventory,
-                                        _policy(settings), pusher=push_parts.pusher)
+                                        _policy(settings, features), pusher=push_parts.pusher)
         await enter(components.live_version_watcher(settings, service, triton))
 
         app.state.readiness = components.readiness_checks(triton, producer, store, consumer,

@@ -6,14 +6,13 @@ user id, the bound on k), and maps the service's errors to gRPC status codes."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
 from pydantic import ValidationError
 
-from features.events import ID_PATTERN, Event, EventType
+from features.events import ID_PATTERN, Event, EventType, is_valid_id
 from gateway.errors import (
     Conflict,
     Forbidden,
@@ -39,7 +38,6 @@ DEFAULT_K = 10  # as the REST route
 MAX_K = 100  # the REST route's bound (the service also caps k at the catalog size)
 # Trailing metadata key carrying the REST error code ("invalid_request", "unknown_item", ...).
 ERROR_CODE_KEY = "recsys-error-code"
-_ID = re.compile(ID_PATTERN)
 
 # Looked up along the exception's MRO, so subclasses (UnknownItem) map as their parents.
 _STATUS: dict[type[RecsysError], grpc.StatusCode] = {
@@ -146,7 +144,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def Recommend(self, request: pb.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         async def recommend(service: RecommendationService) -> pb.RecommendResponse:
-            if not _ID.match(request.user_id):
+            if not is_valid_id(request.user_id):
                 raise InvalidRequest(f"user_id: should match pattern {ID_PATTERN!r}, "
                                      f"got {request.user_id[:80]!r}")
             k = request.k if request.HasField("k") else DEFAULT_K

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,16 @@ import numpy as np
 from feature_service.store import FeatureStore, StoreUnavailable, store_call
 from features.behaviour import steps_of
 from features.catalog import Item, ItemCatalog
-from features.events import ID_PATTERN, Event, EventType, InvalidEvent, check_event_time
+from features.events import (
+    MAX_EVENT_BYTES,
+    MAX_FUTURE_SKEW_MS,
+    Event,
+    EventType,
+    InvalidEvent,
+    check_event_size,
+    check_event_time,
+    is_valid_id,
+)
 from features.model_inputs import ModelInputs, build_inputs, ranked_items
 from features.user_state import UserFeatures
 from gateway import metrics
@@ -33,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MAX_EXCLUDE = 100  # item ids a request may ask to exclude
 MAX_CATEGORIES = 20
-_ID = re.compile(ID_PATTERN)
 
 
 class Recommender(Protocol):
@@ -75,6 +82,11 @@ class ServicePolicy:
     max_inflight_model_calls: int = 64
     push_event_types: frozenset[EventType] = frozenset({EventType.CART, EventType.PURCHASE})
     push_k: int = 10  # items in a pushed refresh (as a GET without k); at most max_k
+    # What the feature consumer dead-letters (FeatureServiceSettings.max_event_bytes and
+    # .max_future_skew_ms, which gateway.app passes on): an event it would refuse is refused here,
+    # with a 422, rather than accepted with a 202 and dropped later.
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_future_skew_ms: int = MAX_FUTURE_SKEW_MS
 
 
 class RecommendationService:
@@ -109,7 +121,7 @@ class RecommendationService:
             raise InvalidRequest(f"k must be between 1 and {self.max_k}, got {k}")
         if len(exclude) > MAX_EXCLUDE:
             raise InvalidRequest(f"exclude: at most {MAX_EXCLUDE} item ids, got {len(exclude)}")
-        bad = [i for i in exclude if not _ID.match(i)]
+        bad = [i for i in exclude if not is_valid_id(i)]
         if bad:
             raise InvalidRequest(f"exclude: invalid item id {bad[0]!r}")
         if len(categories) > MAX_CATEGORIES:
@@ -220,7 +232,8 @@ class RecommendationService:
         if event.item_id not in self.served.catalog:
             raise UnknownItem(f"unknown item_id {event.item_id!r}: not in the catalog")
         try:
-            check_event_time(event, now_ms)
+            check_event_time(event, now_ms, self.policy.max_future_skew_ms)
+            check_event_size(event, self.policy.max_event_bytes)
         except InvalidEvent as exc:
             raise InvalidRequest(exc.reason) from None
 

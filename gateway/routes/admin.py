@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, StringConstraints
 
+from feature_service.store import StoreUnavailable
 from features.events import ID_PATTERN
 from gateway.deps import AdminDep, ServiceDep
-from gateway.errors import UnknownItem, documented
+from gateway.errors import UnknownItem, UpstreamUnavailable, documented
 from gateway.served_model import load_served_model
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminDep],
                    responses=documented(401, 403, 409, 413, 422, 503))
@@ -38,7 +42,12 @@ async def put_stock(update: StockUpdate, service: ServiceDep) -> StockState:
     unknown = sorted(set(update.quantities) - {i for i in update.quantities if i in service.served.catalog})
     if unknown:
         raise UnknownItem(f"unknown item_id {unknown[0]!r}: not in the catalog")
-    await asyncio.to_thread(service.inventory.set_quantities, update.quantities)
+    try:
+        await asyncio.to_thread(service.inventory.set_quantities, update.quantities)
+    except StoreUnavailable as exc:  # Redis down or too slow: the documented 503, not a bare 500
+        log.warning("stock update failed: %r", exc)
+        raise UpstreamUnavailable("the stock store is unavailable; retry the update (setting the "
+                                  "same quantities again is safe)") from None
     return StockState(out_of_stock=sorted(service.inventory.out_of_stock()))
 
 

@@ -9,18 +9,20 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
-from feature_service.store import InMemoryStore
+from feature_service.store import InMemoryStore, StoreUnavailable
 from features import contract as sig
 from features.behaviour import PAD_TYPE, type_code
 from features.catalog import PAD_INDEX
 from features.events import Event, EventType
 from features.user_state import FeatureRules, RecentEvent, UserFeatures
-from gateway.app import create_app
+from gateway.app import _policy, create_app
 from gateway.config import GatewaySettings
 from gateway.deps import get_service
-from gateway.inventory import InMemoryInventory
+from gateway.errors import InvalidRequest
+from gateway.inventory import InMemoryInventory, RedisInventory
 from gateway.served_model import ServedModel
 from gateway.service import RecommendationService, ServicePolicy
+from stack.ports import free_port
 from tests.unit.gateway.fakes import FakePublisher, FakePusher, FakeRecommender
 
 TOKEN = "s3cret-admin-token"
@@ -318,3 +320,90 @@ def test_a_version_with_another_input_shape_is_refused_on_reload(parts, catalog)
     with pytest.raises(Conflict, match="sequence length 8"):
         parts.service.reload(other)
     assert parts.service.served.version == 3
+
+
+# --- what the feature consumer would dead-letter is refused here (issue 15) ------------------------
+
+
+def _event(**fields) -> dict:
+    return {"user_id": "u1", "item_id": "c", "event_type": "view"} | fields
+
+
+def test_an_event_larger_than_the_consumer_accepts_is_422_not_202(parts):
+    # 5,000 characters of context: under the 256 KiB body limit, over the 4096-byte event limit
+    # that features.events.parse_event applies to event.to_bytes() in the consumer.
+    response = parts.client.post("/v1/events", json=_event(context={"note": "x" * 5000}))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    assert "larger than the 4096-byte limit" in error["message"]
+    assert parts.publisher.events == []
+
+
+def test_a_batch_with_an_oversized_event_names_it_and_publishes_nothing(parts):
+    events = [_event(), _event(context={"note": "x" * 5000}), _event()]
+    response = parts.client.post("/v1/events:batch", json={"events": events})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"].startswith("events[1]: the event is ")
+    assert parts.publisher.events == []
+
+
+def test_the_event_limits_are_the_service_policys(parts):
+    parts.service.policy = ServicePolicy(max_event_bytes=300, max_future_skew_ms=1000)
+    too_big = parts.client.post("/v1/events", json=_event(context={"note": "x" * 250}))
+    assert too_big.status_code == 422 and "larger than the 300-byte limit" in too_big.text
+    # a minute ahead passes the default 5 minutes, not this consumer's one second
+    ahead = parts.client.post("/v1/events", json=_event(ts_ms=int(time.time() * 1000) + 60_000))
+    assert ahead.status_code == 422 and "at most 1000 ms allowed" in ahead.text
+    assert parts.publisher.events == []
+
+
+def test_the_gateway_takes_its_event_limits_from_the_consumers_settings(monkeypatch):
+    # One source of truth: the embedded consumer's FeatureServiceSettings (RECSYS_FEATURES_*).
+    monkeypatch.setenv("RECSYS_FEATURES_MAX_EVENT_BYTES", "1234")
+    monkeypatch.setenv("RECSYS_FEATURES_MAX_FUTURE_SKEW_MS", "4321")
+    settings = GatewaySettings()
+    features = settings.features()
+    policy = _policy(settings, features)
+    assert (features.max_event_bytes, features.max_future_skew_ms) == (1234, 4321)
+    assert (policy.max_event_bytes, policy.max_future_skew_ms) == (1234, 4321)
+
+
+@pytest.mark.parametrize("request_", [
+    ("get", "/v1/users/u1%0A/recommendations", {}),
+    ("get", "/v1/users/u1/recommendations?exclude=a%0A", {}),
+    ("post", "/v1/events", {"json": {"user_id": "u1\n", "item_id": "c", "event_type": "view"}}),
+    ("post", "/v1/events", {"json": {"user_id": "u1", "item_id": "c\n", "event_type": "view"}}),
+    ("post", "/v1/events:batch", {"json": {"events": [_event(), _event(event_id="e1\n")]}}),
+])
+def test_ids_with_a_trailing_newline_are_422(parts, request_):
+    method, url, kwargs = request_
+    response = getattr(parts.client, method)(url, **kwargs)
+    assert response.status_code == 422, response.text
+    assert parts.publisher.events == []
+
+
+def test_exclude_with_a_trailing_newline_is_refused_by_the_service(parts):
+    # The service layer (shared with gRPC) checks ids too, not only the REST route's pattern.
+    with pytest.raises(InvalidRequest, match="invalid item id 'a\\\\n'"):
+        asyncio.run(parts.service.recommend("u1", 2, exclude=["a\n"]))
+
+
+class _FailingInventory(InMemoryInventory):
+    def set_quantities(self, quantities: dict[str, int]) -> None:
+        raise StoreUnavailable("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+
+@pytest.mark.parametrize("inventory", [
+    _FailingInventory,
+    # the real Redis inventory, on a port where nothing listens
+    lambda: RedisInventory(f"redis://127.0.0.1:{free_port()}/0", timeout_ms=200),
+], ids=["fake", "redis-down"])
+def test_setting_stock_with_the_store_down_is_the_documented_503(parts, inventory):
+    parts.service.inventory = inventory()
+    response = parts.client.put("/v1/admin/stock", json={"quantities": {"a": 0}},
+                                headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unavailable" and "stock store is unavailable" in error["message"]
+    assert "6379" not in error["message"]  # the store's own error (its address) stays in the log

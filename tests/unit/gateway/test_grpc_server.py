@@ -146,7 +146,7 @@ def test_k_is_capped_at_100_as_in_rest(catalog):
     assert len(default.items) == 10
 
 
-@pytest.mark.parametrize("user_id", ["", "bad id", "a/b", "x" * 65, "ü"])
+@pytest.mark.parametrize("user_id", ["", "bad id", "a/b", "x" * 65, "ü", "u1\n"])
 def test_bad_user_id_is_invalid_argument(service, user_id):
     error = rpc_error(lambda: service,
                       lambda stub: stub.Recommend(pb.RecommendRequest(user_id=user_id, k=2)))
@@ -156,6 +156,7 @@ def test_bad_user_id_is_invalid_argument(service, user_id):
 
 @pytest.mark.parametrize("kwargs, reason", [
     ({"exclude": ["ok", "not ok"]}, "exclude: invalid item id 'not ok'"),
+    ({"exclude": ["a\n"]}, "exclude: invalid item id 'a\\n'"),  # as REST's pattern: no trailing newline
     ({"exclude": [f"i{n}" for n in range(101)]}, "exclude: at most 100 item ids"),
     ({"categories": ["Horror"]}, "category: unknown 'Horror'"),
     ({"categories": [""]}, "category: unknown ''"),
@@ -342,3 +343,44 @@ def test_bad_ports_are_refused(service, port):
 ])
 def test_error_classes_map_to_grpc_status_codes(exc, code):
     assert status_for(exc) == code
+
+
+# --- what the feature consumer would dead-letter is refused here (issue 15) ------------------------
+
+
+def test_user_id_with_a_trailing_newline_is_refused_as_in_rest(service):
+    # re.match(ID_PATTERN) takes "u1\n" (`$` matches before a final newline); REST refuses it.
+    error = rpc_error(lambda: service,
+                      lambda stub: stub.Recommend(pb.RecommendRequest(user_id="u1\n", k=2)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in error.details()
+    message = pb.Event(user_id="u1\n", item_id="c", event_type=pb.EVENT_TYPE_VIEW)
+    error = rpc_error(lambda: service, lambda stub: stub.Ingest(pb.IngestRequest(event=message)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "event.user_id" in error.details()
+    assert service.publisher.events == []
+
+
+def test_an_event_larger_than_the_consumer_accepts_is_invalid_argument(service):
+    message = pb.Event(user_id="u1", item_id="c", event_type=pb.EVENT_TYPE_VIEW, context={"note": "x" * 5000})
+    error = rpc_error(lambda: service, lambda stub: stub.Ingest(pb.IngestRequest(event=message)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "larger than the 4096-byte limit" in error.details()
+    assert error_code(error) == "invalid_request"
+    assert service.publisher.events == []
+
+
+def test_a_batch_with_an_oversized_event_names_it(service):
+    request = pb.IngestBatchRequest(events=[_view("u1", "a"), _view("u1", "b")])
+    request.events[1].context["note"] = "x" * 5000
+    error = rpc_error(lambda: service, lambda stub: stub.IngestBatch(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("events[1]: the event is ")
+    assert service.publisher.events == []
+
+
+def test_future_skew_is_the_policys(service):
+    service.policy = ServicePolicy(max_future_skew_ms=1000)
+    message = pb.Event(user_id="u1", item_id="c", event_type=pb.EVENT_TYPE_VIEW,
+                       ts_ms=int(time.time() * 1000) + 60_000)
+    error = rpc_error(lambda: service, lambda stub: stub.Ingest(pb.IngestRequest(event=message)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000 ms allowed" in error.details()
+    assert service.publisher.events == []
