@@ -114,7 +114,7 @@ SnapshotRow = str | Sequence[object]
 
 def _checked_id(value: object, what: str, user_id: str, pattern: re.Pattern = _ID) -> str:
     # User and item ids become parts of Redis keys: the same alphabet as live events.
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"snapshot user {user_id!r}: {what} {value!r} does not match {pattern.pattern}")
     return value
 

@@ -133,7 +133,8 @@ class StoreContract:
     def test_malformed_snapshot_is_refused_and_changes_nothing(self, store):
         for bad in ({"s": [["e1", "a", "view"]]}, {"s": [["e1", "a b", "view", 1]]},
                     {"s": [["e1", "a", "view", "1"]]}, {"s": [["e1", "a", "view", -1]]},
-                    {"s": [["e|1", "a", "view", 1]]}, {"s": ["a|b"]}, {"bad user": ["a"]}):
+                    {"s": [["e|1", "a", "view", 1]]}, {"s": ["a|b"]}, {"bad user": ["a"]},
+                    {"s": ["a\n"]}, {"u\n": ["a"]}):  # a trailing newline is not a valid id
             with pytest.raises(ValueError):
                 store.load_snapshot({"ok": ["a"], **bad})
         assert store.get("ok") is None and store.get("s") is None
