@@ -53,9 +53,12 @@ async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.T
 async def feature_store(settings: GatewaySettings, features: FeatureServiceSettings,
                         served: ServedModel) -> AsyncIterator[FeatureStore]:
     """The feature store, seeded with the batch snapshot of user histories when there is one."""
+    # De-duplication windows come from the feature-service settings, as for a standalone consumer.
     store = create_store(settings.store, features.rules(), redis_url=settings.redis_url,
                          prefix=settings.redis_key_prefix,
-                         item_categories=served.catalog.categories_by_item())
+                         item_categories=served.catalog.categories_by_item(),
+                         dedup_window_events=features.dedup_window_events,
+                         dedup_ttl_s=features.dedup_ttl_s)
     try:
         if settings.snapshot_path and Path(settings.snapshot_path).is_file():
             histories = json.loads(Path(settings.snapshot_path).read_text())

@@ -177,3 +177,16 @@ def test_triton_client_refuses_a_store_that_keeps_fewer_events_than_the_model_re
     else:
         with pytest.raises(RuntimeError, match=error):
             asyncio.run(start())
+
+
+def test_the_embedded_store_takes_the_dedup_windows_of_the_feature_settings(catalog, tmp_path):
+    from feature_service.config import FeatureServiceSettings
+    served = ServedModel(version=1, catalog=catalog, popular_items=[], sequence_length=4)
+    features = FeatureServiceSettings(dedup_window_events=3, dedup_ttl_s=60)
+
+    async def window() -> int:
+        settings = GatewaySettings(snapshot_path=str(tmp_path / "none.json"))
+        async with components.feature_store(settings, features, served) as store:
+            return store.dedup_window_events
+
+    assert asyncio.run(window()) == 3
