@@ -115,6 +115,51 @@ class _UserState:
     updated_at_ms: int | None = None
 
 
+# How many of the highest trending scores the in-process store keeps ready (the fallback asks for
+# a few dozen); a larger k is answered by a scan.
+TRENDING_LEADERS = 1024
+
+
+def _by_score(kv: tuple[str, float]) -> tuple[float, str]:
+    return kv[1], kv[0]
+
+
+class TopScores:
+    """The ``size`` items with the highest (score, item), kept up to date as scores are set.
+
+    Exact only because a score never decreases (``log_decayed_add`` only adds): an item outside
+    the set scored below the set's floor when it last changed, and the floor never goes down. The
+    floor is found in a min-heap with lazy deletion (stale entries are skipped, and the heap is
+    rebuilt when they outnumber the members), so an update costs O(log size).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._scores: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def items(self):
+        return self._scores.items()
+
+    def update(self, item: str, score: float) -> None:
+        if item not in self._scores and len(self._scores) >= self.size:
+            floor = self._floor()
+            if (score, item) <= floor:
+                return
+            heapq.heappop(self._heap)
+            del self._scores[floor[1]]
+        self._scores[item] = score
+        heapq.heappush(self._heap, (score, item))
+        if len(self._heap) > 4 * self.size:
+            self._heap = [(v, i) for i, v in self._scores.items()]
+            heapq.heapify(self._heap)
+
+    def _floor(self) -> tuple[float, str]:
+        while self._scores.get(self._heap[0][1]) != self._heap[0][0]:
+            heapq.heappop(self._heap)  # an old score of an item that has risen since
+        return self._heap[0]
+
+
 class InMemoryStore:
     """Thread-safe: the consumer thread writes while request handlers read."""
 
@@ -130,6 +175,7 @@ class InMemoryStore:
         self._lock = threading.Lock()
         self._users: dict[str, _UserState] = {}
         self._trending_log: dict[str, float] = {}
+        self._leaders = TopScores(TRENDING_LEADERS)
         self._applied: OrderedDict[str, None] = OrderedDict()
 
     def apply(self, event: Event) -> bool:
@@ -169,8 +215,10 @@ class InMemoryStore:
         for category in self.item_categories.get(event.item_id, ()):
             state.affinity_log[category] = log_decayed_add(
                 state.affinity_log.get(category), event.ts_ms, weight, rules.affinity_half_life_ms)
-        self._trending_log[event.item_id] = log_decayed_add(
-            self._trending_log.get(event.item_id), event.ts_ms, weight, rules.trending_half_life_ms)
+        score = log_decayed_add(self._trending_log.get(event.item_id), event.ts_ms, weight,
+                                rules.trending_half_life_ms)
+        self._trending_log[event.item_id] = score
+        self._leaders.update(event.item_id, score)
         state.updated_at_ms = _now_ms()
         return True
 
@@ -194,7 +242,10 @@ class InMemoryStore:
     def trending(self, k: int, now_ms: int | None = None) -> list[tuple[str, float]]:
         now_ms = _now_ms() if now_ms is None else now_ms
         with self._lock:
-            top = heapq.nlargest(k, self._trending_log.items(), key=lambda kv: (kv[1], kv[0]))
+            # The leaders answer without a scan of every item ever seen: the fallback calls this
+            # when Triton is down, on the event loop (an in-process store is not a network call).
+            source = self._leaders.items() if k <= self._leaders.size else self._trending_log.items()
+            top = heapq.nlargest(k, source, key=_by_score)
         return [(item, decayed_value(v, now_ms, self.rules.trending_half_life_ms)) for item, v in top]
 
     def load_snapshot(self, histories: Mapping[str, Sequence[SnapshotRow]]) -> None:
