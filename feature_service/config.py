@@ -25,7 +25,12 @@ class FeatureServiceSettings(BaseSettings):
     session_timeout_ms: int = 10_000
     poll_timeout_ms: int = 100  # longest wait for a batch of events
     max_poll_records: int = 500  # events applied to the store per batch
-    retry_backoff_ms: int = 500  # wait before re-reading a batch the store refused
+    # First wait before re-reading a batch that failed (store refused it, dead letters not sent);
+    # doubled on each consecutive failure (with jitter) up to RETRY_BACKOFF_MAX_MS.
+    retry_backoff_ms: int = Field(default=500, ge=0)
+    retry_backoff_max_ms: int = Field(default=30_000, ge=0)  # longest wait between retries of a batch
+    # Consecutive failed attempts after which the consumer reports not ready (stuck partition).
+    unready_after_failures: int = Field(default=5, ge=1)
     kafka_timeout_ms: int = 10_000  # broker requests (commit, dead letters)
     store: Literal["memory", "redis"] = "memory"  # redis: shared with the gateways
     redis_url: str = "redis://127.0.0.1:6379/0"  # used when store=redis
@@ -38,6 +43,9 @@ class FeatureServiceSettings(BaseSettings):
     dedup_ttl_s: int = 7 * 24 * 3600  # Redis store: how long an event id is remembered for de-duplication
     max_event_bytes: int = MAX_EVENT_BYTES  # larger messages go to the dead-letter topic
     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS  # events further ahead of the clock: dead-letter topic
+    # Dead-letter records keep at most this many bytes of the message (and its size and SHA-256), so a
+    # record always fits the producer's 1 MiB message limit (escaped, the prefix grows at most 6x).
+    dead_letter_payload_max_bytes: int = Field(default=64 * 1024, ge=0, le=128 * 1024)
     # A catalog.json (as in model_repository/retrieve/<v>/): item categories for affinities.
     catalog_path: str | None = None
     # A batch snapshot of user histories (JSON, features.user_state.snapshot_events) to seed the store with.

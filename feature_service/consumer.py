@@ -10,15 +10,20 @@ Two ways to consume, chosen by the store:
   The consumer reads every partition from the beginning of the topic (no group, no commits),
   rebuilding the state on start; each gateway process holds every user.
 
-A message that is not a valid event goes to the dead-letter topic with the reason; consumption goes
-on. When the store is unreachable the batch is rewound and retried after a pause.
+A message that is not a valid event goes to the dead-letter topic with the reason and a bounded
+prefix of its bytes (with its size and digest), so that the record always fits; consumption goes on.
+When the store is unreachable, or dead letters cannot be written, the partitions concerned are
+rewound and retried after an exponential backoff with jitter; a partition that fails
+``UNREADY_AFTER_FAILURES`` times in a row makes the consumer not ready, with the reason.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -38,24 +43,62 @@ log = logging.getLogger(__name__)
 # Called for every newly applied event with the record's producer timestamp (ms).
 OnApplied = Callable[[Event, int], None]
 
+DEFAULT_PAYLOAD_MAX_BYTES = 64 * 1024
+MAX_KEY_BYTES = 1024  # dead-letter keys longer than this are cut (the record says so)
+MAX_REASON_CHARS = 4096
+_ALL = "all"  # failures not tied to a partition (a Kafka error while polling)
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def dead_letter_record(raw: bytes | None, reason: str, topic: str, partition: int, offset: int) -> bytes:
-    """The dead-letter value: the reason, where the message came from, and its exact bytes."""
+def _text_prefix(raw: bytes, truncated: bool) -> str | None:
+    """``raw`` as text, or None when it is not UTF-8. A cut prefix may end inside a character: the
+    incomplete tail (at most 3 bytes) is dropped."""
+    for cut in range(4 if truncated else 1):
+        try:
+            return raw[:len(raw) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The dead-letter record's key: the message's, cut to ``MAX_KEY_BYTES``."""
+    return key if key is None or len(key) <= MAX_KEY_BYTES else key[:MAX_KEY_BYTES]
+
+
+def dead_letter_record(raw: bytes | None, reason: str, topic: str, partition: int, offset: int, *,
+                       max_payload_bytes: int = DEFAULT_PAYLOAD_MAX_BYTES,
+                       key: bytes | None = None) -> bytes:
+    """The dead-letter value: the reason, where the message came from, the message's size and
+    SHA-256, and its bytes, at most ``max_payload_bytes`` of them (``payload_truncated`` says so):
+    a whole oversized message, escaped, could exceed the producer's limit and never be written."""
+    raw = raw or b""
+    kept = raw[:max_payload_bytes]
+    truncated = len(kept) < len(raw)
     record: dict[str, object] = {
-        "reason": reason,
+        "reason": reason[:MAX_REASON_CHARS],
         "source": {"topic": topic, "partition": partition, "offset": offset},
         "dead_lettered_at_ms": _now_ms(),
+        "payload_bytes": len(raw),
+        "payload_sha256": hashlib.sha256(raw).hexdigest(),
+        "payload_truncated": truncated,
     }
-    raw = raw or b""
-    try:
-        record["payload"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        record["payload_base64"] = base64.b64encode(raw).decode()
+    text = _text_prefix(kept, truncated)
+    if text is not None:
+        record["payload"] = text
+    else:
+        record["payload_base64"] = base64.b64encode(kept).decode()
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        record["key_bytes"] = len(key)
+        record["key_sha256"] = hashlib.sha256(key).hexdigest()
     return json.dumps(record).encode()
+
+
+def _label(tp: TopicPartition | str) -> str:
+    return tp if isinstance(tp, str) else f"{tp.topic}[{tp.partition}]"
 
 
 class FeatureConsumer:
@@ -63,15 +106,28 @@ class FeatureConsumer:
     never be shared across threads."""
 
     def __init__(self, settings: FeatureServiceSettings, store: FeatureStore,
-                 on_applied: OnApplied | None = None) -> None:
+                 on_applied: OnApplied | None = None, *,
+                 sleep: Callable[[float], object] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.settings = settings
         self.store = store
         self.on_applied = on_applied
         self.applied = 0
         self.duplicates = 0
         self.dead_lettered = 0
-        self.ready = threading.Event()  # partitions assigned (and, replaying, caught up)
+        # Partitions assigned (and, replaying, caught up), and no partition stuck: cleared again
+        # while one fails UNREADY_AFTER_FAILURES times in a row (``not_ready_reason`` says why).
+        self.ready = threading.Event()
+        self.backoffs_s: list[float] = []  # every wait after a failure, in order (tests, debugging)
         self._catch_up: dict[TopicPartition, int] | None = None
+        self._caught_up = False
+        # Consecutive failed attempts per partition (or _ALL), with when the first one happened.
+        self._failing: dict[TopicPartition | str, tuple[int, float, str]] = {}
+        self._sleep = sleep
+        self._clock = clock
+        self._random = rng or random.Random()
+        self._stop: threading.Event | None = None
 
     @property
     def group_mode(self) -> bool:
@@ -106,6 +162,9 @@ class FeatureConsumer:
             stop.wait(self.settings.retry_backoff_ms / 1000)
         else:
             return
+        if not consumer.partitions_for_topic(self.settings.dlq_topic):
+            log.error("dead-letter topic %s does not exist: a partition with an invalid message will "
+                      "wait (and the consumer turn not ready) until it is created", self.settings.dlq_topic)
         if self.group_mode:
             consumer.subscribe([topic])
             return
@@ -119,6 +178,7 @@ class FeatureConsumer:
         if s.create_topics:
             ensure_topics(s.kafka_bootstrap_servers, [s.events_topic, s.dlq_topic],
                           s.topic_partitions)
+        self._stop = stop
         consumer, dead_letters = self._connect()
         try:
             self._attach(consumer, stop)
@@ -126,22 +186,106 @@ class FeatureConsumer:
                 try:
                     batch = consumer.poll(timeout_ms=s.poll_timeout_ms)
                     self._update_ready(consumer)
+                    if self._failing:
+                        self._forget_revoked(consumer.assignment())
                     if batch:
                         self.process(consumer, dead_letters, batch)
+                    else:
+                        self._succeeded([])  # polling works again
                 except KafkaError as exc:  # broker gone for a moment: the client reconnects
                     log.warning("Kafka error, retrying: %r", exc)
-                    stop.wait(s.retry_backoff_ms / 1000)
+                    self._failed([_ALL], f"Kafka error: {exc!r}")
         finally:
             consumer.close()
             dead_letters.close()
 
     def _update_ready(self, consumer: KafkaConsumer) -> None:
-        if self.ready.is_set() or not consumer.assignment():
+        if self._caught_up or not consumer.assignment():
             return
         if self._catch_up is None or all(consumer.position(tp) >= end
                                          for tp, end in self._catch_up.items()):
+            self._caught_up = True
+            self._refresh_ready()
+
+    @property
+    def stuck(self) -> dict[str, int]:
+        """Partitions (or "all") that failed ``UNREADY_AFTER_FAILURES`` or more times in a row."""
+        limit = self.settings.unready_after_failures
+        return {_label(tp): n for tp, (n, _, _) in self._failing.items() if n >= limit}
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why ``ready`` is not set, or None when it is."""
+        limit = self.settings.unready_after_failures
+        stuck = [f"{_label(tp)}: {n} consecutive failed attempts over {self._clock() - since:.0f} s"
+                 f" ({why})" for tp, (n, since, why) in self._failing.items() if n >= limit]
+        if stuck:
+            return "stuck: " + "; ".join(stuck)
+        if not self._caught_up:
+            return "partitions not assigned yet" if self._catch_up is None else "catching up"
+        return None
+
+    def _refresh_ready(self) -> None:
+        if self._caught_up and not self.stuck:
             self.ready.set()
             metrics.READY.set(1)
+        else:
+            self.ready.clear()
+            metrics.READY.set(0)
+
+    def backoff_s(self, failures: int) -> float:
+        """The wait after the ``failures``-th failure in a row: RETRY_BACKOFF_MS doubled each time,
+        at most RETRY_BACKOFF_MAX_MS, with jitter (between half of it and all of it)."""
+        s = self.settings
+        ceiling_ms = min(s.retry_backoff_max_ms, s.retry_backoff_ms * 2 ** min(max(failures, 1) - 1, 30))
+        return ceiling_ms / 1000 * (0.5 + 0.5 * self._random.random())
+
+    def _wait(self, seconds: float) -> None:
+        self.backoffs_s.append(seconds)
+        if self._sleep is not None:
+            self._sleep(seconds)
+        elif self._stop is not None:
+            self._stop.wait(seconds)  # a stop request ends the wait
+        else:
+            time.sleep(seconds)
+
+    def _failed(self, keys: list, reason: str) -> None:
+        """Count a failed attempt at ``keys`` (rewound by the caller), update the metrics and
+        readiness, and wait before the retry."""
+        now = self._clock()
+        for key in keys:
+            n, since, _ = self._failing.get(key, (0, now, reason))
+            self._failing[key] = (n + 1, since, reason)
+            metrics.CONSECUTIVE_FAILURES.labels(_label(key)).set(n + 1)
+        worst = max(self._failing.values(), key=lambda f: f[0])
+        metrics.STUCK_SECONDS.set(now - min(since for _, since, _ in self._failing.values()))
+        was_ready = self.ready.is_set()
+        self._refresh_ready()
+        if was_ready and not self.ready.is_set():
+            log.error("feature consumer not ready: %s", self.not_ready_reason)
+        self._wait(self.backoff_s(worst[0]))
+
+    def _succeeded(self, keys) -> None:
+        """A successful attempt at ``keys`` (and at Kafka): their failure streaks end."""
+        if not self._failing:
+            return
+        for key in [*keys, _ALL]:
+            if self._failing.pop(key, None) is not None:
+                metrics.CONSECUTIVE_FAILURES.labels(_label(key)).set(0)
+        self._after_reset()
+
+    def _forget_revoked(self, assignment) -> None:
+        """A partition taken by a rebalance is no longer this consumer's to be stuck on."""
+        for key in [k for k in self._failing if k != _ALL and k not in assignment]:
+            del self._failing[key]
+            metrics.CONSECUTIVE_FAILURES.labels(_label(key)).set(0)
+        self._after_reset()
+
+    def _after_reset(self) -> None:
+        now = self._clock()
+        metrics.STUCK_SECONDS.set(now - min(s for _, s, _ in self._failing.values()) if self._failing else 0)
+        if not self.ready.is_set():
+            self._refresh_ready()
 
     def process(self, consumer: KafkaConsumer, dead_letters: KafkaProducer,
                 batch: dict[TopicPartition, list]) -> None:
@@ -162,7 +306,7 @@ class FeatureConsumer:
             log.warning("feature store unavailable (%s); retrying the batch", exc)
             metrics.STORE_RETRIES.inc()
             self._rewind(consumer, batch)
-            time.sleep(self.settings.retry_backoff_ms / 1000)
+            self._failed(list(batch), f"feature store unavailable: {exc}")
             return
         visible_ms = _now_ms()
         applied = 0
@@ -178,33 +322,64 @@ class FeatureConsumer:
         self.duplicates += len(valid) - applied
         metrics.APPLIED.inc(applied)
         metrics.DUPLICATES.inc(len(valid) - applied)
-        if invalid:
-            try:
-                self._dead_letter(dead_letters, invalid)
-            except KafkaError as exc:
-                # Not committing past a dead letter that may be lost: re-deliver the batch (its
-                # valid events are de-duplicated; a dead letter may then be written twice).
-                log.warning("dead-letter topic unavailable (%r); retrying the batch", exc)
-                self._rewind(consumer, batch)
-                return
+        failed: dict[TopicPartition, KafkaError] = self._dead_letter(dead_letters, invalid) if invalid else {}
+        if failed:
+            # Not committing past a dead letter that may be lost: re-deliver those partitions (their
+            # valid events are de-duplicated; a dead letter may then be written twice). The other
+            # partitions of the batch go on.
+            error = next(iter(failed.values()))
+            log.warning("dead letters not written (%r); retrying %s", error,
+                        ", ".join(map(_label, failed)))
+            metrics.DEAD_LETTER_FAILURES.inc()
+            self._rewind(consumer, {tp: batch[tp] for tp in failed})
+            done = {tp: messages for tp, messages in batch.items() if tp not in failed}
+            if self.group_mode and done:
+                self._commit(consumer, done)
+            self._succeeded(list(done))
+            self._failed(list(failed), f"dead-letter topic {self.settings.dlq_topic}: {error!r}")
+            return
         if self.group_mode:
             self._commit(consumer, batch)
+        self._succeeded(list(batch))
 
-    def _dead_letter(self, dead_letters: KafkaProducer, invalid: list) -> None:
-        futures = []
+    def _dead_letter(self, dead_letters: KafkaProducer, invalid: list) -> dict[TopicPartition, KafkaError]:
+        """Write the dead letters; return the partitions of those that were not written, with an
+        error. After a send that fails at once (no topic metadata: it blocked for the whole
+        timeout), the rest are not tried."""
+        futures: list = []
+        failed: dict[TopicPartition, KafkaError] = {}
         for message, reason in invalid:
-            futures.append(dead_letters.send(
-                self.settings.dlq_topic, key=message.key,
-                value=dead_letter_record(message.value, reason, message.topic, message.partition,
-                                         message.offset),
-            ))
+            tp = TopicPartition(message.topic, message.partition)
+            if failed:
+                failed.setdefault(tp, next(iter(failed.values())))
+                continue
+            value = dead_letter_record(message.value, reason, message.topic, message.partition,
+                                       message.offset, key=message.key,
+                                       max_payload_bytes=self.settings.dead_letter_payload_max_bytes)
+            try:
+                futures.append((tp, dead_letters.send(self.settings.dlq_topic,
+                                                      key=dead_letter_key(message.key), value=value)))
+            except KafkaError as exc:
+                failed[tp] = exc
+                continue
             log.info("dead-lettered %s[%d]@%d: %s", message.topic, message.partition,
                      message.offset, reason)
-        dead_letters.flush(timeout=self.settings.kafka_timeout_ms / 1000)
-        for future in futures:
-            future.get(timeout=0)  # raises the send's error, if any
-        self.dead_lettered += len(invalid)
-        metrics.DEAD_LETTERED.inc(len(invalid))
+        if futures:
+            try:
+                dead_letters.flush(timeout=self.settings.kafka_timeout_ms / 1000)
+            except KafkaError as exc:  # the futures not done yet say so below
+                log.warning("flushing dead letters failed: %r", exc)
+        written: list[TopicPartition] = []
+        for tp, future in futures:
+            try:
+                future.get(timeout=0)  # raises the send's error, if any
+                written.append(tp)
+            except KafkaError as exc:
+                failed.setdefault(tp, exc)
+        n_written = sum(tp not in failed for tp in written)  # the others will be written again
+        self.dead_lettered += n_written
+        metrics.DEAD_LETTERED.inc(n_written)
+        return failed
 
     def _commit(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list]) -> None:
         offsets = {tp: OffsetAndMetadata(messages[-1].offset + 1, None, -1)

@@ -26,3 +26,17 @@ FRESHNESS_SECONDS = Histogram(
 READY = Gauge(
     "feature_consumer_ready", "1 once partitions are assigned (and, replaying, caught up)",
 )
+DEAD_LETTER_FAILURES = Counter(
+    "feature_dead_letter_failures_total",
+    "Batches rewound because their dead letters could not be written",
+)
+CONSECUTIVE_FAILURES = Gauge(
+    "feature_consumer_consecutive_failures",
+    "Failed attempts in a row at the batch in hand (rewound and retried); 0 once one succeeds. "
+    "A value that keeps growing is a stuck partition. Label partition: topic[n], or all (polling)",
+    ["partition"],
+)
+STUCK_SECONDS = Gauge(
+    "feature_consumer_stuck_seconds",
+    "Seconds since the first of the consecutive failed attempts (0 when the last attempt succeeded)",
+)

@@ -1,13 +1,16 @@
 """FeatureConsumer.process with fake Kafka clients: what is applied, dead-lettered, committed."""
 
 import base64
+import hashlib
 import json
+import random
 import time
 from types import SimpleNamespace
 
 import pytest
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLargeError
+from prometheus_client import REGISTRY
 
 from feature_service.config import FeatureServiceSettings
 from feature_service.consumer import FeatureConsumer, dead_letter_record
@@ -27,21 +30,39 @@ class FakeFuture:
             raise self.error
 
 
+PRODUCER_MAX_REQUEST_BYTES = 1024 * 1024  # kafka-python's max_request_size default
+
+
 class FakeProducer:
-    def __init__(self, error=None):
-        self.sent, self.error = [], error
+    """Like KafkaProducer: a record over the size limit is refused by send() itself; ``send_error``
+    is raised by send() too (a topic without metadata blocks, then raises)."""
+
+    def __init__(self, error=None, send_error=None):
+        self.sent, self.error, self.send_error, self.attempts = [], error, send_error, 0
 
     def send(self, topic, key=None, value=None):
+        self.attempts += 1
+        if self.send_error:
+            raise self.send_error
+        if len(key or b"") + len(value) > PRODUCER_MAX_REQUEST_BYTES:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
         self.sent.append((topic, key, value))
         return FakeFuture(self.error)
 
     def flush(self, timeout=None):
         pass
 
+    def close(self):
+        pass
+
 
 class FakeConsumer:
-    def __init__(self, commit_error=None):
+    def __init__(self, commit_error=None, assigned=(TP0, TP1)):
         self.commits, self.seeks, self.commit_error = [], [], commit_error
+        self.assigned = set(assigned)
+
+    def assignment(self):
+        return self.assigned
 
     def commit(self, offsets):
         if self.commit_error:
@@ -126,7 +147,7 @@ def test_store_outage_rewinds_the_batch_without_committing():
 
 def test_dead_letter_failure_rewinds_instead_of_losing_the_record():
     kafka = FakeConsumer()
-    consumer = FeatureConsumer(FeatureServiceSettings(), DurableStore())
+    consumer = FeatureConsumer(FeatureServiceSettings(), DurableStore(), sleep=lambda s: None)
     consumer.process(kafka, FakeProducer(error=KafkaTimeoutError()), {TP0: [message(b"junk", 9)]})
     assert kafka.seeks == [(TP0, 9)] and kafka.commits == []
 
@@ -166,3 +187,179 @@ def test_dead_letter_record_keeps_text_payloads_verbatim():
     record = json.loads(dead_letter_record(b'{"a": 1}', "bad", "t", 1, 7))
     assert record["source"] == {"topic": "t", "partition": 1, "offset": 7}
     assert record["payload"] == '{"a": 1}' and record["reason"] == "bad"
+
+
+# --- issue 15: one message must not stop the consumer -----------------------------------------
+
+def emoji_event(n_bytes=400_000) -> bytes:
+    """A JSON event whose context holds ``n_bytes`` of emoji, as raw UTF-8 (escaped, 3x larger)."""
+    return json.dumps({"user_id": "u", "item_id": "1", "event_type": "view",
+                       "context": {"note": "\U0001F600" * (n_bytes // 4)}}, ensure_ascii=False).encode()
+
+
+def test_an_oversized_message_is_dead_lettered_as_a_bounded_prefix_and_the_offset_advances():
+    raw = emoji_event()
+    assert len(dead_letter_record(raw, "r", TOPIC, 0, 0, max_payload_bytes=len(raw))) > 1_100_000
+    store, dlq, kafka = DurableStore(), FakeProducer(), FakeConsumer()
+    consumer = FeatureConsumer(FeatureServiceSettings(), store, sleep=lambda s: None)
+    consumer.process(kafka, dlq, {TP0: [message(raw, 41), message(good("e1"), 42)]})
+    assert kafka.commits == [{TP0: 43}] and not kafka.seeks
+    assert consumer.dead_lettered == 1 and consumer.applied == 1
+    [(_, key, value)] = dlq.sent
+    assert key == b"u" and len(value) < 400_000  # 64 KiB of emoji, escaped: ~192 KiB
+    record = json.loads(value)
+    assert record["payload_truncated"] is True
+    assert record["payload_bytes"] == len(raw)
+    assert record["payload_sha256"] == hashlib.sha256(raw).hexdigest()
+    # a prefix of the original text, cut at a character boundary
+    assert 64 * 1024 - 4 < len(record["payload"].encode()) <= 64 * 1024
+    assert raw.decode().startswith(record["payload"])
+    assert "4096-byte limit" in record["reason"]
+
+
+def test_small_payloads_are_kept_whole_with_their_size_and_digest():
+    record = json.loads(dead_letter_record(b"\xff\xfe\x00", "bad", "t", 0, 1))
+    assert base64.b64decode(record["payload_base64"]) == b"\xff\xfe\x00"
+    assert (record["payload_bytes"], record["payload_truncated"]) == (3, False)
+    assert record["payload_sha256"] == hashlib.sha256(b"\xff\xfe\x00").hexdigest()
+
+
+def test_binary_payloads_and_keys_are_bounded_too():
+    raw, key = bytes(range(256)) * 4000, b"k" * 5000
+    value = dead_letter_record(raw, "bad", "t", 0, 1, max_payload_bytes=1000, key=key)
+    record = json.loads(value)
+    assert base64.b64decode(record["payload_base64"]) == raw[:1000] and record["payload_truncated"]
+    assert record["key_bytes"] == 5000 and record["key_sha256"] == hashlib.sha256(key).hexdigest()
+    dlq = FakeProducer()
+    consumer = FeatureConsumer(FeatureServiceSettings(), DurableStore())
+    consumer.process(FakeConsumer(), dlq, {TP0: [SimpleNamespace(**{**vars(message(raw)), "key": key})]})
+    assert len(dlq.sent[0][1]) == 1024
+
+
+class FixedRandom(random.Random):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def random(self):
+        return self.value
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.999])
+def test_rewinds_back_off_exponentially_with_jitter_up_to_the_cap_and_reset_after_a_success(jitter):
+    slept = []
+    settings = FeatureServiceSettings(retry_backoff_ms=100, retry_backoff_max_ms=1000)
+    store = DownStore()
+    consumer = FeatureConsumer(settings, store, sleep=slept.append, rng=FixedRandom(jitter))
+    kafka = FakeConsumer()
+    for _ in range(6):
+        consumer.process(kafka, FakeProducer(), {TP0: [message(good("e1"), 3)]})
+    ceilings = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert slept == pytest.approx([c * (0.5 + 0.5 * jitter) for c in ceilings])
+    assert kafka.seeks == [(TP0, 3)] * 6
+    store.apply_many = DurableStore().apply_many  # back
+    consumer.process(kafka, FakeProducer(), {TP0: [message(good("e1"), 3)]})
+    assert len(slept) == 6 and kafka.commits == [{TP0: 4}]
+    del store.apply_many
+    consumer.process(kafka, FakeProducer(), {TP0: [message(good("e2"), 4)]})
+    assert slept[-1] == pytest.approx(0.1 * (0.5 + 0.5 * jitter))
+
+
+def test_dead_letter_failures_back_off_too():
+    slept = []
+    consumer = FeatureConsumer(FeatureServiceSettings(retry_backoff_ms=200), DurableStore(),
+                               sleep=slept.append, rng=FixedRandom(0.0))
+    for _ in range(3):
+        consumer.process(FakeConsumer(), FakeProducer(error=KafkaTimeoutError()), {TP0: [message(b"junk")]})
+    assert slept == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_only_the_partitions_whose_dead_letters_failed_are_rewound():
+    kafka, store = FakeConsumer(), DurableStore()
+    consumer = FeatureConsumer(FeatureServiceSettings(), store, sleep=lambda s: None)
+    batch = {TP0: [message(good("e1"), 3), message(b"junk", 4)], TP1: [message(good("e2"), 8, 1)]}
+    consumer.process(kafka, FakeProducer(error=KafkaTimeoutError()), batch)
+    assert kafka.seeks == [(TP0, 3)] and kafka.commits == [{TP1: 9}]
+
+
+def test_a_missing_dead_letter_topic_is_not_waited_on_once_per_message():
+    kafka, dlq = FakeConsumer(), FakeProducer(send_error=KafkaTimeoutError("no metadata"))
+    consumer = FeatureConsumer(FeatureServiceSettings(), DurableStore(), sleep=lambda s: None)
+    consumer.process(kafka, dlq, {TP0: [message(b"junk", 4), message(b"junk", 5)],
+                                  TP1: [message(b"junk", 6, 1)]})
+    assert dlq.attempts == 1 and sorted(kafka.seeks) == [(TP0, 4), (TP1, 6)] and not kafka.commits
+
+
+def failures_gauge(label):
+    return REGISTRY.get_sample_value("feature_consumer_consecutive_failures", {"partition": label})
+
+
+def test_a_stuck_partition_shows_in_the_metrics_and_makes_the_consumer_not_ready():
+    now = [1000.0]
+    settings = FeatureServiceSettings(unready_after_failures=3)
+    consumer = FeatureConsumer(settings, DurableStore(), sleep=lambda s: now.__setitem__(0, now[0] + s),
+                               clock=lambda: now[0])
+    kafka = FakeConsumer()
+    assert not consumer.ready.is_set() and consumer.not_ready_reason == "partitions not assigned yet"
+    consumer._update_ready(kafka)
+    assert consumer.ready.is_set() and consumer.not_ready_reason is None
+    broken = FakeProducer(error=KafkaTimeoutError())
+    for attempt in range(1, 4):
+        assert consumer.ready.is_set()
+        consumer.process(kafka, broken, {TP0: [message(b"junk", 7)], TP1: [message(good("e1"), 2, 1)]})
+        assert failures_gauge("user-events[0]") == attempt
+    assert not consumer.ready.is_set()
+    assert REGISTRY.get_sample_value("feature_consumer_ready") == 0
+    assert consumer.stuck == {"user-events[0]": 3}
+    reason = consumer.not_ready_reason
+    assert "user-events[0]: 3 consecutive failed attempts" in reason and "dead-letter topic" in reason
+    assert REGISTRY.get_sample_value("feature_consumer_stuck_seconds") > 0
+    # the other partition kept going, and is not the stuck one
+    assert kafka.commits == [{TP1: 3}] * 3 and TP1 not in consumer._failing
+    consumer.process(kafka, FakeProducer(), {TP0: [message(b"junk", 7)]})  # the topic is back
+    assert consumer.ready.is_set() and consumer.not_ready_reason is None and consumer.stuck == {}
+    assert failures_gauge("user-events[0]") == 0
+    assert REGISTRY.get_sample_value("feature_consumer_stuck_seconds") == 0
+    assert REGISTRY.get_sample_value("feature_consumer_ready") == 1
+
+
+def test_a_partition_taken_by_a_rebalance_no_longer_counts_as_stuck():
+    consumer = FeatureConsumer(FeatureServiceSettings(unready_after_failures=1), DownStore(),
+                               sleep=lambda s: None)
+    kafka = FakeConsumer()
+    consumer._update_ready(kafka)
+    consumer.process(kafka, FakeProducer(), {TP1: [message(good("e1"), 2, 1)]})
+    assert not consumer.ready.is_set() and consumer.stuck == {"user-events[1]": 1}
+    consumer._forget_revoked({TP0})
+    assert consumer.ready.is_set() and consumer.stuck == {}
+
+
+def test_polling_errors_back_off_and_an_answered_poll_resets_them(monkeypatch):
+    import threading
+
+    stop, slept = threading.Event(), []
+
+    class PollingConsumer(FakeConsumer):
+        polls = 0
+
+        def poll(self, timeout_ms=None):
+            self.polls += 1
+            if self.polls <= 3:
+                raise KafkaTimeoutError()
+            stop.set()
+            return {}
+
+        def close(self):
+            pass
+
+    settings = FeatureServiceSettings(create_topics=False, retry_backoff_ms=100,
+                                      unready_after_failures=3)
+    consumer = FeatureConsumer(settings, DurableStore(), sleep=slept.append, rng=FixedRandom(0.0))
+    monkeypatch.setattr(consumer, "_connect", lambda: (PollingConsumer(), FakeProducer()))
+    monkeypatch.setattr(consumer, "_attach", lambda kafka, stop: None)
+    states = []
+    monkeypatch.setattr(consumer, "_wait", lambda s: states.append(consumer.stuck) or slept.append(s))
+    consumer.run(stop)
+    assert slept == pytest.approx([0.05, 0.1, 0.2])
+    assert states[-1] == {"all": 3}
+    assert consumer.stuck == {} and consumer.ready.is_set()
