@@ -176,7 +176,7 @@ class InMemoryStore:
         self._users: dict[str, _UserState] = {}
         self._trending_log: dict[str, float] = {}
         self._leaders = TopScores(TRENDING_LEADERS)
-        self._applied: OrderedDict[str, None] = OrderedDict()
+        self._applied: OrderedDict[tuple[str, str], None] = OrderedDict()  # (user, event id)
 
     def apply(self, event: Event) -> bool:
         with self._lock:
@@ -191,9 +191,10 @@ class InMemoryStore:
         return out
 
     def _apply(self, event: Event) -> bool:
-        if event.event_id in self._applied:
+        mark = (event.user_id, event.event_id)
+        if mark in self._applied:
             return False
-        self._applied[event.event_id] = None
+        self._applied[mark] = None
         if len(self._applied) > self.dedup_window_events:
             self._applied.popitem(last=False)
         rules = self.rules
@@ -346,7 +347,7 @@ def _from_member(member: bytes, ts: float) -> RecentEvent:
 
 class RedisStore:
     """Features in Redis under ``<prefix>:u:<user>:{recent,seen,bought,aff,updated}``, trending in
-    ``<prefix>:trending``, de-duplication marks ``<prefix>:e:<event_id>`` with a TTL.
+    ``<prefix>:trending``, de-duplication marks ``<prefix>:e:<user_id>|<event_id>`` with a TTL.
 
     A recent-event member is ``<event_id> <item_id> <event_type>`` (space-separated, so that ties
     in time sort by event id as ``features.behaviour.event_order`` does) scored by event time, so
@@ -379,7 +380,9 @@ class RedisStore:
     def _queue_apply(self, pipe, event: Event, now_ms: int) -> None:
         recent, seen, bought, aff, updated = self._user_keys(event.user_id)
         rules = self.rules
-        keys = [f"{self.prefix}:e:{event.event_id}", recent, seen, bought, aff, updated,
+        # Scoped to the user: two users' clients may both number their events "1". "|" is not an
+        # id character, so no (user, id) pair can spell another's key.
+        keys = [f"{self.prefix}:e:{event.user_id}|{event.event_id}", recent, seen, bought, aff, updated,
                 self._trending_key]
         args = [self.dedup_ttl_s, event.ts_ms,
                 _member(event.event_id, event.item_id, event.event_type.value), event.item_id,

@@ -92,9 +92,10 @@ def clean_interactions(
     ``DatasetError`` for missing required columns, an empty log, a ``context`` cell that is not a
     JSON object, or more than ``MAX_REJECTED_FRACTION`` malformed rows.
 
-    Duplicates: with an ``event_id`` column, a repeated id (the first row is kept, as the feature
-    stores keep the first delivery); without one, rows equal in every column after parsing (so
-    ``1704067200`` and ``2024-01-01T00:00:00Z`` are the same time). Rows are sorted by (user, time,
+    Duplicates: with an ``event_id`` column, a user's repeated id (the first row is kept, as the
+    feature stores keep the first delivery; ids are scoped to their user, as there); without
+    one, rows equal in every column after parsing (so ``1704067200`` and
+    ``2024-01-01T00:00:00Z`` are the same time). Rows are sorted by (user, time,
     event id), the order of ``features.behaviour``; generated ids keep ties in file order, so the
     "last" interaction of a user is well defined and the same in every run.
     """
@@ -142,7 +143,7 @@ def clean_interactions(
         "event_type": event_types[keep],
         "value": values[keep],
     })
-    deduped = (out.drop_duplicates("event_id") if given_ids is not None
+    deduped = (out.drop_duplicates(["user_id", "event_id"]) if given_ids is not None
                else out.drop_duplicates(out.columns.drop("event_id")))
     cleaned = deduped.sort_values(["user_id", "ts_ms", "event_id"], kind="stable").reset_index(drop=True)
 

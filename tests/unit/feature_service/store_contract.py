@@ -167,6 +167,13 @@ class StoreContract:
             ("e1", "a", "cart", 10)]
         assert features.seen_items == {"a"}
 
+    def test_event_ids_are_scoped_to_their_user(self, store):
+        # Two clients numbering their events "1": neither event is a duplicate of the other.
+        assert store.apply(ev("u", "a", 10, event_id="1"))
+        assert store.apply(ev("v", "b", 10, event_id="1"))
+        assert not store.apply(ev("v", "b", 10, event_id="1"))
+        assert store.get("v").recent_items == ["b"] and store.get("u").recent_items == ["a"]
+
     def test_users_are_isolated(self, store):
         store.apply(ev("u", "a", 1))
         store.apply(ev("v", "b", 1))

@@ -187,10 +187,11 @@ def test_given_event_ids_dedupe_like_the_stores_and_break_ties_in_time():
     raw = frame([("u", "b", 5, "view", "", "e2"), ("u", "a", 5, "view", "", "e10"),
                  ("u", "c", 5, "cart", "", "e2"),  # the same event delivered again: first kept
                  ("u", "d", 4, "view", "", ""),    # no id: one is generated
-                 ("u", "e", 6, "view", "", "bad id!")],
+                 ("u", "e", 6, "view", "", "bad id!"),
+                 ("v", "x", 5, "view", "", "e2")],  # another user's "e2": not a duplicate
                 columns=("user_id", "item_id", "timestamp", "event_type", "value", "event_id"))
     out, report = clean_interactions(raw, now_s=NOW_S)
-    assert out["item_id"].tolist() == ["d", "a", "b"]  # ts, then event id: "e10" < "e2"
+    assert out["item_id"].tolist() == ["d", "a", "b", "x"]  # ts, then event id: "e10" < "e2"
     assert report.duplicates == 1 and report.rejected == {BAD_ID: 1}
 
 
