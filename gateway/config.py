@@ -76,6 +76,13 @@ class GatewaySettings(BaseSettings):
     push_visible_timeout_ms: int = Field(default=3000, gt=0)  # for the event to reach the store
     push_keepalive_ms: int = Field(default=15_000, gt=0)  # SSE comment sent this often on idle streams
     max_push_streams: int = 1000  # open SSE streams per gateway; more: 503
+    # Open SSE streams per user on this gateway; more: 429 with Retry-After (the keep-alive, in s).
+    max_push_streams_per_user: int = Field(default=4, ge=1)
+    # An SSE stream ends after this (a final `event: reconnect`); clients reconnect.
+    push_stream_lifetime_ms: int = Field(default=3_600_000, gt=0)
+    # An SSE write (event or keep-alive) the connection has not taken by then: the stream is
+    # closed and its slot freed (a dead or stuck peer).
+    push_send_timeout_ms: int = Field(default=10_000, gt=0)
 
     # Security
     admin_token: SecretStr | None = None  # unset: admin endpoints answer 403

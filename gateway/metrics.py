@@ -21,9 +21,18 @@ TRITON_SECONDS = Histogram(
 )
 PUSHES = Counter(
     "gateway_pushes_total", "Refreshed recommendations after high-intent events, by outcome",
-    ["outcome"],  # pushed | capped | not_visible | failed
+    # pushed | capped | not_visible | failed; coalesced: joined the user's pending refresh;
+    ["outcome"],  # dropped: too many refreshes in flight (Pusher.max_refresh_tasks)
 )
 PUSH_STREAMS = Gauge("gateway_push_streams", "Open SSE push streams")
+PUSH_STREAMS_REFUSED = Counter(
+    "gateway_push_streams_refused_total", "SSE push streams refused, by limit",
+    ["limit"],  # per_user (429) | gateway (503)
+)
+PUSH_STREAM_ENDS = Counter(
+    "gateway_push_stream_ends_total", "SSE push streams ended, by reason",
+    ["reason"],  # disconnect | lifetime | send_failed (dead or stuck peer) | error
+)
 MODEL_VERSION = Gauge("gateway_model_version", "The model version this gateway serves")
 
 

@@ -6,29 +6,44 @@ store, computes the user's new recommendations and produces them to the ``recomm
 ``push_min_interval_ms`` (a frequency cap shared through Redis when the store is Redis). Every
 gateway tails that topic and forwards each message to its own SSE streams for the user, so a client
 connected to any gateway hears about events accepted by any other.
+
+Everything here is bounded: refreshes are coalesced per user (one pending refresh task per user,
+later events join it) and capped in number, the store is polled with backoff, the in-process
+frequency cap evicts in amortised O(1), and SSE streams are capped per user and per gateway, end
+after a maximum lifetime and are closed when a write is not taken (a dead peer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from feature_service.store import FeatureStore, StoreUnavailable, store_call
 from features.events import Event
 from gateway import metrics
-from gateway.errors import Overloaded
+from gateway.errors import Overloaded, RecsysError
 from gateway.schemas import Recommendations
 
 log = logging.getLogger(__name__)
+
+
+class TooManyStreams(RecsysError):
+    """One user has as many push streams open on this gateway as it may (429, with Retry-After)."""
+
+    status_code = 429
+    code = "too_many_requests"
 
 
 class PushTrigger(BaseModel):
@@ -47,12 +62,19 @@ class PushMessage(BaseModel):
 
 
 class FrequencyCap:
-    """At most one push per user per interval. In-process, or shared through Redis."""
+    """At most one push per user per interval. In-process, or shared through Redis.
 
-    def __init__(self, interval_ms: int, *, redis_url: str | None = None, prefix: str = "recsys") -> None:
+    In-process, users are kept in an ``OrderedDict`` in the order of their last allowed push, so
+    the oldest is always first: each call evicts the users whose interval is over from the front
+    (amortised O(1) a call) and the table holds only users pushed within the last interval. (It
+    used to rebuild the whole table on every call once it held 100k users.)"""
+
+    def __init__(self, interval_ms: int, *, redis_url: str | None = None, prefix: str = "recsys",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.interval_ms = interval_ms
         self.prefix = prefix
-        self._last: dict[str, float] = {}
+        self._clock = clock
+        self._last: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
         self._redis = redis.Redis.from_url(redis_url, socket_timeout=1) if redis_url else None
 
@@ -65,15 +87,18 @@ class FrequencyCap:
                                             px=self.interval_ms))
             except redis.RedisError as exc:
                 raise StoreUnavailable(str(exc)) from exc
-        now = time.monotonic()
+        now = self._clock()
+        horizon = now - self.interval_ms / 1000
         with self._lock:
-            last = self._last.get(user_id)
-            if last is not None and (now - last) * 1000 < self.interval_ms:
+            last = self._last
+            while last:  # forget users whose interval is over: oldest first, each entry once
+                user, at = next(iter(last.items()))
+                if at > horizon:
+                    break
+                del last[user]
+            if user_id in last:  # still within its interval (expired ones were just evicted)
                 return False
-            self._last[user_id] = now
-            if len(self._last) > 100_000:  # forget users whose interval is long over
-                horizon = now - self.interval_ms / 1000
-                self._last = {u: t for u, t in self._last.items() if t > horizon}
+            last[user_id] = now  # newest last: the table stays ordered by time
             return True
 
     def close(self) -> None:
@@ -81,58 +106,108 @@ class FrequencyCap:
             self._redis.close()
 
 
+class _Refresh:
+    """The pending refresh of one user: the events that joined it, newest last."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, event: Event) -> None:
+        self.events: list[Event] = [event]
+
+
 class Pusher:
-    """Runs one background task per high-intent event; never blocks or fails the ingest call.
+    """Runs refreshes after high-intent events in the background; never blocks or fails the ingest
+    call.
+
+    Bounded per event: at most one pending refresh task per user (a later event for the user joins
+    it, and the push then waits for the newest event joined), at most ``max_refresh_tasks`` in
+    flight (beyond that an event for a user with none pending is dropped, counted as
+    ``gateway_pushes_total{outcome="dropped"}``), and the store is polled with backoff, from
+    ``poll_initial_ms`` doubling up to ``poll_max_ms``, for at most ``visible_timeout_ms``.
 
     What to push is the caller's: ``schedule`` takes the function that computes it, so the pusher
     can be built before the service that uses it (and knows nothing of it)."""
 
     def __init__(self, store: FeatureStore, producer: KafkaProducer, topic: str, cap: FrequencyCap,
-                 *, visible_timeout_ms: int = 3000) -> None:
+                 *, visible_timeout_ms: int = 3000, max_refresh_tasks: int = 1000,
+                 poll_initial_ms: int = 10, poll_max_ms: int = 200) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
         self.cap = cap
         self.visible_timeout_ms = visible_timeout_ms
+        self.max_refresh_tasks = max_refresh_tasks
+        self.poll_initial_ms = poll_initial_ms
+        self.poll_max_ms = poll_max_ms
+        self._pending: dict[str, _Refresh] = {}  # user id -> its refresh still collecting events
         self._tasks: set[asyncio.Task] = set()
 
     def schedule(self, event: Event, recommend: Callable[[str], Awaitable[Recommendations]]) -> None:
-        """Once ``event`` is visible in the store, push ``await recommend(event.user_id)``."""
-        task = asyncio.get_running_loop().create_task(self._push_after(event, recommend))
+        """Once ``event`` (or a later event of the same user) is visible in the store, push
+        ``await recommend(event.user_id)``."""
+        pending = self._pending.get(event.user_id)
+        if pending is not None:
+            pending.events.append(event)
+            metrics.PUSHES.labels("coalesced").inc()
+            return
+        if len(self._tasks) >= self.max_refresh_tasks:
+            metrics.PUSHES.labels("dropped").inc()
+            return
+        refresh = self._pending[event.user_id] = _Refresh(event)
+        task = asyncio.get_running_loop().create_task(self._push_after(event.user_id, refresh, recommend))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _push_after(self, event: Event,
+    async def _push_after(self, user_id: str, refresh: _Refresh,
                           recommend: Callable[[str], Awaitable[Recommendations]]) -> None:
         try:
-            if not await asyncio.to_thread(self.cap.allow, event.user_id):
+            if not await asyncio.to_thread(self.cap.allow, user_id):
                 metrics.PUSHES.labels("capped").inc()
                 return
-            if not await self._visible(event):
-                log.warning("event %s not in the store after %d ms: no push", event.event_id,
-                            self.visible_timeout_ms)
+            trigger = await self._visible(user_id, refresh)
+            self._release(user_id, refresh)  # events from now on start a refresh of their own
+            if trigger is None:
+                log.warning("event %s not in the store after %d ms: no push",
+                            refresh.events[-1].event_id, self.visible_timeout_ms)
                 metrics.PUSHES.labels("not_visible").inc()
                 return
-            recommendations = await recommend(event.user_id)
+            recommendations = await recommend(user_id)
             message = PushMessage(
-                user_id=event.user_id,
-                trigger=PushTrigger(event_id=event.event_id, event_type=event.event_type.value,
-                                    item_id=event.item_id),
+                user_id=user_id,
+                trigger=PushTrigger(event_id=trigger.event_id, event_type=trigger.event_type.value,
+                                    item_id=trigger.item_id),
                 recommendations=recommendations, pushed_at_ms=int(time.time() * 1000))
             await asyncio.to_thread(self._produce, message)
             metrics.PUSHES.labels("pushed").inc()
-        except Exception:  # a push is best effort: the event itself is safely in Kafka
-            log.exception("push after %s failed", event.event_id)
+        except Exception:  # a push is best effort: the events themselves are safely in Kafka
+            log.exception("push after %s failed", refresh.events[-1].event_id)
             metrics.PUSHES.labels("failed").inc()
+        finally:
+            self._release(user_id, refresh)
 
-    async def _visible(self, event: Event) -> bool:
+    def _release(self, user_id: str, refresh: _Refresh) -> None:
+        if self._pending.get(user_id) is refresh:
+            del self._pending[user_id]
+
+    async def _visible(self, user_id: str, refresh: _Refresh) -> Event | None:
+        """The newest joined event once it is in the store; at the deadline, the newest one that
+        is; None when none is. Polls with backoff: about log2(max/initial) + timeout/max reads."""
         deadline = time.monotonic() + self.visible_timeout_ms / 1000
-        while time.monotonic() < deadline:
-            features = await store_call(self.store, self.store.get, event.user_id)
-            if features is not None and any(e.event_id == event.event_id for e in features.recent):
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        delay_s = self.poll_initial_ms / 1000
+        newest_seen: Event | None = None
+        while True:
+            features = await store_call(self.store, self.store.get, user_id)
+            if features is not None:
+                stored = {e.event_id for e in features.recent}
+                events = refresh.events
+                if events[-1].event_id in stored:
+                    return events[-1]
+                newest_seen = next((e for e in reversed(events) if e.event_id in stored), newest_seen)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return newest_seen
+            await asyncio.sleep(min(delay_s, left))
+            delay_s = min(delay_s * 2, self.poll_max_ms / 1000)
 
     def _produce(self, message: PushMessage) -> None:
         self.producer.send(self.topic, key=message.user_id.encode(),
@@ -205,15 +280,28 @@ class PushHub:
                 queue.get_nowait()
             queue.put_nowait(value.decode(errors="replace"))
 
-    def subscribe(self, user_id: str) -> asyncio.Queue:
-        """A queue of the user's push messages; the caller must unsubscribe it."""
+    def subscribe(self, user_id: str, *, max_per_user: int | None = None) -> asyncio.Queue:
+        """A queue of the user's push messages; the caller must unsubscribe it. More than
+        ``max_per_user`` streams for one user: TooManyStreams (429); more than ``max_streams`` on
+        this gateway: Overloaded (503)."""
+        if max_per_user is not None and len(self._streams.get(user_id, ())) >= max_per_user:
+            metrics.PUSH_STREAMS_REFUSED.labels("per_user").inc()
+            raise TooManyStreams(f"too many push streams open for this user ({max_per_user})")
         if self._count >= self.max_streams:
+            metrics.PUSH_STREAMS_REFUSED.labels("gateway").inc()
             raise Overloaded(f"too many push streams open on this gateway ({self.max_streams})")
         queue: asyncio.Queue = asyncio.Queue(self.queue_size)
         self._streams[user_id].add(queue)
         self._count += 1
         metrics.PUSH_STREAMS.inc()
         return queue
+
+    def streams_of(self, user_id: str) -> int:
+        return len(self._streams.get(user_id, ()))
+
+    @property
+    def open_streams(self) -> int:
+        return self._count
 
     def unsubscribe(self, user_id: str, queue: asyncio.Queue) -> None:
         streams = self._streams.get(user_id)
@@ -235,3 +323,105 @@ def sse(event: str, data: str, event_id: str | None = None) -> str:
     """One Server-Sent Event (data must be a single line, as JSON is)."""
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\ndata: {data}\n\n"
+
+
+END_OF_STREAM = sse("reconnect", json.dumps({"reason": "max_lifetime"}))
+
+
+class PushStream(Response):
+    """The ASGI response of one SSE push stream, which owns its hub subscription: whatever ends
+    the stream (the client leaving, the lifetime, a write not taken, an error, a cancellation),
+    the subscription is released when the response returns.
+
+    - every ``keepalive_s`` without a message, a ``: keep-alive`` comment, so that a dead peer
+      shows up as a failed write;
+    - a write (event or comment) the connection does not take within ``send_timeout_s`` ends the
+      stream (the server then closes the connection);
+    - after ``lifetime_s``, a final ``event: reconnect`` and a clean end of the response: clients
+      (EventSource does this by itself) reconnect, and the slot goes back to the pool."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, hub: PushHub, user_id: str, queue: asyncio.Queue, *, keepalive_s: float,
+                 lifetime_s: float, send_timeout_s: float) -> None:
+        self.status_code = 200
+        self.background = None  # FastAPI may set it; a stream that ends has nothing to run after
+        self.hub = hub
+        self.user_id = user_id
+        self.queue = queue
+        self.keepalive_s = keepalive_s
+        self.lifetime_s = lifetime_s
+        self.send_timeout_s = send_timeout_s
+        self.ended: str | None = None  # why it ended: disconnect | lifetime | send_failed | error
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            self.ended = await self._stream(receive, send)
+            if self.background is not None:
+                await self.background()
+        except BaseException:
+            self.ended = "error"
+            raise
+        finally:
+            self.hub.unsubscribe(self.user_id, self.queue)
+            metrics.PUSH_STREAM_ENDS.labels(self.ended or "error").inc()
+
+    async def _stream(self, receive, send) -> str:
+        async def client_left() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lifetime_s
+        left_task = asyncio.ensure_future(client_left())
+        try:
+            if not await self._send(send, {
+                    "type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"),
+                                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]}):
+                return "send_failed"
+            if not await self._chunk(send, ": connected\n\n"):
+                return "send_failed"
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    if await self._chunk(send, END_OF_STREAM) and await self._send(
+                            send, {"type": "http.response.body", "body": b"", "more_body": False}):
+                        return "lifetime"
+                    return "send_failed"
+                getter = asyncio.ensure_future(self.queue.get())
+                done, _ = await asyncio.wait({getter, left_task}, timeout=min(self.keepalive_s, left),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if left_task in done:
+                    getter.cancel()
+                    return "disconnect"
+                if getter in done:
+                    chunk = sse("recommendations", getter.result())
+                else:
+                    getter.cancel()
+                    if deadline - loop.time() <= 0:
+                        continue  # the lifetime is over: the final event, not a keep-alive
+                    chunk = ": keep-alive\n\n"
+                if not await self._chunk(send, chunk):
+                    return "send_failed"
+        finally:
+            left_task.cancel()
+
+    async def _chunk(self, send, text: str) -> bool:
+        return await self._send(send, {"type": "http.response.body", "body": text.encode(),
+                                       "more_body": True})
+
+    async def _send(self, send, message: dict) -> bool:
+        """False when the connection did not take ``message`` in time, or is gone."""
+        try:
+            await asyncio.wait_for(send(message), self.send_timeout_s)
+            return True
+        except (TimeoutError, OSError) as exc:
+            log.info("push stream of %s: write failed (%r), closing it", self.user_id, exc)
+            return False
+
+
+def retry_after_s(keepalive_ms: int) -> int:
+    """Retry-After of a refused stream: a stream whose client went away unannounced is noticed at
+    its next keep-alive at the latest."""
+    return max(1, math.ceil(keepalive_ms / 1000))

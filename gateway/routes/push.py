@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from gateway.deps import PushHubDep
-from gateway.errors import documented
-from gateway.push import sse
+from gateway.errors import ErrorResponse, documented, error_body
+from gateway.push import PushStream, TooManyStreams, retry_after_s
 from gateway.routes.recommendations import UserId
 
 router = APIRouter(prefix="/v1/users", tags=["push"],
@@ -17,25 +15,19 @@ router = APIRouter(prefix="/v1/users", tags=["push"],
 @router.get("/{user_id}/push", response_class=StreamingResponse, responses={
     200: {"content": {"text/event-stream": {}},
           "description": "`event: recommendations` with a PushMessage as data, after each of the "
-                         "user's cart or purchase events (frequency-capped); comments as keep-alive"},
+                         "user's cart or purchase events (frequency-capped); comments as keep-alive; "
+                         "`event: reconnect` as the last event when the stream's lifetime is over"},
+    429: {"model": ErrorResponse,
+          "description": "the user has MAX_PUSH_STREAMS_PER_USER streams open; see Retry-After"},
 })
-async def push_stream(user_id: UserId, hub: PushHubDep, request: Request) -> StreamingResponse:
+async def push_stream(user_id: UserId, hub: PushHubDep, request: Request) -> Response:
     """Server-Sent Events: refreshed recommendations for the user, as they happen."""
-    keepalive_s = request.app.state.settings.push_keepalive_ms / 1000
-    queue = hub.subscribe(user_id)  # before streaming: "too many streams" is a 503, not a broken stream
-
-    async def events():
-        try:
-            yield ": connected\n\n"
-            while True:
-                try:
-                    data = await asyncio.wait_for(queue.get(), keepalive_s)
-                except TimeoutError:
-                    yield ": keep-alive\n\n"
-                    continue
-                yield sse("recommendations", data)
-        finally:
-            hub.unsubscribe(user_id, queue)
-
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    settings = request.app.state.settings
+    try:  # before streaming: "too many streams" is a 429 or 503, not a broken stream
+        queue = hub.subscribe(user_id, max_per_user=settings.max_push_streams_per_user)
+    except TooManyStreams as exc:  # the error handler sets no Retry-After: answered here
+        return JSONResponse(status_code=exc.status_code, content=error_body(exc.code, exc.message),
+                            headers={"Retry-After": str(retry_after_s(settings.push_keepalive_ms))})
+    return PushStream(hub, user_id, queue, keepalive_s=settings.push_keepalive_ms / 1000,
+                      lifetime_s=settings.push_stream_lifetime_ms / 1000,
+                      send_timeout_s=settings.push_send_timeout_ms / 1000)

@@ -55,7 +55,7 @@ def test_pusher_waits_for_the_event_in_the_store_then_produces_once_per_interval
         await asyncio.sleep(0.1)
         assert producer.sent == []  # not in the store yet: nothing pushed
         store.apply(cart(event_id="e1"))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.4)  # polls back off (10 ms doubling to 200 ms): seen within ~160 ms
         pusher.schedule(cart(event_id="e2"), fake_recommend)  # within the interval: capped
         store.apply(cart(event_id="e2"))
         await asyncio.sleep(0.1)
