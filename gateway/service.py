@@ -43,6 +43,12 @@ MAX_EXCLUDE = 100  # item ids a request may ask to exclude
 MAX_CATEGORIES = 20
 
 
+class VersionMismatch(RuntimeError):
+    """The model answered with an item index the version's catalog does not have: the answer
+    belongs to another version (a model not pinned to the requested version). Such an answer is
+    never decoded; the request is served from the fallback (``reason="version_mismatch"``)."""
+
+
 class Recommender(Protocol):
     @property
     def in_flight(self) -> int:
@@ -168,6 +174,11 @@ class RecommendationService:
             log.warning("model %s, serving the fallback: %r", reason, exc)
             return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
                                         updated_at_ms=features.updated_at_ms)
+        except VersionMismatch as exc:
+            reason = "version_mismatch"
+            log.error("%s; serving the fallback", exc)
+            return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
+                                        updated_at_ms=features.updated_at_ms)
         metrics.RECOMMENDATIONS.labels("model", "none").inc()
         return self._response(served, user_id, rules.select(candidates, k),
                               source="model", cold_start=False, degraded=False,
@@ -192,7 +203,12 @@ class RecommendationService:
             indices, scores = await self.recommender.recommend(inputs, version=served.version)
         finally:
             metrics.TRITON_SECONDS.observe(time.perf_counter() - started)
-        return ranked_items(indices, scores, catalog)
+        try:
+            return ranked_items(indices, scores, catalog)
+        except IndexError as exc:
+            raise VersionMismatch(f"the model answered an item index that version {served.version}'s "
+                                  f"catalog ({catalog.num_items} items) does not have: the answer "
+                                  f"is another version's ({exc})") from exc
 
     async def _fallback(self, served: ServedModel, user_id: str, k: int, rules: Rules,
                         deadline: float, *, reason: str,

@@ -9,17 +9,27 @@ deadline stops *waiting* (the service answers from its fallback) while the call 
 the background, still counted in ``in_flight`` (which the service's load shedding reads); the
 client deadline (``timeout_ms``) is only a backstop for a server that never answers, and
 ``close()`` lets open calls finish before it closes the channel.
+
+Versions. A call for ``version`` N must answer with version N's item indices: they are decoded
+with N's catalog. ``recommend_fused`` is asked for version N. The ``recommend`` ensemble cannot be:
+an ensemble's steps run the versions its one config names (``model_version: -1``, or the version
+the rollout pinned on its last promote or rollback), not the version of the request, and during a
+rollout that is not always the version the gateway holds the catalog of (issue 15). So for a
+versioned call the client runs the ensemble's steps itself, each asked for version N, with the
+tensor names its config maps (``INPUT__i`` for the libtorch target): one version per answer, by
+construction. A call without a version still goes to the ensemble in one request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from features import contract as sig
 from features.model_inputs import ModelInputs
@@ -52,6 +62,26 @@ def check_contract(model: str, config: dict) -> int:
     return lengths[sig.HISTORY]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of an ensemble: its model and the names it maps (backend name -> ensemble tensor)."""
+
+    model: str
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+
+
+def ensemble_steps(config: dict) -> list[Step] | None:
+    """The steps of an ensemble config (JSON form), in order; None for a model that is not one."""
+    if config.get("platform") != "ensemble":
+        return None
+    steps = [Step(s["model_name"], dict(s.get("input_map", {})), dict(s.get("output_map", {})))
+             for s in config.get("ensemble_scheduling", {}).get("step", [])]
+    if not steps:
+        raise ContractMismatch(f"ensemble {config.get('name')!r} has no steps")
+    return steps
+
+
 class TritonRecommender:
     def __init__(self, url: str, timeout_ms: int, model: str = sig.RECOMMEND, *,
                  client: Any | None = None) -> None:
@@ -60,6 +90,7 @@ class TritonRecommender:
         self.timeout_s = timeout_ms / 1000
         self._client = client if client is not None else grpcclient.InferenceServerClient(url)
         self.sequence_length: int | None = None
+        self.steps: list[Step] | None = None  # set by connect() when ``model`` is an ensemble
         self._calls: set[asyncio.Task] = set()
 
     @property
@@ -75,6 +106,7 @@ class TritonRecommender:
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton at {self.url}: {exc}") from exc
         self.sequence_length = check_contract(self.model, config)
+        self.steps = ensemble_steps(config)
 
     async def ready(self) -> bool:
         try:
@@ -82,15 +114,21 @@ class TritonRecommender:
         except InferenceServerException:
             return False
 
-    def _pinnable(self) -> bool:
-        # The ensemble has one version; its steps are pinned to the live version by the rollout.
-        return self.model != sig.RECOMMEND
+    def _is_ensemble(self) -> bool:
+        # Before connect() has read the config, the contract's name says it (tests build the
+        # client without connecting).
+        return self.steps is not None or self.model == sig.RECOMMEND
 
     async def version_ready(self, version: int) -> bool:
-        """Triton serves ``version`` (of the fused model, or of the ensemble's retrieve step)."""
-        model = self.model if self._pinnable() else sig.RETRIEVE
+        """Triton serves ``version`` of the model, or of every step of the ensemble."""
+        if self._is_ensemble():
+            if self.steps is None:
+                return False  # not connected: the steps are unknown
+            models = [step.model for step in self.steps]
+        else:
+            models = [self.model]
         try:
-            return bool(await self._client.is_model_ready(model, str(version)))
+            return all([bool(await self._client.is_model_ready(m, str(version))) for m in models])
         except InferenceServerException:
             return False
 
@@ -102,19 +140,45 @@ class TritonRecommender:
         call = asyncio.ensure_future(self._infer(inputs, version))
         self._calls.add(call)
         call.add_done_callback(self._finished)
-        result = await asyncio.shield(call)
-        return result.as_numpy(sig.ITEM_INDEX)[0], result.as_numpy(sig.SCORE)[0]
+        tensors = await asyncio.shield(call)
+        return tensors[sig.ITEM_INDEX][0], tensors[sig.SCORE][0]
 
-    async def _infer(self, inputs: ModelInputs, version: int | None) -> Any:
+    async def _infer(self, inputs: ModelInputs, version: int | None) -> dict[str, np.ndarray]:
+        if version is not None and self._is_ensemble():
+            return await self._run_steps(inputs.tensors(), version)
         outputs = [grpcclient.InferRequestedOutput(sig.ITEM_INDEX),
                    grpcclient.InferRequestedOutput(sig.SCORE)]
         try:
-            return await self._client.infer(
+            result = await self._client.infer(
                 self.model, inputs.infer_inputs(grpcclient), outputs=outputs,
                 client_timeout=self.timeout_s,
-                model_version=str(version) if version is not None and self._pinnable() else "")
+                model_version=str(version) if version is not None else "")
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc
+        return {name: result.as_numpy(name) for name in (sig.ITEM_INDEX, sig.SCORE)}
+
+    async def _run_steps(self, tensors: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
+        """The ensemble's steps, each from ``version`` (see the module docstring)."""
+        if self.steps is None:
+            raise UpstreamUnavailable(f"the steps of ensemble {self.model!r} are unknown (not "
+                                      "connected): refusing an answer that may mix versions")
+        tensors = dict(tensors)
+        for step in self.steps:
+            step_inputs = []
+            for backend, name in step.input_map.items():
+                array = tensors[name]
+                tensor = grpcclient.InferInput(backend, list(array.shape), np_to_triton_dtype(array.dtype))
+                tensor.set_data_from_numpy(array)
+                step_inputs.append(tensor)
+            outputs = [grpcclient.InferRequestedOutput(backend) for backend in step.output_map]
+            try:
+                result = await self._client.infer(step.model, step_inputs, outputs=outputs,
+                                                  client_timeout=self.timeout_s,
+                                                  model_version=str(version))
+            except InferenceServerException as exc:
+                raise UpstreamUnavailable(f"Triton {step.model} (version {version}) failed: {exc}") from exc
+            tensors.update({name: result.as_numpy(backend) for backend, name in step.output_map.items()})
+        return tensors
 
     def _finished(self, call: asyncio.Task) -> None:
         self._calls.discard(call)

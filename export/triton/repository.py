@@ -157,6 +157,10 @@ def ensemble_config(spec: ModelSpec, steps: list[ModelSpec], target: Target,
         input=_io(mc.ModelInput, spec.inputs, "python", True),
         output=_io(mc.ModelOutput, spec.outputs, "python", False),
     )
+    # -1: the steps' latest loaded version, the only one before the first rollout (``latest 1``).
+    # The rollout pins them to the live version; the gateway, asked for a version, does not call
+    # the ensemble but its steps, each pinned (gateway/triton_client.py): the maps below are how it
+    # learns the steps' tensor names.
     for step in steps:
         config.ensemble_scheduling.step.append(mc.ModelEnsembling.Step(
             model_name=step.name,

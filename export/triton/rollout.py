@@ -13,8 +13,11 @@ candidate (or previous) version loaded side by side (``version_policy: specific`
 Which one answers is ``rollout.json`` at the repository root: gateways poll it and pin every request
 to the live version together with that version's catalog, so no answer ever mixes two versions
 and switching is instant in both directions. The ``recommend`` ensemble's steps are pinned to the
-live version in its config. A failed check leaves everything as it was: the candidate stays
-loaded but is never live.
+live version in its config (one config for the model, not one per version), for clients that call
+it without a version; that pin moves at promote/rollback, before any gateway has read the new
+pointer, so a gateway never relies on it: asked for version N, it runs the ensemble's steps itself,
+each pinned to N (``gateway/triton_client.py``, issue 15). A failed check leaves everything as it
+was: the candidate stays loaded but is never live.
 """
 
 from __future__ import annotations
@@ -289,6 +292,8 @@ class Rollout:
     # --- promote / rollback -------------------------------------------------------------------
 
     def _point_ensemble_at(self, version: int) -> None:
+        """Pin the ensemble's steps to ``version`` (Triton rereads its config on ``load``), for
+        unversioned callers. Not atomic with ``rollout.json``: see the module docstring."""
         path = self.repository / sig.RECOMMEND / "config.pbtxt"
         config = read_config(path)
         for step in config.ensemble_scheduling.step:

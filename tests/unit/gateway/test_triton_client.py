@@ -9,6 +9,7 @@ import gc
 
 import numpy as np
 import pytest
+from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
 from features import contract as sig
@@ -158,3 +159,123 @@ def test_a_model_without_the_contract_names_stops_start_up():
         connect(positional)
     with pytest.raises(ContractMismatch, match="different lengths"):
         connect(ConfigClient((sig.HISTORY, 7), (sig.HISTORY_TYPES, 5)))
+
+
+# --- versions: the recommend ensemble (issue 15) -------------------------------------------------
+
+def ensemble_config(target: str = "libtorch") -> dict:
+    """The JSON form of the exporter's ensemble config (export/triton/repository.py)."""
+    from export.triton.repository import ServingConfig, model_configs
+
+    config = model_configs(3, 4, ServingConfig(), target)[sig.RECOMMEND]
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+class VersionedClient:
+    """A Triton whose models answer per version: ``user_tower`` embeds with the version number,
+    ``retrieve`` returns it as the item index; the ensemble answers the version it points at
+    (its config's steps), whatever the request asked for, as Triton does."""
+
+    def __init__(self, config: dict, ensemble_points_at: int, ready: set[tuple[str, str]] = frozenset()):
+        self.config = config
+        self.points_at = ensemble_points_at
+        self.ready = ready
+        self.calls: list[tuple[str, str, list[str]]] = []
+
+    async def get_model_config(self, model, as_json):
+        return {"config": self.config}
+
+    async def is_model_ready(self, model, version=""):
+        return (model, version) in self.ready
+
+    async def infer(self, model, inputs, *, outputs, client_timeout, model_version):
+        self.calls.append((model, model_version, sorted(i.name() for i in inputs)))
+        version = self.points_at if model == sig.RECOMMEND else int(model_version)
+        if model == sig.USER_TOWER:
+            return NamedResult({outputs[0].name(): np.full((1, 4), version, dtype=np.float32)})
+        if model == sig.RETRIEVE:  # the user tower's output, passed on as it came
+            assert [i.datatype() for i in inputs if i.name() in (sig.USER_EMBEDDING, "INPUT__0")] == ["FP32"]
+        answer = {sig.ITEM_INDEX: np.array([[version, version]]), sig.SCORE: np.array([[0.5, 0.4]])}
+        answer |= {"OUTPUT__0": answer[sig.ITEM_INDEX], "OUTPUT__1": answer[sig.SCORE]}
+        return NamedResult({o.name(): answer[o.name()] for o in outputs})
+
+
+class NamedResult:
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def as_numpy(self, name):
+        return self.arrays[name]
+
+
+@pytest.mark.parametrize("target", ["python", "libtorch"])
+def test_the_ensemble_answers_the_version_asked_for_not_the_one_it_points_at(inputs, target):
+    """Before the fix the client sent a versioned request to the ensemble unversioned: after a
+    promote, a gateway still holding version 1's catalog got version 2's indices."""
+    client = VersionedClient(ensemble_config(target), ensemble_points_at=2)
+    triton = TritonRecommender("unused", 1000, sig.RECOMMEND, client=client)
+
+    async def scenario():
+        await triton.connect()
+        return await triton.recommend(inputs, version=1)
+
+    indices, _ = asyncio.run(scenario())
+    assert indices.tolist() == [1, 1]
+    names = (["INPUT__0", "INPUT__1"], ["INPUT__0", "INPUT__1", "INPUT__2"]) if target == "libtorch" else (
+        sorted([sig.HISTORY, sig.HISTORY_TYPES]), sorted([sig.USER_EMBEDDING, sig.EXCLUDE, sig.K]))
+    assert client.calls == [(sig.USER_TOWER, "1", names[0]), (sig.RETRIEVE, "1", names[1])]
+    # a call without a version still goes to the ensemble in one request
+    indices, _ = asyncio.run(triton.recommend(inputs))
+    assert indices.tolist() == [2, 2] and client.calls[-1][:2] == (sig.RECOMMEND, "")
+
+
+def test_an_ensemble_client_that_does_not_know_the_steps_refuses_a_versioned_call(inputs):
+    triton = TritonRecommender("unused", 1000, sig.RECOMMEND,
+                               client=VersionedClient(ensemble_config(), ensemble_points_at=2))
+    with pytest.raises(UpstreamUnavailable, match="may mix versions"):
+        asyncio.run(triton.recommend(inputs, version=1))
+
+
+def test_a_version_is_ready_for_the_ensemble_when_every_step_serves_it():
+    ready = {(sig.USER_TOWER, "1"), (sig.RETRIEVE, "1"), (sig.RETRIEVE, "2")}
+    triton = TritonRecommender("unused", 1000, sig.RECOMMEND,
+                               client=VersionedClient(ensemble_config(), 1, ready))
+
+    async def scenario():
+        await triton.connect()
+        return await triton.version_ready(1), await triton.version_ready(2)
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
+class MixingRecommender:
+    """Answers with an index past the catalog, as another version's model would."""
+
+    in_flight = 0
+
+    def __init__(self, index: int):
+        self.index = index
+
+    async def recommend(self, inputs, version=None):
+        return np.array([self.index]), np.array([0.5], dtype=np.float32)
+
+
+def test_an_index_the_versions_catalog_lacks_is_served_from_the_fallback_not_a_500(catalog, caplog):
+    from feature_service.store import InMemoryStore
+    from features.user_state import FeatureRules
+    from gateway import metrics
+    from gateway.inventory import InMemoryInventory
+    from gateway.served_model import ServedModel
+    from gateway.service import RecommendationService
+    from tests.unit.gateway.fakes import FakePublisher
+
+    store = InMemoryStore(FeatureRules(history_items=10))
+    store.load_snapshot({"u1": ["a", "b"]})
+    served = ServedModel(version=3, catalog=catalog, popular_items=["c", "a", "e", "b"], sequence_length=4)
+    service = RecommendationService(served, store, MixingRecommender(catalog.num_embeddings + 5),
+                                    FakePublisher(), InMemoryInventory())
+    before = metrics.RECOMMENDATIONS.labels("popular", "version_mismatch")._value.get()
+    body = asyncio.run(service.recommend("u1", 2))
+    assert body.degraded and body.source == "popular" and [i.item_id for i in body.items] == ["c", "e"]
+    assert metrics.RECOMMENDATIONS.labels("popular", "version_mismatch")._value.get() == before + 1
+    assert "version 3" in caplog.text
