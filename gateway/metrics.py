@@ -14,7 +14,8 @@ REQUEST_SECONDS = Histogram(
 RECOMMENDATIONS = Counter(
     "gateway_recommendations_total", "Recommendation responses by source and fallback reason",
     ["source", "reason"],  # source: model | trending | popular; reason: none | cold_start |
-)                          # model_unavailable | deadline | overload | store_unavailable
+)                          # model_unavailable | deadline | overload | store_unavailable |
+#                            version_mismatch (an index outside the live catalog)
 TRITON_SECONDS = Histogram(
     "gateway_triton_seconds", "Triton recommend call latency, as the gateway sees it",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
