@@ -26,6 +26,8 @@ from typing import Protocol, TypeVar
 
 import redis
 
+from feature_service.redis_scripts import APPLY_LUA, SNAPSHOT_LUA
+from feature_service.top_scores import TopScores, by_score
 from features.behaviour import event_order
 from features.events import Event, EventType
 from features.user_state import (
@@ -120,46 +122,6 @@ class _UserState:
 TRENDING_LEADERS = 1024
 
 
-def _by_score(kv: tuple[str, float]) -> tuple[float, str]:
-    return kv[1], kv[0]
-
-
-class TopScores:
-    """The ``size`` items with the highest (score, item), kept up to date as scores are set.
-
-    Exact only because a score never decreases (``log_decayed_add`` only adds): an item outside
-    the set scored below the set's floor when it last changed, and the floor never goes down. The
-    floor is found in a min-heap with lazy deletion (stale entries are skipped, and the heap is
-    rebuilt when they outnumber the members), so an update costs O(log size).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._scores: dict[str, float] = {}
-        self._heap: list[tuple[float, str]] = []
-
-    def items(self):
-        return self._scores.items()
-
-    def update(self, item: str, score: float) -> None:
-        if item not in self._scores and len(self._scores) >= self.size:
-            floor = self._floor()
-            if (score, item) <= floor:
-                return
-            heapq.heappop(self._heap)
-            del self._scores[floor[1]]
-        self._scores[item] = score
-        heapq.heappush(self._heap, (score, item))
-        if len(self._heap) > 4 * self.size:
-            self._heap = [(v, i) for i, v in self._scores.items()]
-            heapq.heapify(self._heap)
-
-    def _floor(self) -> tuple[float, str]:
-        while self._scores.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)  # an old score of an item that has risen since
-        return self._heap[0]
-
-
 class InMemoryStore:
     """Thread-safe: the consumer thread writes while request handlers read."""
 
@@ -246,7 +208,7 @@ class InMemoryStore:
             # The leaders answer without a scan of every item ever seen: the fallback calls this
             # when Triton is down, on the event loop (an in-process store is not a network call).
             source = self._leaders.items() if k <= self._leaders.size else self._trending_log.items()
-            top = heapq.nlargest(k, source, key=_by_score)
+            top = heapq.nlargest(k, source, key=by_score)
         return [(item, decayed_value(v, now_ms, self.rules.trending_half_life_ms)) for item, v in top]
 
     def load_snapshot(self, histories: Mapping[str, Sequence[SnapshotRow]]) -> None:
@@ -275,65 +237,6 @@ class InMemoryStore:
 # (members written before the change still read; ``get`` sorts, so their ties come out right too).
 _SEP = " "
 _OLD_SEP = "|"
-
-# Lua: whether the recent ZSET already holds an event with this member's id at this time (written by
-# a snapshot, or in the old member format).
-_HAS_EVENT_LUA = """
-local function event_id(member) return string.match(member, '^[^ |]+') end
-local function has_event(key, ts, member)
-  local id = event_id(member)
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, ts, ts)) do
-    if event_id(m) == id then return true end
-  end
-  return false
-end
-local function trim(key, keep)
-  local n = redis.call('ZCARD', key)
-  if n > keep then redis.call('ZREMRANGEBYRANK', key, 0, n - keep - 1) end
-end
-"""
-
-# Atomic apply. KEYS: dedup mark, recent (ZSET by event time), seen, bought, affinity (HASH of log
-# scores), updated, trending (ZSET of log scores). ARGV: dedup ttl s, ts ms, recent member, item,
-# history length, now ms, is purchase, log2(weight), affinity half life, trending half life,
-# categories... The log-space arithmetic is features.user_state.log_decayed_add.
-_APPLY_LUA = _HAS_EVENT_LUA + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-local ts = tonumber(ARGV[2])
-local log2w = tonumber(ARGV[8])
-local function logadd(current, term)
-  if not current then return term end
-  current = tonumber(current)
-  local hi, lo = math.max(current, term), math.min(current, term)
-  return hi + math.log(1 + 2 ^ (lo - hi)) / math.log(2)
-end
-local function fmt(x) return string.format('%.17g', x) end
-if not has_event(KEYS[2], ARGV[2], ARGV[3]) then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-  trim(KEYS[2], tonumber(ARGV[5]))
-end
-redis.call('SADD', KEYS[3], ARGV[4])
-if ARGV[7] == '1' then redis.call('SADD', KEYS[4], ARGV[4]) end
-local aff_term = log2w + ts / tonumber(ARGV[9])
-for i = 11, #ARGV do
-  local cur = redis.call('HGET', KEYS[5], ARGV[i])
-  redis.call('HSET', KEYS[5], ARGV[i], fmt(logadd(cur, aff_term)))
-end
-local cur = redis.call('ZSCORE', KEYS[7], ARGV[4])
-redis.call('ZADD', KEYS[7], fmt(logadd(cur, log2w + ts / tonumber(ARGV[10]))), ARGV[4])
-redis.call('SET', KEYS[6], ARGV[6])
-return 1
-"""
-
-# One user's snapshot. KEYS: recent. ARGV: history length, then (ts ms, member) pairs.
-_SNAPSHOT_LUA = _HAS_EVENT_LUA + """
-for i = 2, #ARGV, 2 do
-  if not has_event(KEYS[1], ARGV[i], ARGV[i + 1]) then redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-trim(KEYS[1], tonumber(ARGV[1]))
-return redis.call('ZCARD', KEYS[1])
-"""
-
 
 def _member(event_id: str, item_id: str, event_type: str) -> str:
     return f"{event_id}{_SEP}{item_id}{_SEP}{event_type}"
@@ -366,8 +269,8 @@ class RedisStore:
         self._redis = redis.Redis.from_url(
             url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000
         )
-        self._apply = self._redis.register_script(_APPLY_LUA)
-        self._snapshot = self._redis.register_script(_SNAPSHOT_LUA)
+        self._apply = self._redis.register_script(APPLY_LUA)
+        self._snapshot = self._redis.register_script(SNAPSHOT_LUA)
 
     def _user_keys(self, user_id: str) -> list[str]:
         base = f"{self.prefix}:u:{user_id}"
@@ -411,7 +314,7 @@ class RedisStore:
                 except redis.exceptions.NoScriptError:
                     if attempt:
                         raise
-                    self._redis.script_load(_APPLY_LUA)
+                    self._redis.script_load(APPLY_LUA)
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
         raise AssertionError("unreachable")

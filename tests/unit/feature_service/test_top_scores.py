@@ -1,7 +1,7 @@
 import heapq
 import random
 
-from feature_service.store import TopScores
+from feature_service.top_scores import TopScores
 
 
 def test_leaders_equal_a_full_scan_while_scores_only_grow():
