@@ -35,6 +35,7 @@ from gateway.triton_client import TritonRecommender
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+ReadinessReason = Callable[[], "str | None"]
 
 
 @asynccontextmanager
@@ -233,3 +234,14 @@ def readiness_checks(triton: TritonRecommender, producer: EventProducer, store: 
         checks["consumer"] = lambda: _true_if(consumer.alive and consumer.consumer.ready.is_set())
     checks["push"] = lambda: _true_if(hub.alive and hub.ready.is_set())
     return checks
+
+
+def readiness_reasons(consumer: BackgroundConsumer | None, hub: PushHub) -> dict[str, ReadinessReason]:
+    """Why a ``readiness_checks`` entry is false, for the components that can say (``/readyz``
+    shows it next to the check, so an operator sees a stuck partition, not just "false")."""
+    reasons: dict[str, ReadinessReason] = {
+        "push": lambda: None if hub.alive else "push hub thread stopped"}
+    if consumer is not None:
+        reasons["consumer"] = lambda: ("consumer thread stopped" if not consumer.alive
+                                       else consumer.consumer.not_ready_reason)
+    return reasons

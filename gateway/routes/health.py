@@ -15,6 +15,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str  # ready | not_ready
     checks: dict[str, bool]
+    reasons: dict[str, str] = {}  # why a check is false, where the component can say
 
 
 @router.get("/healthz", response_model=Health)
@@ -29,8 +30,12 @@ async def readyz(request: Request) -> JSONResponse:
     """Every dependency answers: Triton's model, Kafka, the feature store, the consumer, push."""
     checks = {name: bool(await check()) for name, check in request.app.state.readiness.items()}
     ok = all(checks.values())
+    explain = getattr(request.app.state, "readiness_reasons", {})
+    reasons = {name: reason for name, passed in checks.items()
+               if not passed and name in explain and (reason := explain[name]())}
     return JSONResponse(status_code=200 if ok else 503,
-                        content={"status": "ready" if ok else "not_ready", "checks": checks})
+                        content={"status": "ready" if ok else "not_ready", "checks": checks,
+                                 "reasons": reasons})
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

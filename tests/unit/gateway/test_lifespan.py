@@ -101,6 +101,19 @@ def test_a_component_that_cannot_start_stops_those_started_before_it(fakes):
                          ("stop", "triton_client"), ("stop", "stock_inventory"), ("stop", "feature_store")]
 
 
+def test_readiness_says_why_the_consumer_is_not_ready(fakes):
+    stuck = "user-events[2]: 5 consecutive failed attempts over 40 s (store unavailable)"
+    fakes.values["embedded_consumer"] = SimpleNamespace(
+        alive=True, consumer=SimpleNamespace(ready=threading.Event(), not_ready_reason=stuck))
+    with TestClient(create_app(GatewaySettings())) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["consumer"] is False
+        assert ready.json()["reasons"] == {"consumer": stuck}
+        fakes.values["embedded_consumer"].alive = False
+        assert client.get("/readyz").json()["reasons"] == {"consumer": "consumer thread stopped"}
+
+
 def test_without_the_embedded_consumer_readiness_does_not_ask_for_it(fakes):
     fakes.values["embedded_consumer"] = None
     app = create_app(GatewaySettings(store="redis", embedded_consumer=False))

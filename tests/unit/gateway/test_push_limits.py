@@ -4,7 +4,6 @@ peers, coalesced and capped refreshes with backoff polling, the frequency cap's 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
