@@ -178,6 +178,9 @@ class Rollout:
         if not self.dry_run:
             # The pointer first: a gateway must never take the new directory for the newest live one.
             self.state.write(self.repository)
+            # And Triton must not either: a config still on "latest" would serve the unchecked
+            # candidate after a restart between publish and promote.
+            self._pin_latest_policies(self.state.live)
             for name, src in zip(sig.VERSIONED_MODELS, src_dirs, strict=True):
                 shutil.copytree(src, self.repository / name / str(version))
             serving = self.repository / sig.RETRIEVE / str(version) / sig.SERVING_FILE
@@ -186,6 +189,17 @@ class Rollout:
             self.state.published[digest] = version
         self._record("publish", version=version, source=str(source), source_version=src_version)
         return version
+
+    def _pin_latest_policies(self, live: int) -> None:
+        """Configs written by the exporter serve the newest version (``latest: 1``); turn those into
+        ``specific: [live]``. Configs a rollout has already pinned are left as they are."""
+        for name in sig.VERSIONED_MODELS:
+            path = self.repository / name / "config.pbtxt"
+            config = read_config(path)
+            if config.version_policy.WhichOneof("policy_choice") in (None, "latest"):
+                config.version_policy.CopyFrom(mc.ModelVersionPolicy(
+                    specific=mc.ModelVersionPolicy.Specific(versions=[live])))
+                write_config(config, path.parent)
 
     # --- load / retire ------------------------------------------------------------------------
 

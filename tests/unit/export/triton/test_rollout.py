@@ -56,6 +56,18 @@ def test_publish_adds_the_next_version_once(catalog, live, tmp_path):
     assert [h["action"] for h in RolloutState.read(live).history] == ["publish"]
 
 
+def test_publish_pins_the_live_version_so_a_triton_restart_cannot_serve_the_candidate(
+        catalog, live, tmp_path):
+    from export.triton.repository import read_config
+    policies = {name: read_config(live / name / "config.pbtxt").version_policy
+                for name in sig.VERSIONED_MODELS}
+    assert all(p.WhichOneof("policy_choice") == "latest" for p in policies.values())  # as exported
+    rollout(live).publish(export(catalog, tmp_path / "candidate", seed=1))
+    for name in sig.VERSIONED_MODELS:
+        policy = read_config(live / name / "config.pbtxt").version_policy
+        assert list(policy.specific.versions) == [1], name
+
+
 def test_publish_refuses_a_candidate_with_other_shapes(catalog, live, tmp_path):
     wider = export(catalog, tmp_path / "wider", dim=16)
     with pytest.raises(RolloutError, match="config.pbtxt differs"):
