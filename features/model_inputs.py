@@ -42,15 +42,17 @@ class ModelInputs:
     def infer_inputs(self, client: ModuleType) -> list:
         """``InferInput``s for ``tritonclient.grpc`` / ``tritonclient.grpc.aio`` /
         ``tritonclient.http`` (passed in, so this layer does not import a Triton client)."""
-        inputs = []
-        for name, array in self.tensors().items():
-            tensor = client.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype.type])
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        return inputs
+        return [infer_input(client, name, array) for name, array in self.tensors().items()]
 
 
-_TRITON_DTYPES = {np.int64: "INT64", np.int32: "INT32"}
+_TRITON_DTYPES = {np.int64: "INT64", np.int32: "INT32", np.float32: "FP32"}
+
+
+def infer_input(client: ModuleType, name: str, array: np.ndarray):
+    """One Triton ``InferInput`` named ``name`` holding ``array`` (a client module, as above)."""
+    tensor = client.InferInput(name, list(array.shape), _TRITON_DTYPES[array.dtype.type])
+    tensor.set_data_from_numpy(array)
+    return tensor
 
 
 def build_inputs(history: Sequence[str], catalog: ItemCatalog, sequence_length: int, k: int, *,

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
 from features import contract as sig
-from features.model_inputs import ModelInputs
+from features.model_inputs import ModelInputs, infer_input
 from gateway.errors import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,8 @@ class TritonRecommender:
                                       "connected): refusing an answer that may mix versions")
         tensors = dict(tensors)
         for step in self.steps:
-            step_inputs = []
-            for backend, name in step.input_map.items():
-                array = tensors[name]
-                tensor = grpcclient.InferInput(backend, list(array.shape), np_to_triton_dtype(array.dtype))
-                tensor.set_data_from_numpy(array)
-                step_inputs.append(tensor)
+            step_inputs = [infer_input(grpcclient, backend, tensors[name])
+                           for backend, name in step.input_map.items()]
             outputs = [grpcclient.InferRequestedOutput(backend) for backend in step.output_map]
             try:
                 result = await self._client.infer(step.model, step_inputs, outputs=outputs,

@@ -127,11 +127,12 @@ def fit_recently_touched(histories: dict[str, list[Step]], catalog: ItemCatalog)
     return score
 
 
-def train_variant(split: PurchaseSplit, catalog: ItemCatalog, config: TrainConfig) -> ScoreFn:
+def train_variant(split: PurchaseSplit, catalog: ItemCatalog, config: TrainConfig,
+                  examples: tuple[np.ndarray, np.ndarray]) -> ScoreFn:
+    """One model on ``examples`` (``build_examples(split.train, ..., target="purchase")``, the same
+    for every variant and seed: the variants differ in the model only)."""
     L = config.sequence_length
-    histories, targets = build_examples(split.train, catalog, L, target="purchase")
-    if not len(targets):
-        raise ValueError("no purchase before any user's validation purchase: nothing to train on")
+    histories, targets = examples
     seed_everything(config.seed)
     model = new_model(catalog, config)
 
@@ -160,17 +161,20 @@ def run(dataset: Dataset, config: TrainConfig, seeds: Sequence[int]) -> dict:
     fitted_on = {u: split.before_test.get(u, seq) for u, seq in split.train.items()}
     models: dict[str, dict] = {"purchase_popularity": test(fit_popularity(fitted_on, catalog)),
                                "recently_touched": test(fit_recently_touched(fitted_on, catalog))}
+    examples = build_examples(split.train, catalog, config.sequence_length, target="purchase")
+    if not len(examples[1]):
+        raise ValueError("no purchase before any user's validation purchase: nothing to train on")
     per_seed: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for seed in seeds:
         for name, change in VARIANTS.items():
-            per_seed[name].append(test(train_variant(split, catalog, replace(config, seed=seed, **change))))
+            variant = replace(config, seed=seed, **change)
+            per_seed[name].append(test(train_variant(split, catalog, variant, examples)))
             log.info("seed %d %s: %s", seed, name, per_seed[name][-1])
     for name, runs in per_seed.items():
         models[name] = aggregate_seeds(runs)
     return {
         "dataset": dataset.name, "users": len(split.test), "min_purchases": MIN_PURCHASES,
-        "training_examples": int(len(build_examples(split.train, catalog, config.sequence_length,
-                                                    target="purchase")[1])),
+        "training_examples": int(len(examples[1])),
         "seeds": list(seeds), "config": config.as_dict(), "models": models, "per_seed": per_seed,
         "seconds_total": round(time.perf_counter() - started, 1),
     }

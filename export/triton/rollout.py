@@ -194,12 +194,19 @@ class Rollout:
         """Configs written by the exporter serve the newest version (``latest: 1``); turn those into
         ``specific: [live]``. Configs a rollout has already pinned are left as they are."""
         for name in sig.VERSIONED_MODELS:
-            path = self.repository / name / "config.pbtxt"
-            config = read_config(path)
+            config = read_config(self.repository / name / "config.pbtxt")
             if config.version_policy.WhichOneof("policy_choice") in (None, "latest"):
-                config.version_policy.CopyFrom(mc.ModelVersionPolicy(
-                    specific=mc.ModelVersionPolicy.Specific(versions=[live])))
-                write_config(config, path.parent)
+                self._write_policy(name, {live})
+
+    def _write_policy(self, name: str, versions: set[int]) -> None:
+        """``version_policy: specific`` with exactly ``versions`` in ``name``'s config (unchanged
+        configs are not rewritten)."""
+        path = self.repository / name / "config.pbtxt"
+        config = read_config(path)
+        policy = mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=sorted(versions)))
+        if config.version_policy != policy:
+            config.version_policy.CopyFrom(policy)
+            write_config(config, path.parent)
 
     # --- load / retire ------------------------------------------------------------------------
 
@@ -207,14 +214,9 @@ class Rollout:
         """Make exactly ``versions`` loaded for every versioned model, the ensemble pinned to the
         live one. Configs are written first and the ensemble loaded first: loading it reloads its
         steps from the new configs in one go, so it never sees a candidate as "latest"."""
-        for name in sig.VERSIONED_MODELS:
-            path = self.repository / name / "config.pbtxt"
-            config = read_config(path)
-            policy = mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(
-                versions=sorted(versions)))
-            if config.version_policy != policy and not self.dry_run:
-                config.version_policy.CopyFrom(policy)
-                write_config(config, path.parent)
+        if not self.dry_run:
+            for name in sig.VERSIONED_MODELS:
+                self._write_policy(name, versions)
         self._point_ensemble_at(self.state.live)
         if self.dry_run:
             return

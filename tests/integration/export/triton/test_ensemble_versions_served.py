@@ -7,28 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import numpy as np
-import pytest
 
 from export.triton.rollout import Rollout
 from features import contract as sig
 from features.catalog import ItemCatalog
 from features.model_inputs import build_inputs
 from gateway.triton_client import TritonRecommender
-from stack.triton import TritonServer
 from tests.integration.export.triton.test_rollout_served import candidate_repository
 
 USERS = [str(u) for u in range(1, 31)]
-
-
-@pytest.fixture
-def served(exported, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(exported.repository, repo)
-    with TritonServer(repo, log_path=tmp_path / "triton.log") as triton:
-        yield repo, triton
 
 
 def test_the_ensemble_answers_the_version_asked_for_not_the_one_it_points_at(exported, served, tmp_path):

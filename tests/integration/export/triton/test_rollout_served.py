@@ -22,7 +22,6 @@ from features import contract as sig
 from features.catalog import ItemCatalog
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from stack.triton import TritonServer
 from tests.support.gateway import gateway_settings, wait_ready
 from tests.support.ranking import assert_same_recommendations
 from tests.support.waiting import wait_for
@@ -45,14 +44,6 @@ def candidate_repository(exported, root):
             parameter.add_(0.1 * torch.randn_like(parameter))
     export_repository(model.eval(), catalog, root, sequence_length=info["sequence_length"], version=2)
     return root
-
-
-@pytest.fixture
-def served(exported, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(exported.repository, repo)
-    with TritonServer(repo, log_path=tmp_path / "triton.log") as triton:
-        yield repo, triton
 
 
 def test_promote_and_rollback_under_traffic_drop_nothing(exported, served, kafka, tmp_path):
