@@ -50,7 +50,9 @@ class GatewaySettings(BaseSettings):
     events_topic: str = "user-events"  # produced by POST /v1/events, keyed by user id
     # Refreshed recommendations for downstream notification systems (and this gateway's SSE).
     recommendations_topic: str = "recommendations"
-    kafka_timeout_ms: int = Field(default=5000, gt=0)  # an event not acknowledged by then: 503
+    # An event not acknowledged by then: 503. Also the producer's delivery timeout: a record it has
+    # not delivered by then is given up on, never delivered after the 503.
+    kafka_timeout_ms: int = Field(default=5000, gt=0)
     store: Literal["memory", "redis"] = "memory"  # redis: shared by gateways and feature services
     redis_url: str = "redis://127.0.0.1:6379/0"  # used when store=redis
     redis_key_prefix: str = "recsys"  # namespace of every Redis key

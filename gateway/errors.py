@@ -16,9 +16,10 @@ class RecsysError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details  # goes to the error body (a 503 of an event POST: its event ids)
 
 
 class InvalidRequest(RecsysError):
@@ -63,7 +64,8 @@ class Overloaded(RecsysError):
 class ErrorDetail(BaseModel):
     code: str
     message: str
-    details: list[dict[str, Any]] | None = None  # per-field problems of a 422
+    # per-field problems of a 422; the event ids of a 503 to an event POST (retry with them)
+    details: list[dict[str, Any]] | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -88,8 +90,9 @@ def install_error_handler(app: FastAPI) -> None:
     @app.exception_handler(RecsysError)
     async def _handle(_request: Request, exc: RecsysError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse(status_code=exc.status_code, content=error_body(exc.code, exc.message),
-                            headers=headers)
+        extra = {"details": exc.details} if exc.details else {}
+        return JSONResponse(status_code=exc.status_code,
+                            content=error_body(exc.code, exc.message, **extra), headers=headers)
 
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> JSONResponse:

@@ -38,6 +38,9 @@ DEFAULT_K = 10  # as the REST route
 MAX_K = 100  # the REST route's bound (the service also caps k at the catalog size)
 # Trailing metadata key carrying the REST error code ("invalid_request", "unknown_item", ...).
 ERROR_CODE_KEY = "recsys-error-code"
+# Trailing metadata key of an UNAVAILABLE to Ingest/IngestBatch: the event ids the events were sent
+# with, comma-separated (the REST 503's details), so that a client retries with them.
+EVENT_IDS_KEY = "recsys-event-ids"
 
 # Looked up along the exception's MRO, so subclasses (UnknownItem) map as their parents.
 _STATUS: dict[type[RecsysError], grpc.StatusCode] = {
@@ -133,8 +136,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             return await fn(self._service())
         except RecsysError as exc:
-            await context.abort(status_for(exc), exc.message,
-                                trailing_metadata=((ERROR_CODE_KEY, exc.code),))
+            trailing = [(ERROR_CODE_KEY, exc.code)]
+            event_ids = [d["event_id"] for d in exc.details or () if "event_id" in d]
+            if event_ids:
+                trailing.append((EVENT_IDS_KEY, ",".join(event_ids)))
+            await context.abort(status_for(exc), exc.message, trailing_metadata=tuple(trailing))
         except Exception:
             log.exception("gRPC %s failed", method)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error",

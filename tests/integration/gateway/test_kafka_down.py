@@ -1,0 +1,78 @@
+"""The gateway's event producer against a broker of its own that goes down: a 503 is honest."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from features.events import Event, EventType
+from gateway.errors import UpstreamUnavailable
+from gateway.producer import EventProducer
+from stack.kafka import KafkaBroker, kafka_unavailable_reason
+from stack.testing import require_service
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory) -> Iterator[KafkaBroker]:
+    """A broker of its own: this test stops it."""
+    require_service(kafka_unavailable_reason())
+    with KafkaBroker(tmp_path_factory.mktemp("down-kafka")) as b:
+        yield b
+
+
+def view(user_id: str = "u1") -> Event:
+    return Event(user_id=user_id, item_id="a", event_type=EventType.VIEW)
+
+
+def event_ids_in(broker: KafkaBroker, topic: str) -> list[str]:
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        ids: list[str] = []
+        while consumer.position(tp) < end:
+            for records in consumer.poll(timeout_ms=500).values():
+                ids += [Event.from_bytes(r.value).event_id for r in records]
+        return ids
+    finally:
+        consumer.close()
+
+
+def test_an_event_answered_503_while_the_broker_is_down_is_not_delivered_later(broker):
+    """Before: the producer kept the record for 120 s after the 503 and delivered it once the
+    broker was back, so a client's retry (with a new server-assigned id) made two events."""
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    broker.create_topics([topic], partitions=1)
+    producer = EventProducer(broker.bootstrap_servers, topic, timeout_ms=2000)
+    try:
+        first = view()
+        asyncio.run(producer.publish(first))
+        broker.stop()
+        lost = view()
+        with pytest.raises(UpstreamUnavailable) as raised:
+            asyncio.run(producer.publish(lost))
+        broker.start()
+        # Same user, same partition, in order: once this one is acknowledged, anything the
+        # producer still held for the partition would have been written before it.
+        after = view()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                asyncio.run(producer.publish(after))
+                break
+            except UpstreamUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+        ids = event_ids_in(broker, topic)
+        assert lost.event_id not in ids
+        assert ids[0] == first.event_id and ids[-1] == after.event_id
+        assert raised.value.details == [{"event_id": lost.event_id}]  # retry with it
+    finally:
+        producer.close()
