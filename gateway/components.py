@@ -54,12 +54,11 @@ async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.T
 async def feature_store(settings: GatewaySettings, features: FeatureServiceSettings,
                         served: ServedModel) -> AsyncIterator[FeatureStore]:
     """The feature store, seeded with the batch snapshot of user histories when there is one."""
-    # De-duplication windows come from the feature-service settings, as for a standalone consumer.
+    # The state's rules (caps, TTL, de-duplication) come from the feature-service settings, as for
+    # a standalone consumer.
     store = create_store(settings.store, features.rules(), redis_url=settings.redis_url,
                          prefix=settings.redis_key_prefix,
-                         item_categories=served.catalog.categories_by_item(),
-                         dedup_window_events=features.dedup_window_events,
-                         dedup_ttl_s=features.dedup_ttl_s)
+                         item_categories=served.catalog.categories_by_item())
     try:
         if settings.snapshot_path and Path(settings.snapshot_path).is_file():
             histories = json.loads(Path(settings.snapshot_path).read_text())
@@ -157,7 +156,8 @@ async def push_parts(settings: GatewaySettings, store: FeatureStore,
     the store is) and the pusher, which produces with the event producer's client."""
     async with contextlib.AsyncExitStack() as stack:
         hub = PushHub(settings.kafka_bootstrap_servers, settings.recommendations_topic,
-                      max_streams=settings.max_push_streams)
+                      max_streams=settings.max_push_streams,
+                      queue_size=settings.push_stream_queue_messages)
         hub.start()
         stack.push_async_callback(asyncio.to_thread, hub.stop)
         cap = FrequencyCap(settings.push_min_interval_ms,
@@ -165,7 +165,11 @@ async def push_parts(settings: GatewaySettings, store: FeatureStore,
                            prefix=settings.redis_key_prefix)
         stack.callback(cap.close)
         pusher = Pusher(store, producer.client, settings.recommendations_topic, cap,
-                        visible_timeout_ms=settings.push_visible_timeout_ms)
+                        visible_timeout_ms=settings.push_visible_timeout_ms,
+                        max_refresh_tasks=settings.push_max_refresh_tasks,
+                        poll_initial_ms=settings.push_store_poll_initial_ms,
+                        poll_max_ms=settings.push_store_poll_max_ms,
+                        produce_timeout_ms=settings.push_produce_timeout_ms)
         stack.push_async_callback(pusher.close)
         yield PushParts(hub, pusher)
 

@@ -76,8 +76,18 @@ class GatewaySettings(BaseSettings):
         default=["cart", "purchase"], description="Event types that trigger a push.")
     push_min_interval_ms: int = Field(default=10_000, ge=0)  # frequency cap per user; 0 = none
     push_visible_timeout_ms: int = Field(default=3000, gt=0)  # for the event to reach the store
+    # The store is polled for the event from this interval, doubling up to push_store_poll_max_ms.
+    push_store_poll_initial_ms: int = Field(default=10, gt=0)
+    push_store_poll_max_ms: int = Field(default=200, gt=0)  # the longest interval between polls
+    # Refreshes in flight on this gateway (one per user; later events of the user join it); an
+    # event beyond this, for a user with none pending, gets no push (counted as dropped).
+    push_max_refresh_tasks: int = Field(default=1000, ge=1)
+    # The wait for Kafka's acknowledgement of one push message (a push is best effort).
+    push_produce_timeout_ms: int = Field(default=10_000, gt=0)
+    # Messages an SSE stream holds for a slow client; beyond, the oldest is dropped.
+    push_stream_queue_messages: int = Field(default=8, ge=1)
     push_keepalive_ms: int = Field(default=15_000, gt=0)  # SSE comment sent this often on idle streams
-    max_push_streams: int = 1000  # open SSE streams per gateway; more: 503
+    max_push_streams: int = Field(default=1000, ge=1)  # open SSE streams per gateway; more: 503
     # Open SSE streams per user on this gateway; more: 429 with Retry-After (the keep-alive, in s).
     max_push_streams_per_user: int = Field(default=4, ge=1)
     # An SSE stream ends after this (a final `event: reconnect`); clients reconnect.
@@ -130,6 +140,15 @@ class GatewaySettings(BaseSettings):
                 "embedded_consumer=false needs store=redis: with store=memory nothing would write "
                 "this gateway's in-process store (a separate feature service keeps its own), so "
                 "every user would stay cold and no push would ever be sent")
+        return self
+
+    @model_validator(mode="after")
+    def _push_poll_backs_off_upwards(self) -> Self:
+        if self.push_store_poll_initial_ms > self.push_store_poll_max_ms:
+            raise ValueError(
+                f"push_store_poll_initial_ms ({self.push_store_poll_initial_ms}) must not exceed "
+                f"push_store_poll_max_ms ({self.push_store_poll_max_ms}): the poll interval "
+                "starts at the first and doubles up to the second")
         return self
 
     def features(self) -> FeatureServiceSettings:

@@ -130,7 +130,8 @@ class Pusher:
 
     def __init__(self, store: FeatureStore, producer: KafkaProducer, topic: str, cap: FrequencyCap,
                  *, visible_timeout_ms: int = 3000, max_refresh_tasks: int = 1000,
-                 poll_initial_ms: int = 10, poll_max_ms: int = 200) -> None:
+                 poll_initial_ms: int = 10, poll_max_ms: int = 200,
+                 produce_timeout_ms: int = 10_000) -> None:
         self.store = store
         self.producer = producer
         self.topic = topic
@@ -139,6 +140,7 @@ class Pusher:
         self.max_refresh_tasks = max_refresh_tasks
         self.poll_initial_ms = poll_initial_ms
         self.poll_max_ms = poll_max_ms
+        self.produce_timeout_ms = produce_timeout_ms
         self._pending: dict[str, _Refresh] = {}  # user id -> its refresh still collecting events
         self._tasks: set[asyncio.Task] = set()
 
@@ -211,7 +213,8 @@ class Pusher:
 
     def _produce(self, message: PushMessage) -> None:
         self.producer.send(self.topic, key=message.user_id.encode(),
-                           value=message.model_dump_json().encode()).get(timeout=10)
+                           value=message.model_dump_json().encode()).get(
+                               timeout=self.produce_timeout_ms / 1000)
 
     async def close(self) -> None:
         for task in list(self._tasks):
