@@ -157,7 +157,9 @@ async def push_parts(settings: GatewaySettings, store: FeatureStore,
     async with contextlib.AsyncExitStack() as stack:
         hub = PushHub(settings.kafka_bootstrap_servers, settings.recommendations_topic,
                       max_streams=settings.max_push_streams,
-                      queue_size=settings.push_stream_queue_messages)
+                      queue_size=settings.push_stream_queue_messages,
+                      retry_initial_ms=settings.push_hub_retry_initial_ms,
+                      retry_max_ms=settings.push_hub_retry_max_ms)
         hub.start()
         stack.push_async_callback(asyncio.to_thread, hub.stop)
         cap = FrequencyCap(settings.push_min_interval_ms,
@@ -244,7 +246,7 @@ def readiness_reasons(consumer: BackgroundConsumer | None, hub: PushHub) -> dict
     """Why a ``readiness_checks`` entry is false, for the components that can say (``/readyz``
     shows it next to the check, so an operator sees a stuck partition, not just "false")."""
     reasons: dict[str, ReadinessReason] = {
-        "push": lambda: None if hub.alive else "push hub thread stopped"}
+        "push": lambda: hub.not_ready_reason if hub.alive else "push hub thread stopped"}
     if consumer is not None:
         reasons["consumer"] = lambda: ("consumer thread stopped" if not consumer.alive
                                        else consumer.consumer.not_ready_reason)

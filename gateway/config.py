@@ -84,6 +84,10 @@ class GatewaySettings(BaseSettings):
     push_max_refresh_tasks: int = Field(default=1000, ge=1)
     # The wait for Kafka's acknowledgement of one push message (a push is best effort).
     push_produce_timeout_ms: int = Field(default=10_000, gt=0)
+    # The push hub reconnects to Kafka after a failure from this delay, doubling (with jitter) up
+    # to push_hub_retry_max_ms; /readyz shows push not ready, with the reason, meanwhile.
+    push_hub_retry_initial_ms: int = Field(default=500, gt=0)
+    push_hub_retry_max_ms: int = Field(default=30_000, gt=0)
     # Messages an SSE stream holds for a slow client; beyond, the oldest is dropped.
     push_stream_queue_messages: int = Field(default=8, ge=1)
     push_keepalive_ms: int = Field(default=15_000, gt=0)  # SSE comment sent this often on idle streams

@@ -16,9 +16,11 @@ after a maximum lifetime and are closed when a write is not taken (a dead peer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import random
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -26,7 +28,6 @@ from collections.abc import Awaitable, Callable
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -224,15 +225,27 @@ class Pusher:
 
 class PushHub:
     """Tails the recommendations topic from its end (a consumer thread, no group) and hands each
-    message to the SSE streams open for its user on this gateway."""
+    message to the SSE streams open for its user on this gateway.
+
+    Kafka failing (at start, or a poll later) never stops the hub: it closes its consumer and
+    connects again after a backoff, from ``retry_initial_ms`` doubling up to ``retry_max_ms``, each
+    delay drawn from its upper half (jitter, so that gateways do not reconnect in step). While it
+    is not following the topic, ``ready`` is clear and ``not_ready_reason`` says why; it follows
+    from the end again, so messages produced while it was down are not pushed (push is best
+    effort; clients still have GET .../recommendations)."""
 
     def __init__(self, bootstrap_servers: str, topic: str, *, max_streams: int = 1000,
-                 queue_size: int = 8) -> None:
+                 queue_size: int = 8, retry_initial_ms: int = 500, retry_max_ms: int = 30_000) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.max_streams = max_streams
         self.queue_size = queue_size
+        self.retry_initial_ms = retry_initial_ms
+        self.retry_max_ms = retry_max_ms
         self.ready = threading.Event()  # positioned at the end of every partition
+        self.not_ready_reason: str | None = "starting"
+        self.connects = 0  # consumers made, first one included
+        self._failures = 0  # in a row, since the hub last followed the topic
         self._streams: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -247,13 +260,34 @@ class PushHub:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def backoff_s(self, failures: int) -> float:
+        """The wait after ``failures`` failed attempts in a row: exponential, capped, jittered."""
+        ceiling_ms = min(self.retry_max_ms, self.retry_initial_ms * 2 ** min(failures - 1, 30))
+        return random.uniform(ceiling_ms / 2, ceiling_ms) / 1000
+
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+                return  # stopped
+            except Exception as exc:  # Kafka down, or anything else: never stop for good
+                self._failures += 1
+                delay_s = self.backoff_s(self._failures)
+                self.not_ready_reason = (f"push hub cannot follow {self.topic!r}: {exc!r} "
+                                         f"({self._failures} failure(s) in a row; retrying in "
+                                         f"{delay_s:.1f} s)")
+                log.warning("%s", self.not_ready_reason)
+                self._stop.wait(delay_s)
+
+    def _follow(self) -> None:
+        self.connects += 1
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
         try:
             while not self._stop.is_set():
                 partitions = consumer.partitions_for_topic(self.topic)
                 if partitions:
                     break
+                self.not_ready_reason = f"topic {self.topic!r} has no partitions yet"
                 self._stop.wait(0.5)
             else:
                 return
@@ -262,19 +296,18 @@ class PushHub:
             consumer.seek_to_end(*parts)
             for tp in parts:
                 consumer.position(tp)  # resolve "end" now, not at the first poll
+            self.not_ready_reason = None
+            self._failures = 0  # the next failure starts the backoff over
             self.ready.set()
             while not self._stop.is_set():
-                try:
-                    batch = consumer.poll(timeout_ms=200)
-                except KafkaError as exc:
-                    log.warning("push hub: %r", exc)
-                    self._stop.wait(0.5)
-                    continue
+                batch = consumer.poll(timeout_ms=200)  # a KafkaError: reconnect, with backoff
                 for records in batch.values():
                     for record in records:
                         self._loop.call_soon_threadsafe(self._dispatch, record.key, record.value)
         finally:
-            consumer.close()
+            self.ready.clear()
+            with contextlib.suppress(Exception):  # a consumer that failed may fail to close too
+                consumer.close()
 
     def _dispatch(self, key: bytes | None, value: bytes) -> None:
         user_id = (key or b"").decode(errors="replace")
