@@ -217,7 +217,8 @@ async def grpc_front_end(settings: GatewaySettings,
         yield None
         return
     server, bound_port = await start_grpc_server(service_getter, settings.host, settings.grpc_port,
-                                                 max_message_bytes=settings.max_body_bytes)
+                                                 max_message_bytes=settings.max_body_bytes,
+                                                 api_token=settings.api_token)
     try:
         yield bound_port
     finally:

@@ -102,6 +102,10 @@ class GatewaySettings(BaseSettings):
 
     # Security
     admin_token: SecretStr | None = None  # unset: admin endpoints answer 403
+    # Set: event ingestion (REST and gRPC) and push streams need 'Authorization: Bearer <token>'
+    # (401 without). Unset: they are open to anyone who reaches the port -- for development only
+    # (and the demo page, whose EventSource cannot send the header).
+    api_token: SecretStr | None = None
     max_body_bytes: int = Field(default=256 * 1024, gt=0)  # larger request bodies: 413
     max_batch_events: int = Field(default=500, ge=1)  # events per POST /v1/events/batch
     # How stale a gateway's view of out-of-stock items may be (Redis: re-read this often).

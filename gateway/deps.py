@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from gateway.errors import Forbidden, Unauthorized, UpstreamUnavailable
 from gateway.push import PushHub
@@ -34,11 +35,34 @@ def require_admin(
     token = request.app.state.settings.admin_token
     if token is None:
         raise Forbidden("the admin API is disabled: set RECSYS_GATEWAY_ADMIN_TOKEN")
-    if credentials is None or not secrets.compare_digest(
-            credentials.credentials.encode(), token.get_secret_value().encode()):
+    if not token_matches(credentials.credentials if credentials else None, token):
         raise Unauthorized("admin endpoints need 'Authorization: Bearer <admin token>'")
+
+
+_client_bearer = HTTPBearer(auto_error=False, description="RECSYS_GATEWAY_API_TOKEN")
+
+
+def token_matches(presented: str | None, token: SecretStr) -> bool:
+    """Constant-time comparison of a presented bearer token with the configured one."""
+    return presented is not None and secrets.compare_digest(presented.encode(),
+                                                            token.get_secret_value().encode())
+
+
+def require_client(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_client_bearer)],
+) -> None:
+    """Event ingestion and push streams: open while no API token is set (development), else
+    the bearer token is required. (Without it anyone could create users by the batch, or watch
+    any user's carts and purchases.)"""
+    token = request.app.state.settings.api_token
+    if token is None:
+        return
+    if not token_matches(credentials.credentials if credentials else None, token):
+        raise Unauthorized("this endpoint needs 'Authorization: Bearer <API token>'")
 
 
 ServiceDep = Annotated[RecommendationService, Depends(get_service)]
 PushHubDep = Annotated[PushHub, Depends(get_push_hub)]
 AdminDep = Depends(require_admin)
+ClientDep = Depends(require_client)

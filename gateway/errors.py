@@ -76,7 +76,7 @@ class ErrorResponse(BaseModel):
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (replacing FastAPI's own 422 shape)."""
-    text = {401: "missing or wrong admin bearer token", 403: "admin API disabled",
+    text = {401: "missing or wrong bearer token (admin, or API where one is set)", 403: "admin API disabled",
             409: "conflicts with the current state", 413: "request body too large",
             422: "invalid request, with the reason", 503: "a dependency is unavailable"}
     return {status: {"model": ErrorResponse, "description": text[status]} for status in statuses}

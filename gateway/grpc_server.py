@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from features.events import ID_PATTERN, Event, EventType, is_valid_id
+from gateway.deps import token_matches
 from gateway.errors import (
     Conflict,
     Forbidden,
@@ -122,8 +123,9 @@ def accepted_to_proto(published: Published) -> pb.Accepted:
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Reads the service from ``service_getter`` on every call, so a swapped service is seen."""
 
-    def __init__(self, service_getter: ServiceGetter) -> None:
+    def __init__(self, service_getter: ServiceGetter, api_token: SecretStr | None = None) -> None:
         self._service_getter = service_getter
+        self._api_token = api_token  # set: Ingest and IngestBatch need it, as REST's events do
 
     def _service(self) -> RecommendationService:
         service = self._service_getter()
@@ -131,9 +133,22 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             raise UpstreamUnavailable("the gateway is not serving yet")
         return service
 
+    def _check_client(self, context: grpc.aio.ServicerContext) -> None:
+        """The REST ``require_client``: metadata ``authorization: Bearer <API token>``."""
+        if self._api_token is None:
+            return
+        header = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not token_matches(presented.strip() or None,
+                                                            self._api_token):
+            raise Unauthorized("this method needs metadata 'authorization: Bearer <API token>'")
+
     async def _call(self, context: grpc.aio.ServicerContext, method: str,
-                    fn: Callable[[RecommendationService], Awaitable[T]]) -> T:
+                    fn: Callable[[RecommendationService], Awaitable[T]], *,
+                    client_auth: bool = False) -> T:
         try:
+            if client_auth:
+                self._check_client(context)
             return await fn(self._service())
         except RecsysError as exc:
             trailing = [(ERROR_CODE_KEY, exc.code)]
@@ -174,7 +189,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             published = await service.ingest(event_from_proto(request.event))
             return pb.IngestResponse(accepted=accepted_to_proto(published))
 
-        return await self._call(context, "Ingest", ingest)
+        return await self._call(context, "Ingest", ingest, client_auth=True)
 
     async def IngestBatch(self, request: pb.IngestBatchRequest,
                           context: grpc.aio.ServicerContext) -> pb.IngestBatchResponse:
@@ -183,7 +198,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             published = await service.ingest_many(events)
             return pb.IngestBatchResponse(accepted=[accepted_to_proto(p) for p in published])
 
-        return await self._call(context, "IngestBatch", ingest_many)
+        return await self._call(context, "IngestBatch", ingest_many, client_auth=True)
 
 
 def _events_from_proto(messages: Sequence[pb.Event], max_events: int) -> list[Event]:
@@ -196,17 +211,19 @@ def _events_from_proto(messages: Sequence[pb.Event], max_events: int) -> list[Ev
 # --- the server -----------------------------------------------------------------------------------
 
 async def start_grpc_server(service_getter: ServiceGetter, host: str, port: int, *,
-                            max_message_bytes: int | None = None) -> tuple[grpc.aio.Server, int]:
+                            max_message_bytes: int | None = None,
+                            api_token: SecretStr | None = None) -> tuple[grpc.aio.Server, int]:
     """Serve the Recommender service on ``host:port`` (``port`` -1: a free port) in the running
     event loop; returns the started server (``await server.stop(grace_s)`` to end it) and the port
-    it is bound to. ``max_message_bytes`` bounds a request, as the REST body limit does."""
+    it is bound to. ``max_message_bytes`` bounds a request, as the REST body limit does;
+    ``api_token``, when set, is required by the ingest methods, as REST requires it."""
     if port < -1 or port == 0 or port > 65535:
         raise ValueError(f"gRPC port must be 1..65535, or -1 for a free one; got {port}")
     options: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]  # a taken port is an error
     if max_message_bytes is not None:
         options.append(("grpc.max_receive_message_length", max_message_bytes))
     server = grpc.aio.server(options=options)
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service_getter), server)
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(service_getter, api_token), server)
     bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
     address = f"{bracketed}:{0 if port == -1 else port}"
     try:

@@ -4,11 +4,11 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 
 from features.events import Event
-from gateway.deps import ServiceDep
+from gateway.deps import ClientDep, ServiceDep
 from gateway.errors import documented
 
-router = APIRouter(prefix="/v1/events", tags=["events"],
-                   responses=documented(413, 422, 503))
+router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[ClientDep],
+                   responses=documented(401, 413, 422, 503))
 
 
 class Accepted(BaseModel):

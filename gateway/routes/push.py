@@ -3,13 +3,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from gateway.deps import PushHubDep
+from gateway.deps import ClientDep, PushHubDep
 from gateway.errors import ErrorResponse, documented, error_body
 from gateway.push import PushStream, TooManyStreams, retry_after_s
 from gateway.routes.recommendations import UserId
 
-router = APIRouter(prefix="/v1/users", tags=["push"],
-                   responses=documented(422, 503))
+router = APIRouter(prefix="/v1/users", tags=["push"], dependencies=[ClientDep],
+                   responses=documented(401, 422, 503))
 
 
 @router.get("/{user_id}/push", response_class=StreamingResponse, responses={
