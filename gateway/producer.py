@@ -35,7 +35,7 @@ class Published:
     offset: int
 
 
-def _settle_on(loop: asyncio.AbstractEventLoop, future: KafkaFuture) -> asyncio.Future:
+def settle_on(loop: asyncio.AbstractEventLoop, future: KafkaFuture) -> asyncio.Future:
     """An asyncio future settled, on ``loop``, when kafka-python's ``future`` is."""
     settled = loop.create_future()
 
@@ -101,7 +101,7 @@ class EventProducer:
         try:
             futures = await loop.run_in_executor(self._sender, self._enqueue, events,
                                                  time.monotonic() + self.timeout_s)
-            acks = [_settle_on(loop, f) for f in futures]
+            acks = [settle_on(loop, f) for f in futures]
             done, _ = await asyncio.wait(acks, timeout=self.timeout_s + _BACKSTOP_S)
             if len(done) < len(acks):
                 raise KafkaTimeoutError(f"no acknowledgement within {self.timeout_s:g} s")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import BaseModel
@@ -35,6 +37,7 @@ from features.events import Event
 from gateway import metrics
 from gateway.errors import Overloaded, RecsysError
 from gateway.frequency_cap import FrequencyCap  # part of push; also imported from here
+from gateway.producer import settle_on
 from gateway.schemas import Recommendations
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,9 @@ class Pusher:
         self.poll_initial_ms = poll_initial_ms
         self.poll_max_ms = poll_max_ms
         self.produce_timeout_ms = produce_timeout_ms
+        # send() blocks while metadata is missing: on a thread of the pusher's own, not the default
+        # executor's (the store reads of every recommendation run there); the ack holds no thread.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-send")
         self._pending: dict[str, _Refresh] = {}  # user id -> its refresh still collecting events
         self._tasks: set[asyncio.Task] = set()
 
@@ -135,7 +141,7 @@ class Pusher:
                 trigger=PushTrigger(event_id=trigger.event_id, event_type=trigger.event_type.value,
                                     item_id=trigger.item_id),
                 recommendations=recommendations, pushed_at_ms=int(time.time() * 1000))
-            await asyncio.to_thread(self._produce, message)
+            await self._produce(message)
             metrics.PUSHES.labels("pushed").inc()
         except Exception:  # a push is best effort: the events themselves are safely in Kafka
             log.exception("push after %s failed", refresh.events[-1].event_id)
@@ -167,15 +173,18 @@ class Pusher:
             await asyncio.sleep(min(delay_s, left))
             delay_s = min(delay_s * 2, self.poll_max_ms / 1000)
 
-    def _produce(self, message: PushMessage) -> None:
-        self.producer.send(self.topic, key=message.user_id.encode(),
-                           value=message.model_dump_json().encode()).get(
-                               timeout=self.produce_timeout_ms / 1000)
+    async def _produce(self, message: PushMessage) -> None:
+        loop = asyncio.get_running_loop()
+        future = await loop.run_in_executor(self._sender, functools.partial(
+            self.producer.send, self.topic, key=message.user_id.encode(),
+            value=message.model_dump_json().encode()))
+        await asyncio.wait_for(settle_on(loop, future), self.produce_timeout_ms / 1000)
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sender.shutdown(wait=False, cancel_futures=True)
 
 
 class PushHub:

@@ -181,3 +181,69 @@ def test_a_grpc_unavailable_to_ingest_names_the_event_ids(make_producer, catalog
                       lambda stub: stub.IngestBatch(pb.IngestBatchRequest(events=events)))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert dict(error.trailing_metadata())[EVENT_IDS_KEY] == "e-1,e-2"
+
+
+def test_a_push_waiting_for_kafka_holds_no_thread_a_store_read_needs():
+    """The pusher produces on the same client: its waits for acknowledgements hold no thread of
+    the default executor either."""
+    from gateway.push import FrequencyCap, Pusher
+    from tests.unit.gateway.test_push import cart, fake_recommend
+
+    kafka = FakeKafka()  # never acknowledges until the test says so
+    store = InMemoryStore(FeatureRules(history_items=10))
+    users = [f"u{i}" for i in range(8)]
+    for user in users:
+        store.apply(cart(user=user, event_id=f"e-{user}"))
+
+    async def run():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+        pusher = Pusher(store, kafka, "recommendations", FrequencyCap(0),
+                        produce_timeout_ms=2000)
+        for user in users:
+            pusher.schedule(cart(user=user, event_id=f"e-{user}"), fake_recommend)
+        while len(kafka.futures) < len(users):
+            await asyncio.sleep(0.01)
+        features = await store_call(store, store.get, "u0")
+        pending = len(pusher._tasks)
+        for future in kafka.futures:
+            future.success(SimpleNamespace(topic="recommendations", partition=0, offset=0))
+        await asyncio.sleep(0.05)
+        await pusher.close()
+        return features, pending
+
+    features, pending = asyncio.run(run())
+    assert features is not None and pending == len(users)
+
+
+def test_recommendations_keep_their_threads_while_event_posts_wait_for_kafka(make_producer, catalog):
+    """The finding itself: Kafka not answering, many event POSTs in flight, and a recommendation
+    still reads the store in time (before, its read queued behind the POSTs' waits, and it
+    answered from the fallback, degraded)."""
+    import httpx
+
+    from tests.unit.gateway.test_api import make_parts
+
+    parts = make_parts(catalog)
+    parts.service.publisher = producer = make_producer(timeout_ms=2000)
+    posts_n = 32
+
+    async def run():
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=4))
+        transport = httpx.ASGITransport(app=parts.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            posts = [asyncio.create_task(client.post("/v1/events", json={
+                "user_id": f"u{i}", "item_id": "a", "event_type": "view"}))
+                for i in range(posts_n)]
+            while len(producer.client.futures) < posts_n:
+                await asyncio.sleep(0.01)
+            answer = await client.get("/v1/users/u1/recommendations", params={"k": 3})
+            pending = sum(not p.done() for p in posts)
+            for future in producer.client.futures:
+                future.success(SimpleNamespace(topic="user-events", partition=0, offset=0))
+            statuses = [r.status_code for r in await asyncio.gather(*posts)]
+        return answer, pending, statuses
+
+    answer, pending, statuses = asyncio.run(run())
+    assert answer.status_code == 200 and answer.json()["source"] == "model"
+    assert not answer.json()["degraded"]
+    assert pending == posts_n and statuses == [202] * posts_n

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from kafka.future import Future
 
 from feature_service.store import InMemoryStore
 from features.events import Event
@@ -15,18 +16,13 @@ from gateway.push import FrequencyCap, Pusher, PushHub, PushMessage, sse
 from gateway.schemas import Recommendations
 
 
-class FakeFuture:
-    def get(self, timeout=None):
-        return None
-
-
 class FakeProducer:
     def __init__(self):
         self.sent = []
 
     def send(self, topic, key=None, value=None):
         self.sent.append((topic, key, value))
-        return FakeFuture()
+        return Future().success(None)  # acknowledged at once
 
 
 async def fake_recommend(user_id):
