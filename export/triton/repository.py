@@ -26,12 +26,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.model.ann import RetrievalIndexConfig, build_index, choose_index
 from export.model.retrieval import FusedRecommender, TopKRetrieval
 from export.model.towers import TwoTower
+from export.triton.config_files import REFERENCE_FILE, read_config, write_config  # noqa: F401 (callers)
 from features import contract as sig
 from features.behaviour import STEP_TYPES, type_code
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
@@ -181,17 +181,6 @@ def model_configs(sequence_length: int, dim: int, serving: ServingConfig,
     return configs
 
 
-def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / "config.pbtxt"
-    path.write_text(text_format.MessageToString(config))
-    return path
-
-
-def read_config(path: Path) -> mc.ModelConfig:
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
-
-
 def scripted_modules(model: TwoTower) -> dict[str, torch.jit.ScriptModule]:
     """TorchScript of every model that has weights, from one trained TwoTower."""
     model = model.eval()
@@ -254,9 +243,6 @@ def export_repository(
         write_reference(modules[sig.RECOMMEND_FUSED], catalog, sequence_length,
                         root / sig.RETRIEVE / str(version) / REFERENCE_FILE)
     return root
-
-
-REFERENCE_FILE = "reference.json"
 
 
 def write_reference(fused: torch.jit.ScriptModule, catalog: ItemCatalog, sequence_length: int,

@@ -18,6 +18,10 @@ it without a version; that pin moves at promote/rollback, before any gateway has
 pointer, so a gateway never relies on it: asked for version N, it runs the ensemble's steps itself,
 each pinned to N (``gateway/triton_client.py``, issue 15). A failed check leaves everything as it
 was: the candidate stays loaded but is never live.
+
+Every step that changes the repository holds ``.rollout.lock`` (``export/triton/locking.py``) from
+reading the state to writing it, so two commands at once queue instead of losing one's update;
+files are replaced whole, never rewritten in place. ``status`` reads without the lock.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.triton.repository import REFERENCE_FILE, read_config, write_config
+from export.triton.config_files import REFERENCE_FILE, read_config, write_config
+from export.triton.locking import DEFAULT_LOCK_TIMEOUT_S, LockTimeout, StepLock, exclusive, write_atomic
 from features import contract as sig
 from features.behaviour import Step, steps_of
 from features.catalog import ItemCatalog
@@ -49,6 +54,10 @@ log = logging.getLogger("export.triton.rollout")
 
 class RolloutError(RuntimeError):
     """A step refused or a check failed; the live version is unchanged."""
+
+
+class RolloutLocked(RolloutError, LockTimeout):
+    """Another rollout command held the repository's lock for longer than ``lock_timeout_s``."""
 
 
 @dataclass
@@ -68,10 +77,8 @@ class RolloutState:
         return cls(live=sig.latest_version(repository / sig.RETRIEVE))
 
     def write(self, repository: Path) -> None:
-        path = repository / sig.ROLLOUT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2))
-        os.replace(tmp, path)  # gateways poll this file: never let them read half of it
+        # gateways poll this file: never let them (or a crash) leave half of it
+        write_atomic(repository / sig.ROLLOUT_FILE, json.dumps(self.__dict__, indent=2))
 
 
 @dataclass
@@ -119,12 +126,17 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
 
 class Rollout:
     def __init__(self, repository: Path, triton_url: str, *, dry_run: bool = False,
-                 timeout_s: float = 120) -> None:
+                 timeout_s: float = 120, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.repository = Path(repository)
         self.dry_run = dry_run
         self.client = httpclient.InferenceServerClient(triton_url, network_timeout=timeout_s,
                                                        connection_timeout=timeout_s)
         self.state = RolloutState.read(self.repository)
+        # Steps that change the repository hold its lock (promote: through load, smoke, shadow),
+        # on the state as it is once they hold it. A dry run changes nothing and takes none.
+        self.lock = StepLock(self.repository, timeout_s=lock_timeout_s, enabled=not dry_run,
+                             error=RolloutLocked,
+                             on_acquire=lambda: setattr(self, "state", RolloutState.read(self.repository)))
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -152,6 +164,7 @@ class Rollout:
 
     # --- publish ------------------------------------------------------------------------------
 
+    @exclusive
     def publish(self, source: Path) -> int:
         """Copy the newest version of an export into this repository as the next version.
         Publishing the same export twice returns the version it got the first time."""
@@ -182,10 +195,15 @@ class Rollout:
             # candidate after a restart between publish and promote.
             self._pin_latest_policies(self.state.live)
             for name, src in zip(sig.VERSIONED_MODELS, src_dirs, strict=True):
-                shutil.copytree(src, self.repository / name / str(version))
-            serving = self.repository / sig.RETRIEVE / str(version) / sig.SERVING_FILE
-            info = json.loads(serving.read_text())
-            serving.write_text(json.dumps({**info, "version": version}, indent=2))
+                # Copied aside, renamed into place whole: a crash leaves no half version behind.
+                partial = self.repository / name / f".{version}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(src, partial)
+                if name == sig.RETRIEVE:
+                    serving = partial / sig.SERVING_FILE
+                    serving.write_text(json.dumps({**json.loads(serving.read_text()), "version": version},
+                                                  indent=2))
+                os.replace(partial, self.repository / name / str(version))
             self.state.published[digest] = version
         self._record("publish", version=version, source=str(source), source_version=src_version)
         return version
@@ -226,6 +244,7 @@ class Rollout:
             if missing:
                 raise RolloutError(f"{name}: versions {missing} did not become ready")
 
+    @exclusive
     def load(self, version: int) -> None:
         if not (self.repository / sig.RETRIEVE / str(version)).is_dir():
             raise RolloutError(f"version {version} is not in {self.repository}: publish it first")
@@ -233,6 +252,7 @@ class Rollout:
         self._serve_versions(keep)
         self._record("load", version=version, loaded=sorted(keep))
 
+    @exclusive
     def retire(self, version: int) -> None:
         if version == self.state.live:
             raise RolloutError(f"version {version} is live: promote or roll back first")
@@ -252,6 +272,7 @@ class Rollout:
         elapsed_ms = (time.perf_counter() - started) * 1000
         return result.as_numpy(sig.ITEM_INDEX), result.as_numpy(sig.SCORE), elapsed_ms
 
+    @exclusive
     def smoke(self, version: int) -> SmokeReport:
         """Triton's answers for the exporter's reference requests equal PyTorch's at export time."""
         path = self.repository / sig.RETRIEVE / str(version) / REFERENCE_FILE
@@ -278,6 +299,7 @@ class Rollout:
                      max_score_diff=report.max_score_diff)
         return report
 
+    @exclusive
     def shadow(self, version: int, histories: dict[str, list[str]], *, requests: int = 200,
                k: int = 10) -> ShadowReport:
         """Recorded requests (user histories) against the live and the candidate version, each with
@@ -325,6 +347,7 @@ class Rollout:
             self.state.live, self.state.previous = live, previous
         self._record(action, version=live, was=old, **details)
 
+    @exclusive
     def promote(self, version: int, *, shadow_histories: dict[str, list[str]] | None = None,
                 min_overlap: float | None = None, skip_checks: bool = False) -> None:
         if version == self.state.live:
@@ -345,6 +368,7 @@ class Rollout:
                                        f"{min_overlap}: version {self.state.live} stays live")
         self._switch(version, self.state.live, "promote", **checks)
 
+    @exclusive
     def rollback(self) -> int:
         previous = self.state.previous
         if previous is None:
@@ -368,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--triton-url", default="127.0.0.1:8000", help="Triton's HTTP endpoint")
     parser.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    parser.add_argument("--lock-timeout-s", type=float, default=DEFAULT_LOCK_TIMEOUT_S,
+                        help="how long to wait for another rollout command to finish (then exit 2)")
     sub = parser.add_subparsers(dest="step", required=True)
     sub.add_parser("status")
     publish = sub.add_parser("publish", help="copy an export's newest version in as the next version")
@@ -387,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    rollout = Rollout(args.repository, args.triton_url, dry_run=args.dry_run)
+    rollout = Rollout(args.repository, args.triton_url, dry_run=args.dry_run,
+                      lock_timeout_s=args.lock_timeout_s)
     histories = (read_shadow_requests(args.shadow_requests)
                  if getattr(args, "shadow_requests", None) else None)
     try:
