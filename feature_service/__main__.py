@@ -31,9 +31,7 @@ def main() -> int:
     categories = (ItemCatalog.from_json(Path(settings.catalog_path)).categories_by_item()
                   if settings.catalog_path else None)
     store = create_store(settings.store, settings.rules(), redis_url=settings.redis_url,
-                         prefix=settings.redis_key_prefix, item_categories=categories,
-                         dedup_window_events=settings.dedup_window_events,
-                         dedup_ttl_s=settings.dedup_ttl_s)
+                         prefix=settings.redis_key_prefix, item_categories=categories)
     if settings.snapshot_path:
         store.load_snapshot(json.loads(Path(settings.snapshot_path).read_text()))
     if settings.metrics_port:

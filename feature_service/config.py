@@ -39,8 +39,16 @@ class FeatureServiceSettings(BaseSettings):
     history_items: int = Field(default=100, ge=1)
     affinity_half_life_ms: int = Field(default=24 * 3600 * 1000, gt=0)  # category affinities
     trending_half_life_ms: int = Field(default=3600 * 1000, gt=0)  # trending items
-    dedup_window_events: int = 200_000  # in-process store: event ids remembered for de-duplication
-    dedup_ttl_s: int = 7 * 24 * 3600  # Redis store: how long an event id is remembered for de-duplication
+    # Bounded state (docs/features.md, "Memory"): the most recently touched items kept per user as
+    # seen (the exclusions sent with each request) and as bought.
+    seen_items: int = Field(default=500, ge=1)
+    bought_items: int = Field(default=500, ge=1)
+    # A client's retry is recognised by event_id among the user's last N events. (Kafka
+    # redeliveries are recognised by offset, however old.)
+    dedup_events_per_user: int = Field(default=128, ge=1)
+    # A user's state expires this long after their last event.
+    user_ttl_s: int = Field(default=30 * 24 * 3600, ge=1)
+    trending_items: int = Field(default=100_000, ge=1)  # trending scores kept (the best ones)
     max_event_bytes: int = MAX_EVENT_BYTES  # larger messages go to the dead-letter topic
     max_future_skew_ms: int = MAX_FUTURE_SKEW_MS  # events further ahead of the clock: dead-letter topic
     # Dead-letter records keep at most this many bytes of the message (and its size and SHA-256), so a
@@ -61,4 +69,7 @@ class FeatureServiceSettings(BaseSettings):
     def rules(self) -> FeatureRules:
         return FeatureRules(history_items=self.history_items,
                             affinity_half_life_ms=self.affinity_half_life_ms,
-                            trending_half_life_ms=self.trending_half_life_ms)
+                            trending_half_life_ms=self.trending_half_life_ms,
+                            seen_items=self.seen_items, bought_items=self.bought_items,
+                            dedup_events_per_user=self.dedup_events_per_user,
+                            user_ttl_s=self.user_ttl_s, trending_items=self.trending_items)

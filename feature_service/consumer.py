@@ -7,8 +7,15 @@ Two ways to consume, chosen by the store:
   and the store's de-duplication by ``event_id`` drops what was already applied. Several processes
   in one group split the partitions; a rebalance re-delivers at most the uncommitted tail.
 * **in-process store** — the state dies with the process, so committed offsets would lie about it.
-  The consumer reads every partition from the beginning of the topic (no group, no commits),
-  rebuilding the state on start; each gateway process holds every user.
+  The consumer reads every partition from the beginning of the topic (no group membership),
+  rebuilding the state on start; each gateway process holds every user. It commits only under
+  ``<group_id>.dead-letters``, to record how far the invalid messages were dead-lettered, so a
+  restart does not write them again.
+
+Each event goes to the store with its position: the store drops a redelivery (offset at or below
+the last it applied from that partition) however old, so a reset or expired consumer group that
+replays the topic applies nothing twice. A partition whose recorded offset is beyond the topic's
+end (the topic was deleted and re-created) has its record dropped, with an error in the log.
 
 A message that is not a valid event goes to the dead-letter topic with the reason and a bounded
 prefix of its bytes (with its size and digest), so that the record always fits; consumption goes on.
@@ -19,9 +26,6 @@ rewound and retried after an exponential backoff with jitter; a partition that f
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import random
 import threading
@@ -34,6 +38,7 @@ from kafka.structs import OffsetAndMetadata
 
 from feature_service import metrics
 from feature_service.config import FeatureServiceSettings
+from feature_service.dead_letters import dead_letter_key, dead_letter_record
 from feature_service.store import FeatureStore, StoreUnavailable
 from feature_service.topics import ensure_topics
 from features.events import Event, InvalidEvent, parse_event
@@ -43,58 +48,11 @@ log = logging.getLogger(__name__)
 # Called for every newly applied event with the record's producer timestamp (ms).
 OnApplied = Callable[[Event, int], None]
 
-DEFAULT_PAYLOAD_MAX_BYTES = 64 * 1024
-MAX_KEY_BYTES = 1024  # dead-letter keys longer than this are cut (the record says so)
-MAX_REASON_CHARS = 4096
 _ALL = "all"  # failures not tied to a partition (a Kafka error while polling)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _text_prefix(raw: bytes, truncated: bool) -> str | None:
-    """``raw`` as text, or None when it is not UTF-8. A cut prefix may end inside a character: the
-    incomplete tail (at most 3 bytes) is dropped."""
-    for cut in range(4 if truncated else 1):
-        try:
-            return raw[:len(raw) - cut].decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-    return None
-
-
-def dead_letter_key(key: bytes | None) -> bytes | None:
-    """The dead-letter record's key: the message's, cut to ``MAX_KEY_BYTES``."""
-    return key if key is None or len(key) <= MAX_KEY_BYTES else key[:MAX_KEY_BYTES]
-
-
-def dead_letter_record(raw: bytes | None, reason: str, topic: str, partition: int, offset: int, *,
-                       max_payload_bytes: int = DEFAULT_PAYLOAD_MAX_BYTES,
-                       key: bytes | None = None) -> bytes:
-    """The dead-letter value: the reason, where the message came from, the message's size and
-    SHA-256, and its bytes, at most ``max_payload_bytes`` of them (``payload_truncated`` says so):
-    a whole oversized message, escaped, could exceed the producer's limit and never be written."""
-    raw = raw or b""
-    kept = raw[:max_payload_bytes]
-    truncated = len(kept) < len(raw)
-    record: dict[str, object] = {
-        "reason": reason[:MAX_REASON_CHARS],
-        "source": {"topic": topic, "partition": partition, "offset": offset},
-        "dead_lettered_at_ms": _now_ms(),
-        "payload_bytes": len(raw),
-        "payload_sha256": hashlib.sha256(raw).hexdigest(),
-        "payload_truncated": truncated,
-    }
-    text = _text_prefix(kept, truncated)
-    if text is not None:
-        record["payload"] = text
-    else:
-        record["payload_base64"] = base64.b64encode(kept).decode()
-    if key is not None and len(key) > MAX_KEY_BYTES:
-        record["key_bytes"] = len(key)
-        record["key_sha256"] = hashlib.sha256(key).hexdigest()
-    return json.dumps(record).encode()
 
 
 def _label(tp: TopicPartition | str) -> str:
@@ -121,6 +79,9 @@ class FeatureConsumer:
         self.ready = threading.Event()
         self.backoffs_s: list[float] = []  # every wait after a failure, in order (tests, debugging)
         self._catch_up: dict[TopicPartition, int] | None = None
+        self._offsets_checked: set[TopicPartition] = set()
+        # Replaying: below these offsets, invalid messages were dead-lettered by an earlier process.
+        self._dead_lettered_below: dict[TopicPartition, int] = {}
         self._caught_up = False
         # Consecutive failed attempts per partition (or _ALL), with when the first one happened.
         self._failing: dict[TopicPartition | str, tuple[int, float, str]] = {}
@@ -137,7 +98,7 @@ class FeatureConsumer:
         s = self.settings
         consumer = KafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
-            group_id=s.group_id if self.group_mode else None,
+            group_id=s.group_id if self.group_mode else f"{s.group_id}.dead-letters",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.max_poll_records,
@@ -172,6 +133,8 @@ class FeatureConsumer:
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         self._catch_up = consumer.end_offsets(parts)
+        for tp in parts:
+            self._dead_lettered_below[tp] = consumer.committed(tp) or 0
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
@@ -179,12 +142,14 @@ class FeatureConsumer:
             ensure_topics(s.kafka_bootstrap_servers, [s.events_topic, s.dlq_topic],
                           s.topic_partitions)
         self._stop = stop
+        self._offsets_checked = set()  # a new connection: assignments are checked afresh
         consumer, dead_letters = self._connect()
         try:
             self._attach(consumer, stop)
             while not stop.is_set():
                 try:
                     batch = consumer.poll(timeout_ms=s.poll_timeout_ms)
+                    self._check_offsets(consumer)
                     self._update_ready(consumer)
                     if self._failing:
                         self._forget_revoked(consumer.assignment())
@@ -198,6 +163,28 @@ class FeatureConsumer:
         finally:
             consumer.close()
             dead_letters.close()
+
+    def _check_offsets(self, consumer: KafkaConsumer) -> None:
+        """For each newly assigned partition: an applied offset the store recorded at or beyond the
+        partition's end cannot be this topic's (it was deleted and re-created). Keeping it would
+        drop every new event below it as a redelivery, so it is forgotten, loudly."""
+        new = consumer.assignment() - self._offsets_checked
+        if not new:
+            return
+        try:
+            applied = self.store.applied_offsets()
+            ends = consumer.end_offsets(list(new))
+            stale = [tp for tp in new if applied.get((tp.topic, tp.partition), -1) >= ends[tp]]
+            if stale:
+                log.error("the store applied offsets beyond the end of %s: the topic was re-created; "
+                          "forgetting them (events below them would be taken for redeliveries)",
+                          ", ".join(f"{_label(tp)} (applied {applied[(tp.topic, tp.partition)]}, "
+                                    f"end {ends[tp]})" for tp in stale))
+                self.store.forget_offsets([(tp.topic, tp.partition) for tp in stale])
+        except StoreUnavailable as exc:  # checked again after the next poll
+            log.warning("cannot check the store's applied offsets yet: %s", exc)
+            return
+        self._offsets_checked |= new
 
     def _update_ready(self, consumer: KafkaConsumer) -> None:
         if self._caught_up or not consumer.assignment():
@@ -292,16 +279,19 @@ class FeatureConsumer:
         """Apply one poll's messages, dead-letter the invalid ones, then commit (group mode)."""
         now_ms = _now_ms()
         valid, invalid = [], []
-        for messages in batch.values():
+        for tp, messages in batch.items():
+            done_below = self._dead_lettered_below.get(tp, 0)
             for message in messages:
                 try:
                     event = parse_event(message.value, now_ms, max_bytes=self.settings.max_event_bytes,
                                         max_future_skew_ms=self.settings.max_future_skew_ms)
                     valid.append((event, message))
                 except InvalidEvent as exc:
-                    invalid.append((message, exc.reason))
+                    if message.offset >= done_below:
+                        invalid.append((message, exc.reason))
         try:
-            results = self.store.apply_many([event for event, _ in valid])
+            results = self.store.apply_many([event for event, _ in valid],
+                                            [(m.topic, m.partition, m.offset) for _, m in valid])
         except StoreUnavailable as exc:
             log.warning("feature store unavailable (%s); retrying the batch", exc)
             metrics.STORE_RETRIES.inc()
@@ -333,13 +323,19 @@ class FeatureConsumer:
             metrics.DEAD_LETTER_FAILURES.inc()
             self._rewind(consumer, {tp: batch[tp] for tp in failed})
             done = {tp: messages for tp, messages in batch.items() if tp not in failed}
-            if self.group_mode and done:
+            if not self.group_mode:  # replaying: only the marks of the dead letters written
+                done_with_letters = {TopicPartition(m.topic, m.partition) for m, _ in invalid}
+                done = {tp: messages for tp, messages in done.items() if tp in done_with_letters}
+            if done:
                 self._commit(consumer, done)
             self._succeeded(list(done))
             self._failed(list(failed), f"dead-letter topic {self.settings.dlq_topic}: {error!r}")
             return
         if self.group_mode:
             self._commit(consumer, batch)
+        elif invalid:  # replaying: record how far dead letters were written
+            self._commit(consumer, {tp: batch[tp] for tp in {TopicPartition(m.topic, m.partition)
+                                                             for m, _ in invalid}})
         self._succeeded(list(batch))
 
     def _dead_letter(self, dead_letters: KafkaProducer, invalid: list) -> dict[TopicPartition, KafkaError]:
@@ -388,8 +384,9 @@ class FeatureConsumer:
             consumer.commit(offsets)
         except KafkaError as exc:
             # A rebalance took the partitions (or the coordinator is away): whoever consumes them
-            # next gets these events again, and the store drops them as duplicates.
-            log.warning("offset commit failed (%r); events will be re-delivered", exc)
+            # next gets these events again, and the store drops them as duplicates (replaying: a
+            # restart writes these dead letters again).
+            log.warning("offset commit failed (%r); messages will be re-delivered", exc)
             metrics.COMMIT_FAILURES.inc()
 
     @staticmethod
@@ -399,7 +396,9 @@ class FeatureConsumer:
 
 
 class BackgroundConsumer:
-    """Runs a FeatureConsumer in a daemon thread (the embedded, single-process mode)."""
+    """Runs a FeatureConsumer in a daemon thread (the embedded, single-process mode). A failure
+    that ends ``run`` (the broker unreachable at start, a bug) does not end the thread: the
+    consumer starts again after a backoff, and is not ready meanwhile, with the reason."""
 
     def __init__(self, settings: FeatureServiceSettings, store: FeatureStore,
                  on_applied: OnApplied | None = None) -> None:
@@ -407,17 +406,34 @@ class BackgroundConsumer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feature-consumer", daemon=True)
         self.error: BaseException | None = None
+        self.restarts = 0
 
     def _run(self) -> None:
-        try:
-            self.consumer.run(self._stop)
-        except BaseException as exc:  # surfaced through readiness, not swallowed
-            self.error = exc
-            log.exception("feature consumer stopped")
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self.consumer.run(self._stop)
+                return
+            except Exception as exc:  # noqa: BLE001 - surfaced through readiness and the log
+                failures += 1
+                self.error = exc
+                self.restarts += 1
+                self.consumer.ready.clear()
+                metrics.READY.set(0)
+                wait_s = self.consumer.backoff_s(failures)
+                log.exception("feature consumer stopped; starting again in %.1f s", wait_s)
+                self._stop.wait(wait_s)
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        reason = self.consumer.not_ready_reason
+        if self.error is not None and not self.consumer.ready.is_set():
+            return f"restarting after {self.error!r}" + (f"; {reason}" if reason else "")
+        return reason
 
     def start(self) -> None:
         self._thread.start()

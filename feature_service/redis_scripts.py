@@ -1,12 +1,15 @@
-"""The Lua scripts ``RedisStore`` runs: each event or snapshot is applied atomically in Redis.
+"""The Lua scripts ``RedisStore`` runs: a batch of events, or one user's snapshot, is applied
+atomically in Redis, in one script call.
 
 The arithmetic of the decayed scores is ``features.user_state.log_decayed_add``; the recent-event
-member format is ``feature_service.store``'s (``<event_id> <item_id> <event_type>``).
+member format is ``feature_service.store``'s (``<event_id> <item_id> <event_type>``). The scripts
+derive the per-user key names from the prefix in their argument (``<prefix>:u:<user>:<part>``), so
+they need a single Redis, not a Cluster. Numbers go back to Redis through ``fmt``: Lua's own
+number-to-string conversion keeps 14 digits, too few for millisecond times.
 """
 
-# Lua: whether the recent ZSET already holds an event with this member's id at this time (written by
-# a snapshot, or in the old member format).
-HAS_EVENT_LUA = """
+COMMON_LUA = """
+local function fmt(x) return string.format('%.17g', x) end
 local function event_id(member) return string.match(member, '^[^ |]+') end
 local function has_event(key, ts, member)
   local id = event_id(member)
@@ -15,49 +18,129 @@ local function has_event(key, ts, member)
   end
   return false
 end
-local function trim(key, keep)
-  local n = redis.call('ZCARD', key)
-  if n > keep then redis.call('ZREMRANGEBYRANK', key, 0, n - keep - 1) end
+-- Keep the ``keep`` highest-scored members.
+local function trim(key, keep) redis.call('ZREMRANGEBYRANK', key, 0, -(keep + 1)) end
+-- Seen and bought items were SETs before they were capped: such a key becomes a ZSET (score 0,
+-- older than anything touched since) the first time its user is written.
+local function as_zset(key)
+  if redis.call('TYPE', key).ok == 'set' then
+    local members = redis.call('SMEMBERS', key)
+    redis.call('DEL', key)
+    for i = 1, #members, 1000 do
+      local args = {}
+      for j = i, math.min(i + 999, #members) do
+        args[#args + 1] = 0
+        args[#args + 1] = members[j]
+      end
+      redis.call('ZADD', key, unpack(args))
+    end
+  end
+end
+local function user_key(prefix, user, part) return prefix .. ':u:' .. user .. ':' .. part end
+local USER_PARTS = {'recent', 'seen', 'bought', 'aff', 'ids'}
+local function expire_user(prefix, user, ttl_s)
+  for _, part in ipairs(USER_PARTS) do redis.call('EXPIRE', user_key(prefix, user, part), ttl_s) end
 end
 """
 
-# Atomic apply. KEYS: dedup mark, recent (ZSET by event time), seen, bought, affinity (HASH of log
-# scores), updated, trending (ZSET of log scores). ARGV: dedup ttl s, ts ms, recent member, item,
-# history length, now ms, is purchase, log2(weight), affinity half life, trending half life,
-# categories... The log-space arithmetic is features.user_state.log_decayed_add.
-APPLY_LUA = HAS_EVENT_LUA + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-local ts = tonumber(ARGV[2])
-local log2w = tonumber(ARGV[8])
+# A batch of events. ARGV[1]: JSON, see RedisStore._batch_argument. Returns 1 per event applied, 0
+# per duplicate (its id among the user's last ``dedup`` ids, or its offset at or below the last
+# applied from its partition).
+APPLY_BATCH_LUA = COMMON_LUA + """
+local b = cjson.decode(ARGV[1])
+local r = b.rules
 local function logadd(current, term)
   if not current then return term end
   current = tonumber(current)
   local hi, lo = math.max(current, term), math.min(current, term)
   return hi + math.log(1 + 2 ^ (lo - hi)) / math.log(2)
 end
-local function fmt(x) return string.format('%.17g', x) end
-if not has_event(KEYS[2], ARGV[2], ARGV[3]) then
-  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-  trim(KEYS[2], tonumber(ARGV[5]))
+local marks, dirty_marks = {}, {}
+local trending, users, results = {}, {}, {}
+-- Touch order, shared by every writer: a range of the store's counter for this batch's events.
+local seq = redis.call('INCRBY', b.seq_key, #b.events) - #b.events
+for i, e in ipairs(b.events) do
+  -- e: user, event id, item, type, ts, purchase (0/1), log2 weight, categories, partition, offset
+  local user, id, item, kind, ts, purchase, log2w, cats, part, offset = unpack(e)
+  local fresh = true
+  if part ~= '' then
+    if marks[part] == nil then marks[part] = tonumber(redis.call('HGET', b.offsets_key, part) or -1) end
+    if offset <= marks[part] then fresh = false else marks[part] = offset; dirty_marks[part] = true end
+  end
+  local ids = user_key(b.prefix, user, 'ids')
+  if fresh and redis.call('ZSCORE', ids, id) then fresh = false end
+  if fresh then
+    seq = seq + 1
+    if not users[user] then
+      users[user] = true
+      as_zset(user_key(b.prefix, user, 'seen'))
+      as_zset(user_key(b.prefix, user, 'bought'))
+    end
+    redis.call('ZADD', ids, fmt(seq), id)
+    trim(ids, r.dedup)
+    local recent = user_key(b.prefix, user, 'recent')
+    local member = id .. ' ' .. item .. ' ' .. kind
+    if not has_event(recent, fmt(ts), member) then
+      redis.call('ZADD', recent, fmt(ts), member)
+      trim(recent, r.history)
+    end
+    local seen = user_key(b.prefix, user, 'seen')
+    redis.call('ZADD', seen, fmt(seq), item)
+    trim(seen, r.seen)
+    if purchase == 1 then
+      local bought = user_key(b.prefix, user, 'bought')
+      redis.call('ZADD', bought, fmt(seq), item)
+      trim(bought, r.bought)
+    end
+    local aff = user_key(b.prefix, user, 'aff')
+    local aff_term = log2w + ts / r.affinity_half_life_ms
+    for _, c in ipairs(cats) do
+      redis.call('HSET', aff, c, fmt(logadd(redis.call('HGET', aff, c), aff_term)))
+    end
+    trending[item] = logadd(trending[item], log2w + ts / r.trending_half_life_ms)
+    results[i] = 1
+  else
+    results[i] = 0
+  end
 end
-redis.call('SADD', KEYS[3], ARGV[4])
-if ARGV[7] == '1' then redis.call('SADD', KEYS[4], ARGV[4]) end
-local aff_term = log2w + ts / tonumber(ARGV[9])
-for i = 11, #ARGV do
-  local cur = redis.call('HGET', KEYS[5], ARGV[i])
-  redis.call('HSET', KEYS[5], ARGV[i], fmt(logadd(cur, aff_term)))
+for user in pairs(users) do
+  redis.call('SET', user_key(b.prefix, user, 'updated'), b.now_ms, 'EX', r.ttl_s)
+  expire_user(b.prefix, user, r.ttl_s)
 end
-local cur = redis.call('ZSCORE', KEYS[7], ARGV[4])
-redis.call('ZADD', KEYS[7], fmt(logadd(cur, log2w + ts / tonumber(ARGV[10]))), ARGV[4])
-redis.call('SET', KEYS[6], ARGV[6])
-return 1
+for item, term in pairs(trending) do
+  redis.call('ZADD', b.trending_key, fmt(logadd(redis.call('ZSCORE', b.trending_key, item), term)), item)
+end
+-- Trimmed in bulk at twice the cap, as the in-process store does: an item new to a full table
+-- has room to gather score before the next trim.
+if next(trending) and redis.call('ZCARD', b.trending_key) > 2 * r.trending then
+  trim(b.trending_key, r.trending)
+end
+for part in pairs(dirty_marks) do redis.call('HSET', b.offsets_key, part, marks[part]) end
+return results
 """
 
-# One user's snapshot. KEYS: recent. ARGV: history length, then (ts ms, member) pairs.
-SNAPSHOT_LUA = HAS_EVENT_LUA + """
-for i = 2, #ARGV, 2 do
-  if not has_event(KEYS[1], ARGV[i], ARGV[i + 1]) then redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+# One user's snapshot. ARGV[1]: JSON {prefix, user, seq_key, rules, recent: [[ts, member]...],
+# seen: [item...], bought: [item...]} (items in event order). Returns the user's history length.
+SNAPSHOT_LUA = COMMON_LUA + """
+local s = cjson.decode(ARGV[1])
+local r = s.rules
+local recent = user_key(s.prefix, s.user, 'recent')
+for _, pair in ipairs(s.recent) do
+  local ts, member = fmt(pair[1]), pair[2]
+  if not has_event(recent, ts, member) then redis.call('ZADD', recent, ts, member) end
 end
-trim(KEYS[1], tonumber(ARGV[1]))
-return redis.call('ZCARD', KEYS[1])
+trim(recent, r.history)
+local seq = redis.call('INCRBY', s.seq_key, #s.seen + #s.bought) - #s.seen - #s.bought
+for _, part in ipairs({{'seen', s.seen, r.seen}, {'bought', s.bought, r.bought}}) do
+  local key = user_key(s.prefix, s.user, part[1])
+  as_zset(key)
+  for _, item in ipairs(part[2]) do
+    seq = seq + 1
+    redis.call('ZADD', key, fmt(seq), item)
+  end
+  trim(key, part[3])
+end
+expire_user(s.prefix, s.user, r.ttl_s)
+redis.call('EXPIRE', user_key(s.prefix, s.user, 'updated'), r.ttl_s)
+return redis.call('ZCARD', recent)
 """

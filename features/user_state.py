@@ -38,10 +38,21 @@ class FeatureRules:
     history_items: int = 100  # recent events kept per user: at least the user tower's sequence
     affinity_half_life_ms: int = 24 * 3600 * 1000
     trending_half_life_ms: int = 3600 * 1000
+    # Every per-user collection is capped, and a user's state expires after ``user_ttl_s`` without
+    # an event, so memory grows with active users, never with time (docs/features.md: budget).
+    seen_items: int = 500  # the most recently touched distinct items (the exclusions sent to Triton)
+    bought_items: int = 500  # the most recently bought distinct items
+    # Ids of the user's last N applied events, for recognising a client's retry. Redeliveries by
+    # Kafka are recognised by offset instead (``apply_many``'s positions), however old.
+    dedup_events_per_user: int = 128
+    user_ttl_s: int = 30 * 24 * 3600
+    trending_items: int = 100_000  # the highest trending scores kept; the tail is dropped
 
     def __post_init__(self) -> None:
-        if self.history_items < 1:
-            raise ValueError("history_items must be >= 1")
+        for name in ("history_items", "seen_items", "bought_items", "dedup_events_per_user",
+                     "user_ttl_s", "trending_items"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         if self.affinity_half_life_ms <= 0 or self.trending_half_life_ms <= 0:
             raise ValueError("half lives must be > 0 ms")
 
@@ -73,8 +84,9 @@ class RecentEvent:
 class UserFeatures:
     user_id: str
     recent: list[RecentEvent]  # by features.behaviour.event_order, most recent last
-    seen_items: set[str] = field(default_factory=set)  # every item ever interacted with
-    bought_items: set[str] = field(default_factory=set)  # purchased items
+    # The most recently touched / bought items, at most FeatureRules.seen_items / bought_items.
+    seen_items: set[str] = field(default_factory=set)
+    bought_items: set[str] = field(default_factory=set)
     category_affinity: dict[str, float] = field(default_factory=dict)  # decayed to read time
     updated_at_ms: int | None = None  # wall-clock time of the last write
 

@@ -250,5 +250,5 @@ def readiness_reasons(consumer: BackgroundConsumer | None, hub: PushHub) -> dict
         "push": lambda: hub.not_ready_reason if hub.alive else "push hub thread stopped"}
     if consumer is not None:
         reasons["consumer"] = lambda: ("consumer thread stopped" if not consumer.alive
-                                       else consumer.consumer.not_ready_reason)
+                                       else consumer.not_ready_reason)
     return reasons

@@ -45,8 +45,7 @@ def consumer_process(spec: dict, ready, done, stop) -> None:
     )
     store = create_store(settings.store, settings.rules(), redis_url=settings.redis_url,
                          prefix=settings.redis_key_prefix,
-                         item_categories=item_categories(spec["items"], spec["seed"]),
-                         dedup_window_events=settings.dedup_window_events, dedup_ttl_s=settings.dedup_ttl_s)
+                         item_categories=item_categories(spec["items"], spec["seed"]))
     expected = spec["expected"]
     record_ts, fresh_ms = array("d"), array("d")
     marks: dict[str, float] = {}

@@ -54,6 +54,8 @@ class RedisServer(Service):
             "--save", "",
             *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
               else ["--appendonly", "no"]),
+            # As docker/compose.yaml: the capped seen/bought ZSETs stay in the compact encoding.
+            "--zset-max-listpack-entries", "512",
             # The working dir is where redis would write dumps; keep it out of the repo.
             "--dir", str(self.log_path.parent),
         ]

@@ -115,6 +115,7 @@ def test_broker_restart_mid_stream_with_in_process_store_which_replays_on_start(
     finally:
         consumer.stop()
     assert_dead_letters_complete(broker, topic, stream)
+    letters = dead_letter_keys(broker.bootstrap_servers, f"{topic}.dlq", stream.malformed_keys)
     # A new process's store starts empty and is rebuilt from the topic, duplicates dropped.
     rebuilt = InMemoryStore(RULES, item_categories=CATEGORIES)
     replay = BackgroundConsumer(settings, rebuilt)
@@ -124,6 +125,32 @@ def test_broker_restart_mid_stream_with_in_process_store_which_replays_on_start(
         wait_until_converged(rebuilt, expected, timeout_s=5)
     finally:
         replay.stop()
+    # ... without writing the dead letters again
+    again = dead_letter_keys(broker.bootstrap_servers, f"{topic}.dlq", stream.malformed_keys)
+    assert len(again) == len(letters)
+
+
+def test_a_reset_consumer_group_replays_the_topic_and_applies_nothing_twice(
+        broker, durable_redis, topic, catalog_path, tmp_path):
+    """The group's offsets are gone (reset, or expired while idle): a member starts from the
+    beginning of the topic. With the event ids long out of the users' windows (one id kept
+    here), the offsets the store applied are what drops the redeliveries."""
+    stream = make_stream(2_000)
+    settings = feature_settings(broker, topic, store="redis", redis_url=durable_redis.url,
+                                redis_key_prefix=topic, catalog_path=catalog_path,
+                                dedup_events_per_user=1)
+    store = RedisStore(durable_redis.url, RULES, prefix=topic, item_categories=CATEGORIES)
+    with FeatureServiceProcess(settings, log_path=tmp_path / "first.log") as first:
+        producer = SteadyProducer(broker.bootstrap_servers, topic, stream.messages)
+        producer.start()
+        producer.finish()
+        wait_until_converged(store, oracle(stream), describe=first.log_tail)
+    with FeatureServiceProcess({**settings, "group_id": f"reset-{topic}"},
+                               log_path=tmp_path / "second.log") as second:
+        wait_for(lambda: second.metric("feature_events_total", 'outcome="duplicate"')
+                 >= len(stream.valid), "the new group member to read the whole topic")
+        assert second.metric("feature_events_total", 'outcome="applied"') == 0
+    wait_until_converged(store, oracle(stream), timeout_s=5)
 
 
 def test_consumer_sigkilled_mid_stream_and_restarted(broker, durable_redis, topic, stream,

@@ -53,3 +53,71 @@ def test_members_written_in_the_old_format_still_read_in_event_order(redis_serve
     assert [(e.event_id, e.item_id, e.event_type, e.ts_ms) for e in store.get("u").recent] == [
         ("b", "z", "purchase", 3), ("a", "x", "view", 5), ("a0", "y", "cart", 5), ("a00", "w", "view", 5)]
     store.close()
+
+
+def test_every_user_key_expires_after_the_ttl_and_the_state_with_it(redis_server):
+    import time
+
+    from features.user_state import FeatureRules
+
+    store = RedisStore(redis_server.url, FeatureRules(user_ttl_s=1), prefix=f"t{uuid.uuid4().hex[:8]}",
+                       item_categories={"a": ("Action",)})
+    store.apply(ev("u", "a", 1, kind="purchase"))
+    store.load_snapshot({"v": [["s1", "b", "view", 1]]})
+    keys = store._redis.keys(f"{store.prefix}:u:*")
+    assert len(keys) == 6 + 2  # u: recent, seen, bought, aff, ids, updated; v: recent, seen
+    assert all(0 < store._redis.pttl(k) <= 1000 for k in keys)
+    time.sleep(1.2)
+    assert store.get("u") is None and store.get("v") is None
+    assert store._redis.keys(f"{store.prefix}:u:*") == []
+    store.close()
+
+
+def test_seen_and_bought_sets_of_the_uncapped_layout_are_read_and_converted(redis_server):
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}")
+    seen, bought = f"{store.prefix}:u:u:seen", f"{store.prefix}:u:u:bought"
+    store._redis.sadd(seen, "x", "y")
+    store._redis.sadd(bought, "y")
+    store._redis.zadd(f"{store.prefix}:u:u:recent", {"e0 x view": 1, "e1 y purchase": 2})
+    assert store.get("u").seen_items == {"x", "y"} and store.get("u").bought_items == {"y"}
+    assert store.apply(ev("u", "z", 3, event_id="e2", kind="purchase"))
+    assert store._redis.type(seen) == b"zset" and store._redis.type(bought) == b"zset"
+    features = store.get("u")
+    assert features.seen_items == {"x", "y", "z"} and features.bought_items == {"y", "z"}
+    store.close()
+
+
+def test_memory_per_user_stays_within_the_documented_budget(redis_server):
+    """Users at every cap (more distinct items, purchases and events than kept) and typical ones:
+    Redis's memory grows by less than the budget per user (docs/features.md, "Memory")."""
+    from feature_service.store_base import USER_MEMORY_BUDGET_BYTES
+    from features.events import Event
+
+    store = RedisStore(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}",
+                       item_categories={f"i{i}": (f"c{i % 40}", f"c{i * 7 % 40}") for i in range(2000)})
+    caps = store.rules
+    before = store._redis.info("memory")["used_memory"]
+    heavy, typical, events = 20, 500, []
+    for u in range(heavy):
+        n = max(caps.seen_items, caps.bought_items, caps.history_items, caps.dedup_events_per_user) + 100
+        events += [Event(event_id=f"h{u}-{j}", user_id=f"heavy{u}", item_id=f"i{j}",
+                         event_type="purchase", ts_ms=1_700_000_000_000 + j) for j in range(n)]
+    for u in range(typical):
+        events += [Event(event_id=f"t{u}-{j}", user_id=f"typical{u}", item_id=f"i{(u * 31 + j) % 2000}",
+                         event_type=("view", "click", "cart", "purchase")[j % 4],
+                         ts_ms=1_700_000_000_000 + j) for j in range(30)]
+    for start in range(0, len(events), 500):
+        store.apply_many(events[start:start + 500])
+    for u in range(heavy):  # at the caps: nothing grows past them
+        features = store.get(f"heavy{u}")
+        assert len(features.seen_items) == caps.seen_items
+        assert len(features.bought_items) == caps.bought_items
+        assert len(features.recent) == caps.history_items
+        assert store._redis.zcard(f"{store.prefix}:u:heavy{u}:ids") == caps.dedup_events_per_user
+    grown = store._redis.info("memory")["used_memory"] - before
+    assert grown <= (heavy + typical) * USER_MEMORY_BUDGET_BYTES, grown / (heavy + typical)
+    per_heavy = max(sum(store._redis.memory_usage(key)
+                        for key in store._redis.keys(f"{store.prefix}:u:heavy{u}:*"))
+                    for u in range(heavy))
+    assert per_heavy <= USER_MEMORY_BUDGET_BYTES
+    store.close()

@@ -165,8 +165,22 @@ def test_redis_persists_every_acknowledged_write(compose):
     command = redis["command"]
     options = dict(zip(command[1::2], command[2::2], strict=True))
     assert options["--appendonly"] == "yes" and options["--appendfsync"] == "always"
-    assert options["--maxmemory-policy"] == "noeviction"
     assert any(v.endswith(":/data") for v in redis["volumes"])
+
+
+def test_redis_memory_is_bounded_and_evicts_only_expiring_keys(compose):
+    command = compose["services"]["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--maxmemory"]
+    # applied offsets and the touch counter have no TTL: a volatile-* policy never evicts them
+    assert options["--maxmemory-policy"] == "volatile-lru"
+    assert int(options["--zset-max-listpack-entries"]) >= max(
+        FeatureServiceSettings().seen_items, FeatureServiceSettings().bought_items)
+
+
+def test_the_gateway_is_published_on_loopback_unless_told_otherwise(compose):
+    for port in compose["services"]["gateway"]["ports"]:
+        assert port.startswith("127.0.0.1:"), port
 
 
 def _settings_names(settings_cls) -> set[str]:

@@ -55,7 +55,7 @@ class StoreContract:
             store.apply(ev("u", item, ts))
         features = store.get("u")
         assert features.recent_items == ["b", "c", "d"]  # 3 most recent by event time
-        assert features.seen_items == {"a", "b", "c", "d"}  # seen is never trimmed
+        assert features.seen_items == {"a", "b", "c", "d"}  # seen has a cap of its own
 
     def test_repeated_views_of_one_item_are_all_kept(self, store):
         store.apply_many([ev("u", "a", 1, "x1"), ev("u", "a", 2, "x2")])
@@ -179,3 +179,47 @@ class StoreContract:
         store.apply(ev("v", "b", 1))
         assert store.get("u").seen_items == {"a"} and store.get("v").seen_items == {"b"}
         assert store.ping()
+
+    def test_seen_and_bought_keep_the_most_recently_touched_items(self, make_store):
+        store = make_store(FeatureRules(seen_items=3, bought_items=2), {})
+        for i, item in enumerate(["a", "b", "c", "a", "d"]):  # "a" touched again: newer than "b"
+            store.apply(ev("u", item, i, kind="purchase"))
+        features = store.get("u")
+        assert features.seen_items == {"c", "a", "d"}
+        assert features.bought_items == {"a", "d"}
+
+    def test_a_retry_is_recognised_among_the_users_last_n_event_ids(self, make_store):
+        store = make_store(FeatureRules(dedup_events_per_user=2), {})
+        for i in range(3):
+            assert store.apply(ev("u", "a", i, event_id=f"e{i}"))
+        assert not store.apply(ev("u", "a", 2, event_id="e2"))
+        assert not store.apply(ev("u", "a", 1, event_id="e1"))
+        # e0 fell out of the user's window; another user's events never push it out
+        assert store.apply(ev("u", "a", 0, event_id="e0"))
+
+    def test_a_redelivery_is_recognised_by_offset_however_old(self, make_store):
+        store = make_store(FeatureRules(dedup_events_per_user=1), {})
+        events = [ev("u", "a", i, event_id=f"e{i}") for i in range(3)]
+        positions = [("t", 0, 10), ("t", 0, 11), ("t", 1, 5)]
+        assert store.apply_many(events, positions) == [True, True, True]
+        assert store.applied_offsets() == {("t", 0): 11, ("t", 1): 5}
+        # The whole partition again (a consumer group reset): the event ids fell out of the
+        # window long ago, the offsets say it all happened.
+        again = [ev("u", "a", 0, event_id="e0"), ev("u", "a", 1, event_id="e1"),
+                 ev("u", "a", 3, event_id="e3")]
+        assert store.apply_many(again, [("t", 0, 10), ("t", 0, 11), ("t", 0, 12)]) == [False, False, True]
+        assert [e.event_id for e in store.get("u").recent] == ["e0", "e1", "e2", "e3"]
+        assert store.applied_offsets()[("t", 0)] == 12
+        store.forget_offsets([("t", 0)])  # the topic was re-created: offsets start again
+        assert store.applied_offsets() == {("t", 1): 5}
+        assert store.apply_many([ev("u", "b", 9, event_id="n")], [("t", 0, 0)]) == [True]
+
+    def test_trending_keeps_its_best_items(self, make_store):
+        store = make_store(FeatureRules(trending_items=2), {})
+        for i, item in enumerate("abcdefgh"):
+            for j in range(i + 1):  # item h the most popular
+                store.apply(ev(f"u{j}", item, 10, event_id=f"{item}{j}"))
+        top = store.trending(100, now_ms=10)
+        assert [item for item, _ in top[:2]] == ["h", "g"]
+        assert len(top) <= 4  # trimmed in bulk, at twice the cap
+

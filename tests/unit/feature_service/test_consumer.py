@@ -13,9 +13,11 @@ from kafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLar
 from prometheus_client import REGISTRY
 
 from feature_service.config import FeatureServiceSettings
-from feature_service.consumer import FeatureConsumer, dead_letter_record
+from feature_service.consumer import BackgroundConsumer, FeatureConsumer
+from feature_service.dead_letters import dead_letter_record
 from feature_service.store import InMemoryStore, StoreUnavailable
 from features.events import Event
+from features.user_state import FeatureRules
 
 TOPIC = "user-events"
 TP0, TP1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
@@ -72,13 +74,16 @@ class FakeConsumer:
     def seek(self, tp, offset):
         self.seeks.append((tp, offset))
 
+    def end_offsets(self, partitions):
+        return {tp: 1_000 for tp in partitions}
+
 
 class DurableStore(InMemoryStore):
     durable = True
 
 
 class DownStore(DurableStore):
-    def apply_many(self, events):
+    def apply_many(self, events, positions=None):
         raise StoreUnavailable("connection refused")
 
 
@@ -363,3 +368,99 @@ def test_polling_errors_back_off_and_an_answered_poll_resets_them(monkeypatch):
     assert slept == pytest.approx([0.05, 0.1, 0.2])
     assert states[-1] == {"all": 3}
     assert consumer.stuck == {} and consumer.ready.is_set()
+
+
+def test_a_redelivery_is_dropped_by_offset_after_its_event_id_was_forgotten():
+    # A consumer group reset replays the topic: the ids fell out of the users' windows long ago.
+    store = DurableStore(FeatureRules(dedup_events_per_user=1))
+    consumer = FeatureConsumer(FeatureServiceSettings(), store)
+    batch = {TP0: [message(good("e1"), 5), message(good("e2"), 6)]}
+    consumer.process(FakeConsumer(), FakeProducer(), batch)
+    consumer.process(FakeConsumer(), FakeProducer(), batch)
+    assert (consumer.applied, consumer.duplicates) == (2, 2)
+    assert [e.event_id for e in store.get("u").recent] == ["e1", "e2"]
+    assert store.applied_offsets() == {(TOPIC, 0): 6}
+
+
+def test_applied_offsets_beyond_a_partitions_end_are_forgotten():
+    # the topic was deleted and re-created: offsets start at 0 again
+    store = DurableStore()
+    store.apply_many([Event(user_id="u", item_id="1", event_type="view")], [(TOPIC, 0, 5_000)])
+    store.apply_many([Event(user_id="u", item_id="1", event_type="view")], [(TOPIC, 1, 10)])
+    consumer = FeatureConsumer(FeatureServiceSettings(), store)
+    consumer._check_offsets(FakeConsumer())  # both partitions end at offset 1,000
+    assert store.applied_offsets() == {(TOPIC, 1): 10}
+    consumer.process(FakeConsumer(), FakeProducer(), {TP0: [message(good("n1"), 0)]})
+    assert consumer.applied == 1
+
+
+class ReplayingConsumer(FakeConsumer):
+    """A consumer that assigns partitions itself, with the offsets a group committed."""
+
+    def __init__(self, committed):
+        super().__init__()
+        self._committed = committed
+
+    def partitions_for_topic(self, topic):
+        return {0, 1}
+
+    def assign(self, partitions):
+        self.assigned = set(partitions)
+
+    def seek_to_beginning(self, *partitions):
+        pass
+
+    def committed(self, tp):
+        return self._committed.get(tp)
+
+
+def test_a_replay_does_not_dead_letter_again_what_an_earlier_process_did():
+    import threading
+
+    consumer = FeatureConsumer(FeatureServiceSettings(events_topic=TOPIC), InMemoryStore())
+    kafka, dlq = ReplayingConsumer({TP0: 3}), FakeProducer()
+    consumer._attach(kafka, threading.Event())
+    consumer.process(kafka, dlq, {TP0: [message(b"junk", 1), message(good("e1"), 2),
+                                        message(b"junk", 4), message(good("e2"), 5)],
+                                  TP1: [message(good("e3"), 0, 1)]})
+    assert [json.loads(v)["source"]["offset"] for _, _, v in dlq.sent] == [4]
+    assert consumer.applied == 3
+    # the mark moves past this batch's dead letters; partitions without any are not committed
+    assert kafka.commits == [{TP0: 6}]
+
+
+def test_the_background_consumer_starts_again_after_a_failure(monkeypatch):
+    import threading
+
+    runs, done = [], threading.Event()
+    background = BackgroundConsumer(FeatureServiceSettings(retry_backoff_ms=1), InMemoryStore())
+
+    def run(stop):
+        runs.append(1)
+        if len(runs) <= 2:
+            raise KafkaTimeoutError("no broker")
+        background.consumer.ready.set()
+        done.set()
+        stop.wait()
+
+    monkeypatch.setattr(background.consumer, "run", run)
+    background.start()
+    assert done.wait(10)
+    assert background.restarts == 2 and background.alive
+    assert "restarting" not in (background.not_ready_reason or "")  # running again
+    background.stop()
+    assert not background.alive
+
+
+def test_a_background_consumer_that_is_restarting_says_why(monkeypatch):
+    background = BackgroundConsumer(FeatureServiceSettings(retry_backoff_ms=60_000), InMemoryStore())
+    monkeypatch.setattr(background.consumer, "run",
+                        lambda stop: (_ for _ in ()).throw(KafkaTimeoutError("no broker")))
+    background.start()
+    for _ in range(200):
+        if background.restarts:
+            break
+        time.sleep(0.01)
+    assert "restarting after KafkaTimeoutError" in background.not_ready_reason
+    background.stop()
+

@@ -15,13 +15,22 @@ class TestInMemoryStore(StoreContract):
         return lambda rules, categories: InMemoryStore(rules, item_categories=categories)
 
 
-def test_dedup_window_is_bounded():
-    store = InMemoryStore(FeatureRules(history_items=3), dedup_window_events=2)
-    for i in range(3):
-        store.apply(ev("u", "a", i, event_id=f"e{i}"))
-    # e0 fell out of the window: a redelivery that late would be applied again
-    assert store.apply(ev("u", "a", 0, event_id="e0"))
-    assert not store.apply(ev("u", "a", 2, event_id="e2"))
+def test_a_user_idle_for_longer_than_the_ttl_is_forgotten():
+    now = [0]
+    store = InMemoryStore(FeatureRules(user_ttl_s=10), clock_ms=lambda: now[0])
+    store.apply(ev("u", "a", 1, event_id="e1"))
+    store.load_snapshot({"v": [["s1", "b", "view", 1]]})
+    now[0] = 9_999
+    assert store.get("u") and store.get("v")
+    store.apply(ev("v", "c", 2))  # v is active again; u is not
+    now[0] = 10_000
+    assert store.get("u") is None and store.get("v").recent_items == ["b", "c"]
+    # its state starts afresh (Redis: the expired keys are gone), including the dedup window
+    assert store.apply(ev("u", "a", 1, event_id="e1"))
+    assert store.get("u").recent_items == ["a"]
+    now[0] = 100_000
+    store.apply(ev("w", "a", 1))  # the periodic sweep frees the memory of both
+    assert set(store._users) == {"w"}
 
 
 def test_only_redis_state_outlives_the_process():

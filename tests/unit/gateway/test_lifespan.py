@@ -104,7 +104,7 @@ def test_a_component_that_cannot_start_stops_those_started_before_it(fakes):
 def test_readiness_says_why_the_consumer_is_not_ready(fakes):
     stuck = "user-events[2]: 5 consecutive failed attempts over 40 s (store unavailable)"
     fakes.values["embedded_consumer"] = SimpleNamespace(
-        alive=True, consumer=SimpleNamespace(ready=threading.Event(), not_ready_reason=stuck))
+        alive=True, consumer=SimpleNamespace(ready=threading.Event()), not_ready_reason=stuck)
     with TestClient(create_app(GatewaySettings())) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
@@ -192,14 +192,15 @@ def test_triton_client_refuses_a_store_that_keeps_fewer_events_than_the_model_re
             asyncio.run(start())
 
 
-def test_the_embedded_store_takes_the_dedup_windows_of_the_feature_settings(catalog, tmp_path):
+def test_the_embedded_store_takes_the_rules_of_the_feature_settings(catalog, tmp_path):
     from feature_service.config import FeatureServiceSettings
     served = ServedModel(version=1, catalog=catalog, popular_items=[], sequence_length=4)
-    features = FeatureServiceSettings(dedup_window_events=3, dedup_ttl_s=60)
+    features = FeatureServiceSettings(dedup_events_per_user=3, seen_items=7, user_ttl_s=60)
 
-    async def window() -> int:
+    async def rules():
         settings = GatewaySettings(snapshot_path=str(tmp_path / "none.json"))
         async with components.feature_store(settings, features, served) as store:
-            return store.dedup_window_events
+            return store.rules
 
-    assert asyncio.run(window()) == 3
+    assert asyncio.run(rules()) == features.rules()
+    assert features.rules().dedup_events_per_user == 3 and features.rules().seen_items == 7
