@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve test test-unit test-integration train lint perf proto docs clean
+.PHONY: setup demo serve test test-unit test-integration train lint perf soak proto docs clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,10 @@ test-integration: setup
 ## perf_analyzer suite against a real Triton (writes perf/results/).
 perf: setup
 	$(PY) perf/triton_perf.py --out perf/results
+
+## Soak: the whole stack 10 min under steady load, Kafka and Redis restarted mid-run (perf/results/soak/); SOAK_ARGS="--duration-s 120" for a short one.
+soak: setup
+	$(PY) perf/soak.py $(SOAK_ARGS)
 
 lint: setup
 	.venv/bin/ruff check .
