@@ -13,8 +13,10 @@ from kafka import KafkaConsumer, TopicPartition
 from features.events import Event, EventType
 from gateway.errors import UpstreamUnavailable
 from gateway.producer import EventProducer
+from gateway.push import PushHub
 from stack.kafka import KafkaBroker, kafka_unavailable_reason
 from stack.testing import require_service
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +78,28 @@ def test_an_event_answered_503_while_the_broker_is_down_is_not_delivered_later(b
         assert raised.value.details == [{"event_id": lost.event_id}]  # retry with it
     finally:
         producer.close()
+
+
+def test_the_push_hub_waits_out_a_broker_that_is_down_at_start(broker):
+    """Before: the hub's thread died on the first Kafka error and push stayed down until a
+    restart. Now /readyz's reason says why while the broker is down, and it recovers."""
+    topic = f"recs-{uuid.uuid4().hex[:8]}"
+    broker.create_topics([topic], partitions=2)
+    broker.stop()
+
+    async def run():
+        hub = PushHub(broker.bootstrap_servers, topic, retry_initial_ms=100, retry_max_ms=1000)
+        hub.start()
+        try:
+            await asyncio.to_thread(wait_for, lambda: hub.not_ready_reason not in (None, "starting"),
+                                    "the hub to say why it is not ready", 60)
+            down = (hub.ready.is_set(), hub.not_ready_reason, hub.alive)
+            await asyncio.to_thread(broker.start)
+            await asyncio.to_thread(wait_for, hub.ready.is_set, "the hub following the topic", 90)
+            return down, hub.not_ready_reason, hub.alive
+        finally:
+            await asyncio.to_thread(hub.stop)
+
+    (was_ready, reason, was_alive), reason_after, alive = asyncio.run(run())
+    assert not was_ready and was_alive and reason
+    assert reason_after is None and alive
