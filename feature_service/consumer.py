@@ -31,6 +31,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
@@ -38,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 
 from feature_service import metrics
 from feature_service.config import FeatureServiceSettings
-from feature_service.dead_letters import dead_letter_key, dead_letter_record
+from feature_service.dead_letters import write_dead_letters
 from feature_service.store import FeatureStore, StoreUnavailable
 from feature_service.topics import ensure_topics
 from features.events import Event, InvalidEvent, parse_event
@@ -53,6 +55,27 @@ _ALL = "all"  # failures not tied to a partition (a Kafka error while polling)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass
+class _Batch:
+    """One poll's messages, parsed."""
+
+    messages: dict[TopicPartition, list]
+    valid: list[tuple[Event, object]] = field(default_factory=list)  # (event, message)
+    invalid: list[tuple[object, str]] = field(default_factory=list)  # (message, reason)
+
+    def without(self, partitions: set[TopicPartition]) -> _Batch:
+        return _Batch({tp: ms for tp, ms in self.messages.items() if tp not in partitions},
+                      [(e, m) for e, m in self.valid if (m.topic, m.partition) not in partitions],
+                      [(m, why) for m, why in self.invalid if (m.topic, m.partition) not in partitions])
+
+
+def _outcome(future: Future) -> list[bool] | StoreUnavailable:
+    try:
+        return future.result()
+    except StoreUnavailable as exc:
+        return exc
 
 
 def _label(tp: TopicPartition | str) -> str:
@@ -146,23 +169,70 @@ class FeatureConsumer:
         consumer, dead_letters = self._connect()
         try:
             self._attach(consumer, stop)
-            while not stop.is_set():
-                try:
-                    batch = consumer.poll(timeout_ms=s.poll_timeout_ms)
-                    self._check_offsets(consumer)
-                    self._update_ready(consumer)
-                    if self._failing:
-                        self._forget_revoked(consumer.assignment())
-                    if batch:
-                        self.process(consumer, dead_letters, batch)
-                    else:
-                        self._succeeded([])  # polling works again
-                except KafkaError as exc:  # broker gone for a moment: the client reconnects
-                    log.warning("Kafka error, retrying: %r", exc)
-                    self._failed([_ALL], f"Kafka error: {exc!r}")
+            if self.store.blocking:
+                self._run_pipelined(consumer, dead_letters, stop)
+            else:
+                self._run_serial(consumer, dead_letters, stop)
         finally:
             consumer.close()
             dead_letters.close()
+
+    def _poll(self, consumer: KafkaConsumer) -> dict[TopicPartition, list]:
+        batch = consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+        self._check_offsets(consumer)
+        self._update_ready(consumer)
+        if self._failing:
+            self._forget_revoked(consumer.assignment())
+        if not batch:
+            self._succeeded([])  # polling works again
+        return batch
+
+    def _kafka_failed(self, exc: KafkaError) -> None:  # broker gone for a moment: the client reconnects
+        log.warning("Kafka error, retrying: %r", exc)
+        self._failed([_ALL], f"Kafka error: {exc!r}")
+
+    def _run_serial(self, consumer: KafkaConsumer, dead_letters: KafkaProducer,
+                    stop: threading.Event) -> None:
+        """The in-process store: applying is CPU in this process; overlapping gains nothing."""
+        while not stop.is_set():
+            try:
+                batch = self._poll(consumer)
+                if batch:
+                    self.process(consumer, dead_letters, batch)
+            except KafkaError as exc:
+                self._kafka_failed(exc)
+
+    def _run_pipelined(self, consumer: KafkaConsumer, dead_letters: KafkaProducer,
+                       stop: threading.Event) -> None:
+        """A network store: while one batch is written (in the writer thread), the next is polled
+        and parsed, and the one before is dead-lettered and committed. One batch is in the store
+        at a time, so each partition's events are applied in order; a batch is committed only
+        after the store acknowledged it. When a batch fails, the partitions rewound for it are
+        dropped from the batch polled behind it (those messages come again)."""
+        in_flight: tuple[_Batch, Future] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="feature-store-writer") as writer:
+            try:
+                while not stop.is_set():
+                    try:
+                        polled = self._poll(consumer)
+                    except KafkaError as exc:
+                        polled = {}
+                        self._kafka_failed(exc)
+                    following = self._prepare(polled) if polled else None
+                    if in_flight is not None:
+                        rewound = self._finish(consumer, dead_letters, in_flight[0],
+                                               _outcome(in_flight[1]))
+                        in_flight = None
+                        if rewound and following is not None:
+                            following = following.without(rewound)
+                    if following is not None and following.messages:
+                        in_flight = (following, writer.submit(self._store_apply, following))
+            finally:
+                if in_flight is not None:  # stopping: finish (commit) what the store has
+                    try:
+                        self._finish(consumer, dead_letters, in_flight[0], _outcome(in_flight[1]))
+                    except KafkaError as exc:
+                        log.warning("could not finish the last batch (%r): it will be re-delivered", exc)
 
     def _check_offsets(self, consumer: KafkaConsumer) -> None:
         """For each newly assigned partition: an applied offset the store recorded at or beyond the
@@ -277,30 +347,48 @@ class FeatureConsumer:
     def process(self, consumer: KafkaConsumer, dead_letters: KafkaProducer,
                 batch: dict[TopicPartition, list]) -> None:
         """Apply one poll's messages, dead-letter the invalid ones, then commit (group mode)."""
+        prepared = self._prepare(batch)
+        try:
+            outcome: list[bool] | StoreUnavailable = self._store_apply(prepared)
+        except StoreUnavailable as exc:
+            outcome = exc
+        self._finish(consumer, dead_letters, prepared, outcome)
+
+    def _prepare(self, batch: dict[TopicPartition, list]) -> _Batch:
+        """Parse a poll's messages: the valid events, and the invalid messages still to be
+        dead-lettered (replaying, those below the mark were by an earlier process)."""
         now_ms = _now_ms()
-        valid, invalid = [], []
+        prepared = _Batch(batch)
         for tp, messages in batch.items():
             done_below = self._dead_lettered_below.get(tp, 0)
             for message in messages:
                 try:
                     event = parse_event(message.value, now_ms, max_bytes=self.settings.max_event_bytes,
                                         max_future_skew_ms=self.settings.max_future_skew_ms)
-                    valid.append((event, message))
+                    prepared.valid.append((event, message))
                 except InvalidEvent as exc:
                     if message.offset >= done_below:
-                        invalid.append((message, exc.reason))
-        try:
-            results = self.store.apply_many([event for event, _ in valid],
-                                            [(m.topic, m.partition, m.offset) for _, m in valid])
-        except StoreUnavailable as exc:
-            log.warning("feature store unavailable (%s); retrying the batch", exc)
+                        prepared.invalid.append((message, exc.reason))
+        return prepared
+
+    def _store_apply(self, prepared: _Batch) -> list[bool]:
+        return self.store.apply_many([event for event, _ in prepared.valid],
+                                     [(m.topic, m.partition, m.offset) for _, m in prepared.valid])
+
+    def _finish(self, consumer: KafkaConsumer, dead_letters: KafkaProducer, prepared: _Batch,
+                outcome: list[bool] | StoreUnavailable) -> set[TopicPartition]:
+        """After the store answered: count, dead-letter, commit, or rewind. Returns the partitions
+        rewound (their messages come again)."""
+        batch, valid, invalid = prepared.messages, prepared.valid, prepared.invalid
+        if isinstance(outcome, StoreUnavailable):
+            log.warning("feature store unavailable (%s); retrying the batch", outcome)
             metrics.STORE_RETRIES.inc()
             self._rewind(consumer, batch)
-            self._failed(list(batch), f"feature store unavailable: {exc}")
-            return
+            self._failed(list(batch), f"feature store unavailable: {outcome}")
+            return set(batch)
         visible_ms = _now_ms()
         applied = 0
-        for (event, message), was_new in zip(valid, results, strict=True):
+        for (event, message), was_new in zip(valid, outcome, strict=True):
             if not was_new:
                 continue
             applied += 1
@@ -313,6 +401,7 @@ class FeatureConsumer:
         metrics.APPLIED.inc(applied)
         metrics.DUPLICATES.inc(len(valid) - applied)
         failed: dict[TopicPartition, KafkaError] = self._dead_letter(dead_letters, invalid) if invalid else {}
+        done = {tp: messages for tp, messages in batch.items() if tp not in failed}
         if failed:
             # Not committing past a dead letter that may be lost: re-deliver those partitions (their
             # valid events are de-duplicated; a dead letter may then be written twice). The other
@@ -322,59 +411,25 @@ class FeatureConsumer:
                         ", ".join(map(_label, failed)))
             metrics.DEAD_LETTER_FAILURES.inc()
             self._rewind(consumer, {tp: batch[tp] for tp in failed})
-            done = {tp: messages for tp, messages in batch.items() if tp not in failed}
-            if not self.group_mode:  # replaying: only the marks of the dead letters written
-                done_with_letters = {TopicPartition(m.topic, m.partition) for m, _ in invalid}
-                done = {tp: messages for tp, messages in done.items() if tp in done_with_letters}
-            if done:
-                self._commit(consumer, done)
-            self._succeeded(list(done))
-            self._failed(list(failed), f"dead-letter topic {self.settings.dlq_topic}: {error!r}")
-            return
         if self.group_mode:
-            self._commit(consumer, batch)
-        elif invalid:  # replaying: record how far dead letters were written
-            self._commit(consumer, {tp: batch[tp] for tp in {TopicPartition(m.topic, m.partition)
-                                                             for m, _ in invalid}})
-        self._succeeded(list(batch))
+            to_commit = done
+        else:  # replaying: only the marks of how far dead letters were written
+            with_letters = {TopicPartition(m.topic, m.partition) for m, _ in invalid}
+            to_commit = {tp: messages for tp, messages in done.items() if tp in with_letters}
+        if to_commit:
+            self._commit(consumer, to_commit)
+        self._succeeded(list(done))
+        if failed:
+            self._failed(list(failed), f"dead-letter topic {self.settings.dlq_topic}: {error!r}")
+        return set(failed)
 
     def _dead_letter(self, dead_letters: KafkaProducer, invalid: list) -> dict[TopicPartition, KafkaError]:
-        """Write the dead letters; return the partitions of those that were not written, with an
-        error. After a send that fails at once (no topic metadata: it blocked for the whole
-        timeout), the rest are not tried."""
-        futures: list = []
-        failed: dict[TopicPartition, KafkaError] = {}
-        for message, reason in invalid:
-            tp = TopicPartition(message.topic, message.partition)
-            if failed:
-                failed.setdefault(tp, next(iter(failed.values())))
-                continue
-            value = dead_letter_record(message.value, reason, message.topic, message.partition,
-                                       message.offset, key=message.key,
-                                       max_payload_bytes=self.settings.dead_letter_payload_max_bytes)
-            try:
-                futures.append((tp, dead_letters.send(self.settings.dlq_topic,
-                                                      key=dead_letter_key(message.key), value=value)))
-            except KafkaError as exc:
-                failed[tp] = exc
-                continue
-            log.info("dead-lettered %s[%d]@%d: %s", message.topic, message.partition,
-                     message.offset, reason)
-        if futures:
-            try:
-                dead_letters.flush(timeout=self.settings.kafka_timeout_ms / 1000)
-            except KafkaError as exc:  # the futures not done yet say so below
-                log.warning("flushing dead letters failed: %r", exc)
-        written: list[TopicPartition] = []
-        for tp, future in futures:
-            try:
-                future.get(timeout=0)  # raises the send's error, if any
-                written.append(tp)
-            except KafkaError as exc:
-                failed.setdefault(tp, exc)
-        n_written = sum(tp not in failed for tp in written)  # the others will be written again
-        self.dead_lettered += n_written
-        metrics.DEAD_LETTERED.inc(n_written)
+        s = self.settings
+        written, failed = write_dead_letters(dead_letters, s.dlq_topic, invalid,
+                                             max_payload_bytes=s.dead_letter_payload_max_bytes,
+                                             timeout_s=s.kafka_timeout_ms / 1000)
+        self.dead_lettered += written
+        metrics.DEAD_LETTERED.inc(written)
         return failed
 
     def _commit(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list]) -> None:
@@ -393,51 +448,3 @@ class FeatureConsumer:
     def _rewind(consumer: KafkaConsumer, batch: dict[TopicPartition, list]) -> None:
         for tp, messages in batch.items():
             consumer.seek(tp, messages[0].offset)
-
-
-class BackgroundConsumer:
-    """Runs a FeatureConsumer in a daemon thread (the embedded, single-process mode). A failure
-    that ends ``run`` (the broker unreachable at start, a bug) does not end the thread: the
-    consumer starts again after a backoff, and is not ready meanwhile, with the reason."""
-
-    def __init__(self, settings: FeatureServiceSettings, store: FeatureStore,
-                 on_applied: OnApplied | None = None) -> None:
-        self.consumer = FeatureConsumer(settings, store, on_applied)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feature-consumer", daemon=True)
-        self.error: BaseException | None = None
-        self.restarts = 0
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                self.consumer.run(self._stop)
-                return
-            except Exception as exc:  # noqa: BLE001 - surfaced through readiness and the log
-                failures += 1
-                self.error = exc
-                self.restarts += 1
-                self.consumer.ready.clear()
-                metrics.READY.set(0)
-                wait_s = self.consumer.backoff_s(failures)
-                log.exception("feature consumer stopped; starting again in %.1f s", wait_s)
-                self._stop.wait(wait_s)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    @property
-    def not_ready_reason(self) -> str | None:
-        reason = self.consumer.not_ready_reason
-        if self.error is not None and not self.consumer.ready.is_set():
-            return f"restarting after {self.error!r}" + (f"; {reason}" if reason else "")
-        return reason
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 10) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)

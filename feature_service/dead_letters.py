@@ -6,7 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import time
+
+from kafka import KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAYLOAD_MAX_BYTES = 64 * 1024
 MAX_KEY_BYTES = 1024  # dead-letter keys longer than this are cut (the record says so)
@@ -55,3 +61,40 @@ def dead_letter_record(raw: bytes | None, reason: str, topic: str, partition: in
         record["key_bytes"] = len(key)
         record["key_sha256"] = hashlib.sha256(key).hexdigest()
     return json.dumps(record).encode()
+
+
+def write_dead_letters(producer: KafkaProducer, topic: str, invalid: list, *, max_payload_bytes: int,
+                       timeout_s: float) -> tuple[int, dict[TopicPartition, KafkaError]]:
+    """Write a dead letter for each (message, reason) of ``invalid``; return how many were written
+    and the partitions of those that were not, with an error (those are written again when their
+    partition is re-delivered). After a send that fails at once (no topic metadata: it blocked for
+    the whole timeout), the rest are not tried."""
+    futures: list = []
+    failed: dict[TopicPartition, KafkaError] = {}
+    for message, reason in invalid:
+        tp = TopicPartition(message.topic, message.partition)
+        if failed:
+            failed.setdefault(tp, next(iter(failed.values())))
+            continue
+        value = dead_letter_record(message.value, reason, message.topic, message.partition,
+                                   message.offset, key=message.key, max_payload_bytes=max_payload_bytes)
+        try:
+            futures.append((tp, producer.send(topic, key=dead_letter_key(message.key), value=value)))
+        except KafkaError as exc:
+            failed[tp] = exc
+            continue
+        log.info("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+    if futures:
+        try:
+            producer.flush(timeout=timeout_s)
+        except KafkaError as exc:  # the futures not done yet say so below
+            log.warning("flushing dead letters failed: %r", exc)
+    written: list[TopicPartition] = []
+    for tp, future in futures:
+        try:
+            future.get(timeout=0)  # raises the send's error, if any
+            written.append(tp)
+        except KafkaError as exc:
+            failed.setdefault(tp, exc)
+    return sum(tp not in failed for tp in written), failed
+

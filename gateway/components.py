@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feature_service.background import BackgroundConsumer
 from feature_service.config import FeatureServiceSettings
-from feature_service.consumer import BackgroundConsumer
 from feature_service.store import FeatureStore, create_store
 from feature_service.topics import ensure_topics
 from features import contract as sig

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from feature_service.background import BackgroundConsumer
 from feature_service.config import FeatureServiceSettings
-from feature_service.consumer import BackgroundConsumer
 from feature_service.store import InMemoryStore, RedisStore
 from stack.feature_service import FeatureServiceProcess
 from stack.kafka import KafkaBroker, kafka_unavailable_reason

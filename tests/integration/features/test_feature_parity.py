@@ -22,8 +22,8 @@ import numpy as np
 from kafka import KafkaProducer
 
 from export.data.interactions import load_interactions_file
+from feature_service.background import BackgroundConsumer
 from feature_service.config import FeatureServiceSettings
-from feature_service.consumer import BackgroundConsumer
 from feature_service.store import FeatureStore, InMemoryStore, RedisStore
 from features.behaviour import Step, event_order, steps_of
 from features.catalog import Item, ItemCatalog

@@ -12,8 +12,9 @@ from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import REGISTRY
 
+from feature_service.background import BackgroundConsumer
 from feature_service.config import FeatureServiceSettings
-from feature_service.consumer import BackgroundConsumer, FeatureConsumer
+from feature_service.consumer import FeatureConsumer
 from feature_service.dead_letters import dead_letter_record
 from feature_service.store import InMemoryStore, StoreUnavailable
 from features.events import Event
@@ -464,3 +465,84 @@ def test_a_background_consumer_that_is_restarting_says_why(monkeypatch):
     assert "restarting after KafkaTimeoutError" in background.not_ready_reason
     background.stop()
 
+
+
+class LogConsumer(FakeConsumer):
+    """A consumer over an in-memory log: poll returns up to ``per_poll`` messages per partition
+    from the position, seek moves it; it stops the run once ``stop_when`` holds."""
+
+    def __init__(self, log, stop, stop_when, per_poll=2):
+        super().__init__(assigned=log)
+        self.log, self.stop, self.stop_when, self.per_poll = log, stop, stop_when, per_poll
+        self.position_of = {tp: 0 for tp in log}
+
+    def poll(self, timeout_ms=None):
+        if self.stop_when():
+            self.stop.set()
+        batch = {}
+        for tp, messages in self.log.items():
+            got = messages[self.position_of[tp]:self.position_of[tp] + self.per_poll]
+            if got:
+                batch[tp] = got
+                self.position_of[tp] += len(got)
+        return batch
+
+    def seek(self, tp, offset):
+        super().seek(tp, offset)
+        self.position_of[tp] = offset
+
+    def close(self):
+        pass
+
+
+class FlakyNetworkStore(DurableStore):
+    """A network store (``blocking``) that refuses the batches numbered in ``fail_calls``."""
+
+    blocking = True
+
+    def __init__(self, fail_calls=()):
+        super().__init__()
+        self.calls, self.fail_calls, self.batches = 0, set(fail_calls), []
+
+    def apply_many(self, events, positions=None):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise StoreUnavailable("connection reset")
+        self.batches.append([e.event_id for e in events])
+        return super().apply_many(events, positions)
+
+
+def run_pipelined(store, log, monkeypatch, until):
+    import threading
+
+    stop = threading.Event()
+    kafka = LogConsumer(log, stop, lambda: until(store))
+    consumer = FeatureConsumer(FeatureServiceSettings(create_topics=False, retry_backoff_ms=1),
+                               store, sleep=lambda s: None)
+    monkeypatch.setattr(consumer, "_connect", lambda: (kafka, FakeProducer()))
+    monkeypatch.setattr(consumer, "_attach", lambda kafka, stop: None)
+    consumer.run(stop)
+    return consumer, kafka
+
+
+def test_a_network_store_is_written_while_the_next_batch_is_polled_in_order(monkeypatch):
+    log = {TP0: [message(good(f"a{i}"), i) for i in range(5)],
+           TP1: [message(good(f"b{i}"), i, 1) if i != 2 else message(b"junk", i, 1) for i in range(4)]}
+    store = FlakyNetworkStore()
+    consumer, kafka = run_pipelined(store, log, monkeypatch, lambda s: s.calls >= 3)
+    # in order per partition, every batch committed after the store took it, the last one too
+    assert store.batches == [["a0", "a1", "b0", "b1"], ["a2", "a3", "b3"], ["a4"]]
+    assert kafka.commits[-1] == {TP0: 5} and consumer.applied == 8 and consumer.dead_lettered == 1
+    assert {tp for c in kafka.commits for tp in c} == {TP0, TP1}
+
+
+def test_when_a_batch_fails_the_one_polled_behind_it_is_dropped_and_all_come_again(monkeypatch):
+    log = {TP0: [message(good(f"a{i}"), i) for i in range(6)]}
+    store = FlakyNetworkStore(fail_calls={2})
+    consumer, kafka = run_pipelined(store, log, monkeypatch,
+                                    lambda s: s.get("u") is not None and len(s.get("u").recent) == 6)
+    assert (TP0, 2) in kafka.seeks  # back to the failed batch's first message
+    assert sorted(e.event_id for e in store.get("u").recent) == [f"a{i}" for i in range(6)]
+    assert store.batches == [["a0", "a1"], ["a2", "a3"], ["a4", "a5"]]
+    assert consumer.applied == 6 and consumer.duplicates == 0  # the batch behind was never applied
+    assert kafka.commits[-1] == {TP0: 6}
