@@ -71,10 +71,15 @@ for i, e in ipairs(b.events) do
   if fresh and redis.call('ZSCORE', ids, id) then fresh = false end
   if fresh then
     seq = seq + 1
-    if not users[user] then
-      users[user] = true
-      as_zset(user_key(b.prefix, user, 'seen'))
-      as_zset(user_key(b.prefix, user, 'bought'))
+    local u = users[user]
+    if not u then
+      u = {}
+      users[user] = u
+      local seen = user_key(b.prefix, user, 'seen')
+      if redis.call('TYPE', seen).ok == 'set' then
+        as_zset(seen)
+        as_zset(user_key(b.prefix, user, 'bought'))
+      end
     end
     redis.call('ZADD', ids, fmt(seq), id)
     trim(ids, r.dedup)
@@ -85,25 +90,28 @@ for i, e in ipairs(b.events) do
       trim(recent, r.history)
     end
     local seen = user_key(b.prefix, user, 'seen')
-    redis.call('ZADD', seen, fmt(seq), item)
-    trim(seen, r.seen)
+    -- a new member may take a set past its cap; touching one already there cannot
+    if redis.call('ZADD', seen, fmt(seq), item) == 1 then trim(seen, r.seen) end
     if purchase == 1 then
       local bought = user_key(b.prefix, user, 'bought')
-      redis.call('ZADD', bought, fmt(seq), item)
-      trim(bought, r.bought)
+      if redis.call('ZADD', bought, fmt(seq), item) == 1 then trim(bought, r.bought) end
     end
-    local aff = user_key(b.prefix, user, 'aff')
+    -- affinities: summed per user over the batch, written once per category at the end
     local aff_term = log2w + ts / r.affinity_half_life_ms
-    for _, c in ipairs(cats) do
-      redis.call('HSET', aff, c, fmt(logadd(redis.call('HGET', aff, c), aff_term)))
-    end
+    for _, c in ipairs(cats) do u[c] = logadd(u[c], aff_term) end
     trending[item] = logadd(trending[item], log2w + ts / r.trending_half_life_ms)
     results[i] = 1
   else
     results[i] = 0
   end
 end
-for user in pairs(users) do
+for user, aff_terms in pairs(users) do
+  if next(aff_terms) then
+    local aff = user_key(b.prefix, user, 'aff')
+    for c, term in pairs(aff_terms) do
+      redis.call('HSET', aff, c, fmt(logadd(redis.call('HGET', aff, c), term)))
+    end
+  end
   redis.call('SET', user_key(b.prefix, user, 'updated'), b.now_ms, 'EX', r.ttl_s)
   expire_user(b.prefix, user, r.ttl_s)
 end
