@@ -32,13 +32,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from feature_service import metrics
+from feature_service.batches import Batch, outcome_of
 from feature_service.config import FeatureServiceSettings
 from feature_service.dead_letters import write_dead_letters
 from feature_service.store import FeatureStore, StoreUnavailable
@@ -55,27 +55,6 @@ _ALL = "all"  # failures not tied to a partition (a Kafka error while polling)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass
-class _Batch:
-    """One poll's messages, parsed."""
-
-    messages: dict[TopicPartition, list]
-    valid: list[tuple[Event, object]] = field(default_factory=list)  # (event, message)
-    invalid: list[tuple[object, str]] = field(default_factory=list)  # (message, reason)
-
-    def without(self, partitions: set[TopicPartition]) -> _Batch:
-        return _Batch({tp: ms for tp, ms in self.messages.items() if tp not in partitions},
-                      [(e, m) for e, m in self.valid if (m.topic, m.partition) not in partitions],
-                      [(m, why) for m, why in self.invalid if (m.topic, m.partition) not in partitions])
-
-
-def _outcome(future: Future) -> list[bool] | StoreUnavailable:
-    try:
-        return future.result()
-    except StoreUnavailable as exc:
-        return exc
 
 
 def _label(tp: TopicPartition | str) -> str:
@@ -204,12 +183,15 @@ class FeatureConsumer:
 
     def _run_pipelined(self, consumer: KafkaConsumer, dead_letters: KafkaProducer,
                        stop: threading.Event) -> None:
-        """A network store: while one batch is written (in the writer thread), the next is polled
-        and parsed, and the one before is dead-lettered and committed. One batch is in the store
-        at a time, so each partition's events are applied in order; a batch is committed only
-        after the store acknowledged it. When a batch fails, the partitions rewound for it are
-        dropped from the batch polled behind it (those messages come again)."""
-        in_flight: tuple[_Batch, Future] | None = None
+        """A network store: while the writer thread applies one batch, the next is polled and
+        parsed and the one before dead-lettered and committed. One batch is in the store at a
+        time, so each partition's events are applied in order, and a batch is committed only after
+        the store acknowledged it. When the store refuses a batch, it is rewound and the batch
+        polled behind it loses those partitions (they come again). When a batch's dead letters
+        fail, its partitions are rewound and the batch already in the store behind it is not
+        committed for them: the redelivery applies nothing twice (the store drops offsets it has
+        applied) and writes the dead letters again."""
+        in_flight: tuple[Batch, Future] | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="feature-store-writer") as writer:
             try:
                 while not stop.is_set():
@@ -219,18 +201,24 @@ class FeatureConsumer:
                         polled = {}
                         self._kafka_failed(exc)
                     following = self._prepare(polled) if polled else None
+                    done = None
                     if in_flight is not None:
-                        rewound = self._finish(consumer, dead_letters, in_flight[0],
-                                               _outcome(in_flight[1]))
+                        done, outcome = in_flight[0], outcome_of(in_flight[1])
                         in_flight = None
-                        if rewound and following is not None:
-                            following = following.without(rewound)
+                        if isinstance(outcome, StoreUnavailable):
+                            rewound = self._finish(consumer, dead_letters, done, outcome)
+                            following = following.without(rewound) if following else None
+                            done = None
                     if following is not None and following.messages:
                         in_flight = (following, writer.submit(self._store_apply, following))
+                    if done is not None:  # while the store works on the next batch
+                        rewound = self._finish(consumer, dead_letters, done, outcome)
+                        if rewound and in_flight is not None:
+                            in_flight[0].skip |= rewound
             finally:
                 if in_flight is not None:  # stopping: finish (commit) what the store has
                     try:
-                        self._finish(consumer, dead_letters, in_flight[0], _outcome(in_flight[1]))
+                        self._finish(consumer, dead_letters, in_flight[0], outcome_of(in_flight[1]))
                     except KafkaError as exc:
                         log.warning("could not finish the last batch (%r): it will be re-delivered", exc)
 
@@ -354,11 +342,11 @@ class FeatureConsumer:
             outcome = exc
         self._finish(consumer, dead_letters, prepared, outcome)
 
-    def _prepare(self, batch: dict[TopicPartition, list]) -> _Batch:
+    def _prepare(self, batch: dict[TopicPartition, list]) -> Batch:
         """Parse a poll's messages: the valid events, and the invalid messages still to be
         dead-lettered (replaying, those below the mark were by an earlier process)."""
         now_ms = _now_ms()
-        prepared = _Batch(batch)
+        prepared = Batch(batch)
         for tp, messages in batch.items():
             done_below = self._dead_lettered_below.get(tp, 0)
             for message in messages:
@@ -371,15 +359,18 @@ class FeatureConsumer:
                         prepared.invalid.append((message, exc.reason))
         return prepared
 
-    def _store_apply(self, prepared: _Batch) -> list[bool]:
+    def _store_apply(self, prepared: Batch) -> list[bool]:
         return self.store.apply_many([event for event, _ in prepared.valid],
                                      [(m.topic, m.partition, m.offset) for _, m in prepared.valid])
 
-    def _finish(self, consumer: KafkaConsumer, dead_letters: KafkaProducer, prepared: _Batch,
+    def _finish(self, consumer: KafkaConsumer, dead_letters: KafkaProducer, prepared: Batch,
                 outcome: list[bool] | StoreUnavailable) -> set[TopicPartition]:
         """After the store answered: count, dead-letter, commit, or rewind. Returns the partitions
         rewound (their messages come again)."""
         batch, valid, invalid = prepared.messages, prepared.valid, prepared.invalid
+        if prepared.skip:
+            batch = {tp: ms for tp, ms in batch.items() if tp not in prepared.skip}
+            invalid = [(m, why) for m, why in invalid if (m.topic, m.partition) not in prepared.skip]
         if isinstance(outcome, StoreUnavailable):
             log.warning("feature store unavailable (%s); retrying the batch", outcome)
             metrics.STORE_RETRIES.inc()

@@ -546,3 +546,37 @@ def test_when_a_batch_fails_the_one_polled_behind_it_is_dropped_and_all_come_aga
     assert store.batches == [["a0", "a1"], ["a2", "a3"], ["a4", "a5"]]
     assert consumer.applied == 6 and consumer.duplicates == 0  # the batch behind was never applied
     assert kafka.commits[-1] == {TP0: 6}
+
+
+def test_a_dead_letter_failure_never_lets_the_batch_in_the_store_behind_it_commit_past_it(monkeypatch):
+    import threading
+
+    timeline = []
+
+    class FlakyDeadLetters(FakeProducer):
+        def send(self, topic, key=None, value=None):
+            if self.attempts == 0:
+                self.attempts += 1
+                return FakeFuture(KafkaTimeoutError())
+            timeline.append("dead letter written")
+            return super().send(topic, key, value)
+
+    class RecordingLog(LogConsumer):
+        def commit(self, offsets):
+            timeline.append({tp: o.offset for tp, o in offsets.items()})
+            super().commit(offsets)
+
+    log = {TP0: [message(good("a0"), 0), message(b"junk", 1)]
+           + [message(good(f"a{i}"), i) for i in range(2, 6)]}
+    store, stop = FlakyNetworkStore(), threading.Event()
+    kafka = RecordingLog(log, stop, lambda: store.get("u") is not None and len(store.get("u").recent) == 5
+                         and timeline and timeline[-1] == {TP0: 6})
+    consumer = FeatureConsumer(FeatureServiceSettings(create_topics=False, retry_backoff_ms=1),
+                               store, sleep=lambda s: None)
+    monkeypatch.setattr(consumer, "_connect", lambda: (kafka, FlakyDeadLetters()))
+    monkeypatch.setattr(consumer, "_attach", lambda kafka, stop: None)
+    consumer.run(stop)
+    assert timeline[0] == "dead letter written"  # nothing committed before the dead letter was
+    assert consumer.dead_lettered == 1
+    assert sorted(e.event_id for e in store.get("u").recent) == ["a0", "a2", "a3", "a4", "a5"]
+    assert consumer.applied == 5  # the redelivered ones were dropped by offset
