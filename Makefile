@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup demo serve test test-unit test-integration train lint perf soak proto docs clean
+.PHONY: setup demo serve test test-unit test-integration train lint perf soak proto docs audit clean
 
 setup:
 	@bash scripts/setup.sh
@@ -47,6 +47,10 @@ proto: setup
 ## Regenerate docs/settings.md from the settings classes (tests fail when it is stale).
 docs: setup
 	$(PY) scripts/settings_reference.py
+
+## Dependency audit (pip-audit on the venv): fails on a known vulnerability that has a fixed version.
+audit: setup
+	$(PY) scripts/audit.py $(AUDIT_ARGS)
 
 clean:
 	rm -rf build .pytest_cache
