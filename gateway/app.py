@@ -56,7 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         app.state.readiness = components.readiness_checks(triton, producer, store, consumer,
                                                           push_parts.hub)
-        app.state.readiness_reasons = components.readiness_reasons(consumer, push_parts.hub)
+        app.state.readiness_reasons = components.readiness_reasons(producer, consumer, push_parts.hub)
         app.state.consumer = consumer
         app.state.service = service
         app.state.push_hub = push_parts.hub

@@ -243,10 +243,12 @@ def readiness_checks(triton: TritonRecommender, producer: EventProducer, store: 
     return checks
 
 
-def readiness_reasons(consumer: BackgroundConsumer | None, hub: PushHub) -> dict[str, ReadinessReason]:
+def readiness_reasons(producer: EventProducer, consumer: BackgroundConsumer | None,
+                      hub: PushHub) -> dict[str, ReadinessReason]:
     """Why a ``readiness_checks`` entry is false, for the components that can say (``/readyz``
     shows it next to the check, so an operator sees a stuck partition, not just "false")."""
     reasons: dict[str, ReadinessReason] = {
+        "kafka": lambda: producer.not_ready_reason,
         "push": lambda: hub.not_ready_reason if hub.alive else "push hub thread stopped"}
     if consumer is not None:
         reasons["consumer"] = lambda: ("consumer thread stopped" if not consumer.alive

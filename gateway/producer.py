@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.future import Future as KafkaFuture
 
@@ -22,6 +22,9 @@ from features.events import Event
 from gateway.errors import UpstreamUnavailable
 
 LINGER_MS = 1
+# Readiness: after this long without an acknowledgement (an idle gateway), or after a failed send,
+# the broker is asked directly; the producer's cached metadata says nothing about it being up.
+PROBE_AFTER_IDLE_S = 10.0
 # How long after the producer's own delivery timeout an acknowledgement is still awaited: the
 # sender thread expires records on its next pass, which may come a little late.
 _BACKSTOP_S = 1.0
@@ -66,8 +69,13 @@ class EventProducer:
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers,
             acks="all",
-            # Retries cannot duplicate or reorder a user's events on a partition.
-            enable_idempotence=True,
+            # Not idempotent: kafka-python's idempotent producer, once records expired in flight
+            # (a broker restart outlasting the short delivery timeout below), failed every send
+            # after the broker was back, for minutes (tests/integration/gateway/test_kafka_down.py).
+            # A retry's duplicate is harmless (every event has an id; the feature store drops a
+            # repeated id) and one request in flight per broker keeps each user's events in order.
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
             retries=5,
             linger_ms=LINGER_MS,
             request_timeout_ms=request_timeout_ms,
@@ -82,6 +90,10 @@ class EventProducer:
         # send() blocks while metadata is missing: on a thread of its own (one keeps each user's
         # events in the order they were posted), never the default executor's.
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-send")
+        self._bootstrap_servers = bootstrap_servers
+        self._last_ack_at = time.monotonic()  # constructed: the broker answered
+        self._last_failure: tuple[float, str] | None = None  # (when, why)
+        self.not_ready_reason: str | None = None  # set by ``connected``
 
     @property
     def client(self) -> KafkaProducer:
@@ -108,9 +120,11 @@ class EventProducer:
             failures = [a.exception() for a in acks if a.exception() is not None]  # all retrieved
             if failures:
                 raise failures[0]
+            self._last_ack_at = time.monotonic()
             return [Published(e.event_id, meta.topic, meta.partition, meta.offset)
                     for e, meta in zip(events, (a.result() for a in acks), strict=True)]
         except KafkaError as exc:
+            self._last_failure = (time.monotonic(), repr(exc))
             # The ids let a client retry these very events (the consumer applies an id once): a
             # retry without them gets new ids, and the store would apply both copies if the
             # broker did take this one.
@@ -127,12 +141,41 @@ class EventProducer:
         return await self._publish(events)
 
     def connected(self) -> bool:
-        """The broker answers metadata for our topic (bootstrap_connected() goes False once the
-        bootstrap socket is closed, even on a healthy client)."""
+        """Whether events can be published now; ``not_ready_reason`` says why not. Recent
+        acknowledgements answer at once. After a failed send, or a quiet spell, the broker is asked
+        for the topic's metadata on a connection of its own: the producer's cached metadata stays
+        "fine" while the broker is down, and a gateway taken out of rotation must still notice
+        when the broker is back (no event would come to tell it)."""
+        now = time.monotonic()
+        failed = self._last_failure is not None and self._last_failure[0] > self._last_ack_at
+        if not failed and now - self._last_ack_at < PROBE_AFTER_IDLE_S:
+            self.not_ready_reason = None
+            return True
+        reason = self._probe()
+        if reason is None:
+            self._last_ack_at = time.monotonic()
+        elif failed:
+            when, why = self._last_failure
+            reason += f"; the last send failed {now - when:.0f} s ago: {why}"
+        self.not_ready_reason = reason
+        return reason is None
+
+    def _probe(self) -> str | None:
+        wait_ms = max(1, int(self.timeout_s * 1000))
         try:
-            return bool(self._producer.partitions_for(self.topic))
-        except KafkaError:
-            return False
+            admin = KafkaAdminClient(bootstrap_servers=self._bootstrap_servers,
+                                     request_timeout_ms=wait_ms, bootstrap_timeout_ms=wait_ms)
+        except KafkaError as exc:
+            return f"Kafka unreachable: {exc!r}"
+        try:
+            topics = admin.describe_topics([self.topic])
+        except KafkaError as exc:
+            return f"Kafka unreachable: {exc!r}"
+        finally:
+            admin.close()
+        if not topics or topics[0].get("error_code"):
+            return f"topic {self.topic!r} not available: {topics!r}"
+        return None
 
     def close(self) -> None:
         self._sender.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -103,3 +104,58 @@ def test_the_push_hub_waits_out_a_broker_that_is_down_at_start(broker):
     (was_ready, reason, was_alive), reason_after, alive = asyncio.run(run())
     assert not was_ready and was_alive and reason
     assert reason_after is None and alive
+
+
+def test_the_producer_recovers_after_the_broker_comes_back(tmp_path):
+    """Before: with kafka-python's idempotent producer and a delivery timeout as short as the
+    request's wait, records that expired during a broker restart left it failing every send after
+    the broker was back (the soak test saw 503s for minutes, until the end of the run)."""
+    topic = f"events-{uuid.uuid4().hex[:8]}"
+    # A broker of its own, fresh: the module's has been stopped and started by the tests above.
+    with KafkaBroker(tmp_path / "kafka") as broker:
+        broker.create_topics([topic], partitions=3)
+        _publish_through_a_restart(broker, topic)
+
+
+def _publish_through_a_restart(broker: KafkaBroker, topic: str) -> None:
+    producer = EventProducer(broker.bootstrap_servers, topic, timeout_ms=2000)
+
+    async def publish_all(events) -> list[bool]:
+        async def one(event):
+            try:
+                await producer.publish(event)
+                return True
+            except UpstreamUnavailable:
+                return False
+        return await asyncio.gather(*(one(e) for e in events))
+
+    try:
+        assert all(asyncio.run(publish_all([view(f"u{i}") for i in range(10)])))
+        # sends keep coming while it goes down and comes back, some in flight when it stops
+        sending, outcomes = threading.Event(), []
+
+        def keep_sending() -> None:
+            while not sending.is_set():
+                outcomes.extend(asyncio.run(publish_all([view(f"u{i}") for i in range(5)])))
+                time.sleep(0.1)
+
+        sender = threading.Thread(target=keep_sending)
+        sender.start()
+        try:
+            wait_for(lambda: len(outcomes) >= 10, "sends before the stop")
+            broker.stop()
+            wait_for(lambda: not all(outcomes), "a send refused")
+            assert not producer.connected()  # readiness asks the broker, not the cached metadata
+            assert "unreachable" in producer.not_ready_reason
+            broker.start()
+        finally:
+            sending.set()
+            sender.join()
+        deadline = time.monotonic() + 60
+        while not all(asyncio.run(publish_all([view(f"u{i}") for i in range(10)]))):
+            assert time.monotonic() < deadline, "the producer still fails a minute after the restart"
+        # and it stays healthy
+        assert all(asyncio.run(publish_all([view(f"u{i}") for i in range(20)])))
+        assert producer.connected() and producer.not_ready_reason is None
+    finally:
+        producer.close()

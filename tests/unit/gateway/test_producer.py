@@ -247,3 +247,39 @@ def test_recommendations_keep_their_threads_while_event_posts_wait_for_kafka(mak
     assert answer.status_code == 200 and answer.json()["source"] == "model"
     assert not answer.json()["degraded"]
     assert pending == posts_n and statuses == [202] * posts_n
+
+
+def test_kafka_readiness_asks_the_broker_after_a_failed_send_and_recovers_without_traffic(
+        make_producer, monkeypatch):
+    """Before: readiness read the producer's cached metadata, so /readyz said ready through a
+    whole broker outage (soak test). A gateway out of rotation gets no events to tell it the broker
+    is back: the probe must."""
+    producer = make_producer()
+    broker_up, probes = [True], []
+
+    def probe():
+        probes.append(1)
+        return None if broker_up[0] else "Kafka unreachable: KafkaConnectionError()"
+
+    monkeypatch.setattr(producer, "_probe", probe)
+    producer.client.auto = "ack"
+    asyncio.run(producer.publish(event()))
+    assert producer.connected() and not probes  # a fresh acknowledgement: no need to ask
+    broker_up[0] = False
+    producer.client.auto = "fail"
+    with pytest.raises(UpstreamUnavailable):
+        asyncio.run(producer.publish(event()))
+    assert not producer.connected()
+    assert producer.not_ready_reason.startswith("Kafka unreachable")
+    assert "the last send failed" in producer.not_ready_reason
+    broker_up[0] = True  # back, and no event has come since
+    assert producer.connected() and producer.not_ready_reason is None
+    assert producer.connected() and len(probes) == 2  # answered: no probe until idle again
+
+
+def test_an_idle_producer_asks_the_broker_before_saying_ready(make_producer, monkeypatch):
+    producer = make_producer()
+    monkeypatch.setattr(producer, "_probe", lambda: "Kafka unreachable: KafkaTimeoutError()")
+    monkeypatch.setattr(producer, "_last_ack_at", producer_module.time.monotonic()
+                        - producer_module.PROBE_AFTER_IDLE_S - 1)
+    assert not producer.connected() and "unreachable" in producer.not_ready_reason

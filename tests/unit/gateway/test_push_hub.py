@@ -42,7 +42,7 @@ class FlakyKafka:
 def readiness(hub):
     checks = components.readiness_checks(SimpleNamespace(ready=None), SimpleNamespace(), SimpleNamespace(),
                                          None, hub)
-    reasons = components.readiness_reasons(None, hub)
+    reasons = components.readiness_reasons(SimpleNamespace(not_ready_reason=None), None, hub)
     ok = asyncio.run(checks["push"]())
     return ok, (None if ok else reasons["push"]())
 
