@@ -28,14 +28,10 @@ PROCESSES = ("gateway", "features", "triton", "kafka", "redis")
 
 
 def documented_budget() -> tuple[float | None, str]:
-    """The per-user Redis memory budget, if the feature service documents one (a settings field
-    with "budget" in its name, in bytes); (None, why) otherwise."""
-    from feature_service.config import FeatureServiceSettings
+    """The documented Redis memory budget per active user (docs/features.md, "Memory")."""
+    from feature_service.store_base import USER_MEMORY_BUDGET_BYTES
 
-    for name, info in FeatureServiceSettings.model_fields.items():
-        if "budget" in name and "byte" in name and isinstance(info.default, int | float):
-            return float(info.default), f"FeatureServiceSettings.{name}"
-    return None, "none: FeatureServiceSettings has no *budget*bytes* field (docs/settings.md neither)"
+    return float(USER_MEMORY_BUDGET_BYTES), "feature_service.store_base.USER_MEMORY_BUDGET_BYTES"
 
 
 def user_view(features) -> dict | None:
@@ -212,7 +208,7 @@ def end_checks(args: argparse.Namespace, run: dict, store, rules, categories, us
         "readiness": readiness(run["samples"]),
         "redis_memory": {"baseline_bytes": baseline_bytes, "used_bytes": used_bytes,
                          "active_users": active, "per_user_bytes": per_user},
-        "gateway_kafka_timeout_ms": _gateway_kafka_timeout_ms(),
+        "gateway_kafka_timeout_ms": args.gateway_kafka_timeout_ms or _gateway_kafka_timeout_ms(),
     }
 
 
