@@ -48,7 +48,8 @@ def start_services(args: argparse.Namespace, stack: contextlib.ExitStack, reposi
 
     print("starting Triton, Kafka, Redis ...", flush=True)
     triton = stack.enter_context(TritonServer(repository, log_path=logs / "tritonserver.log"))
-    kafka = stack.enter_context(KafkaBroker(work / "kafka"))
+    # A fixed heap, as in production: the broker's RSS slope then shows leaks, not heap growth.
+    kafka = stack.enter_context(KafkaBroker(work / "kafka", fixed_heap=True))
     kafka.create_topics([TOPIC, f"{TOPIC}.dlq", f"{TOPIC}.recs"], partitions=3)
     redis = stack.enter_context(RedisServer(log_path=work / "redis" / "redis.log", persistent=True))
     from gateway.served_model import load_served_model
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.warmup_s is None:
         args.warmup_s = 0.2 * args.duration_s
+    if args.settle_s is None:
+        args.settle_s = args.warmup_s
     began = time.perf_counter()
     out: Path = args.out
     logs = out / "logs"
@@ -186,8 +189,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=2000, help="distinct users of requests and events")
     p.add_argument("--sample-s", type=float, default=2, help="RSS / Redis memory / readyz period")
     p.add_argument("--warmup-s", type=float, default=None, help="default 20 %% of the run")
-    p.add_argument("--settle-s", type=float, default=15,
-                   help="samples left out of a restarted process's RSS fit after its restart")
+    # A restarted process is a new one: it gets the warm-up a process gets at the start (a JVM's
+    # RSS rises ~20-30 MiB over its first minute: JIT, metaspace, mapped index files).
+    p.add_argument("--settle-s", type=float, default=None,
+                   help="samples left out of a restarted process's RSS fit after its restart "
+                        "(default: the warm-up)")
     p.add_argument("--max-rss-slope-mib-h", type=float, default=60,
                    help="an RSS slope above this after warm-up is a failure (MiB/hour)")
     p.add_argument("--down-s", type=float, default=3, help="how long a restarted service stays down")

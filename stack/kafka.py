@@ -92,6 +92,7 @@ class KafkaBroker(Service):
         port: int | None = None,
         controller_port: int | None = None,
         heap_mb: int = 512,
+        fixed_heap: bool = False,
         startup_timeout_s: float = 90,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -100,6 +101,11 @@ class KafkaBroker(Service):
         self.port = port or spare[0]
         self.controller_port = controller_port or spare[1]
         self.heap_mb = heap_mb
+        # The whole heap committed and touched at start (-Xms = -Xmx, AlwaysPreTouch), as Kafka's
+        # docs advise for production: the RSS is then flat from the start instead of growing up to
+        # -Xmx over minutes, so a soak's RSS slope shows leaks, not the JVM committing its heap.
+        # Off by default: test suites run several brokers and need not hold 512 MB each up front.
+        self.fixed_heap = fixed_heap
         super().__init__(log_path=self.data_dir / "broker.log", startup_timeout_s=startup_timeout_s)
 
     @property
@@ -135,9 +141,9 @@ class KafkaBroker(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.properties_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
-    def _java_argv(self, main_class: str, *args: str) -> list[str]:
+    def _java_argv(self, main_class: str, *args: str, heap: tuple[str, ...] = ()) -> list[str]:
         return [
-            "java", f"-Xmx{self.heap_mb}m", "-cp", str(self.libs_dir / "*"),
+            "java", f"-Xmx{self.heap_mb}m", *heap, "-cp", str(self.libs_dir / "*"),
             f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
             main_class, *args,
         ]
@@ -162,7 +168,8 @@ class KafkaBroker(Service):
             raise ServiceStartError(reason)
         self._write_properties()
         self._format_storage()
-        return ManagedProcess("kafka", self._java_argv("kafka.Kafka", str(self.properties_path)),
+        heap = (f"-Xms{self.heap_mb}m", "-XX:+AlwaysPreTouch") if self.fixed_heap else ()
+        return ManagedProcess("kafka", self._java_argv("kafka.Kafka", str(self.properties_path), heap=heap),
                               self.log_path)
 
     def _where(self) -> str:
