@@ -44,6 +44,9 @@ def plot(path: Path, report: dict) -> None:
         left.legend(fontsize=7, ncol=2)
 
         rows = [r for r in report["throughput"] if r.get("events_per_s")][::-1]  # first on top
+        if not rows:  # throughput runs and raw loops skipped
+            right.set_axis_off()
+            return
         labels = [f"FeatureConsumer, {r['store']} store" if r["what"] == "FeatureConsumer" else
                   f"{r['client']} raw loop: {r['stage']}" for r in rows]
         colours_by = [colours[r["store"]] if r["what"] == "FeatureConsumer" else

@@ -50,3 +50,10 @@ def test_outputs_are_the_documented_files(tmp_path):
     assert rows[0] == FRESHNESS_COLUMNS and rows[1][FRESHNESS_COLUMNS.index("p99_ms")] == "20.0"
     assert rows[1][FRESHNESS_COLUMNS.index("measured")] == ""  # absent values stay empty
     assert json.loads((tmp_path / "features.json").read_text())["config"]["stores"] == ["memory", "redis"]
+
+
+def test_a_freshness_only_run_still_writes_its_plot(tmp_path):
+    # --throughput-events 0 with no raw loops: the throughput panel has nothing to show
+    report = {**_report(), "throughput": []}
+    write_outputs(tmp_path, report)
+    assert (tmp_path / "features.png").stat().st_size > 0
