@@ -4,7 +4,7 @@ Two ways to consume, chosen by the store:
 
 * **durable store (Redis)** — a consumer-group member. Offsets are committed only after the store
   accepted the events before them (and their dead letters are acknowledged), so a crash re-delivers
-  and the store's de-duplication by ``event_id`` drops what was already applied. Several processes
+  and the store drops what it already applied (by offset, below). Several processes
   in one group split the partitions; a rebalance re-delivers at most the uncommitted tail.
 * **in-process store** — the state dies with the process, so committed offsets would lie about it.
   The consumer reads every partition from the beginning of the topic (no group membership),
