@@ -76,9 +76,12 @@ for i, e in ipairs(b.events) do
       u = {}
       users[user] = u
       local seen = user_key(b.prefix, user, 'seen')
-      if redis.call('TYPE', seen).ok == 'set' then
+      if redis.call('TYPE', seen).ok == 'set' then  -- the uncapped layout: convert, then cap
         as_zset(seen)
-        as_zset(user_key(b.prefix, user, 'bought'))
+        trim(seen, r.seen)
+        local bought = user_key(b.prefix, user, 'bought')
+        as_zset(bought)
+        trim(bought, r.bought)
       end
     end
     redis.call('ZADD', ids, fmt(seq), id)

@@ -87,6 +87,20 @@ def test_seen_and_bought_sets_of_the_uncapped_layout_are_read_and_converted(redi
     store.close()
 
 
+def test_an_uncapped_set_is_capped_when_converted(redis_server):
+    from features.user_state import FeatureRules
+
+    store = RedisStore(redis_server.url, FeatureRules(seen_items=3, bought_items=2),
+                       prefix=f"t{uuid.uuid4().hex[:8]}")
+    store._redis.sadd(f"{store.prefix}:u:u:seen", *[f"old{i}" for i in range(50)])
+    store._redis.sadd(f"{store.prefix}:u:u:bought", *[f"old{i}" for i in range(50)])
+    assert store.apply(ev("u", "old1", 3, event_id="e1", kind="purchase"))  # already there
+    features = store.get("u")
+    assert len(features.seen_items) == 3 and "old1" in features.seen_items
+    assert len(features.bought_items) == 2 and "old1" in features.bought_items
+    store.close()
+
+
 def test_memory_per_user_stays_within_the_documented_budget(redis_server):
     """Users at every cap (more distinct items, purchases and events than kept) and typical ones:
     Redis's memory grows by less than the budget per user (docs/features.md, "Memory")."""
