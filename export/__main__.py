@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pooled = without the attention read-out (the ablation)")
     parser.add_argument("--no-event-types", action="store_true",
                         help="ignore event types (the id-only ablation)")
-    parser.add_argument("--no-transition", action="store_true",
-                        help="without the learned 'what follows' vector of the last step (ablation)")
+    parser.add_argument("--transition", action=argparse.BooleanOptionalAction, default=d.transition,
+                        help="the learned 'what follows' vector of the last step (off by default)")
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                          temperature=args.temperature, loss=args.loss, id_dropout=args.id_dropout,
                          uniform_negatives=args.uniform_negatives,
                          sequence_length=args.sequence_length, user_tower=args.user_tower,
-                         use_types=not args.no_event_types, transition=not args.no_transition)
+                         use_types=not args.no_event_types, transition=args.transition)
     tuning = None
     if args.tune > 0:
         # Trials train with the first seed; the search never reads the test split.

@@ -58,7 +58,9 @@ class TrainConfig:
     id_dropout: float = 0.0  # see export.model.towers.ItemEncoder
     user_tower: Literal["attention", "pooled"] = "attention"  # see export.model.towers.UserTower
     use_types: bool = True  # False: the id-only ablation (event types ignored)
-    transition: bool = True  # a learned "what follows" vector per item (UserTower)
+    # A learned "what follows" vector per item (UserTower). Off: side by side on three datasets
+    # (torch 2.13) it lost on validation and test everywhere (docs/model.md).
+    transition: bool = False
     loss: Literal["full", "sampled"] = "sampled"
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
     logq_correction: bool = True

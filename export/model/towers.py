@@ -93,7 +93,7 @@ class UserTower(nn.Module):
 
     def __init__(self, encoder: ItemEncoder, dim: int, sequence_length: int,
                  recency_decay: float = 0.9, dropout: float = 0.1, kind: str = "attention",
-                 use_types: bool = True, transition: bool = True) -> None:
+                 use_types: bool = True, transition: bool = False) -> None:
         super().__init__()
         if kind not in USER_TOWER_KINDS:
             raise ValueError(f"unknown user tower {kind!r} (one of {', '.join(USER_TOWER_KINDS)})")
@@ -155,7 +155,7 @@ class TwoTower(nn.Module):
     def __init__(self, catalog: ItemCatalog, dim: int = 64, sequence_length: int = 50,
                  recency_decay: float = 0.9, dropout: float = 0.1, id_dropout: float = 0.0,
                  user_tower: str = "attention", use_types: bool = True,
-                 transition: bool = True) -> None:
+                 transition: bool = False) -> None:
         super().__init__()
         encoder = ItemEncoder(catalog, dim, id_dropout)
         self.user_tower = UserTower(encoder, dim, sequence_length, recency_decay, dropout,

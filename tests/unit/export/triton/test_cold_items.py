@@ -81,7 +81,7 @@ def test_items_already_in_the_catalog_are_refused(catalog):
 def test_the_what_follows_table_grows_with_zero_rows_for_new_items(catalog):
     from export.triton.cold_items import extend_model
     torch.manual_seed(0)
-    model = TwoTower(catalog, dim=8, sequence_length=4).eval()
+    model = TwoTower(catalog, dim=8, sequence_length=4, transition=True).eval()
     with torch.no_grad():
         model.user_tower.next_embedding.weight.normal_()
     trained = model.user_tower.next_embedding.weight.clone()
