@@ -38,6 +38,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from feature_service import metrics
+from feature_service.backoff import backoff_s
 from feature_service.batches import Batch, outcome_of
 from feature_service.config import FeatureServiceSettings
 from feature_service.dead_letters import write_dead_letters
@@ -281,9 +282,8 @@ class FeatureConsumer:
     def backoff_s(self, failures: int) -> float:
         """The wait after the ``failures``-th failure in a row: RETRY_BACKOFF_MS doubled each time,
         at most RETRY_BACKOFF_MAX_MS, with jitter (between half of it and all of it)."""
-        s = self.settings
-        ceiling_ms = min(s.retry_backoff_max_ms, s.retry_backoff_ms * 2 ** min(max(failures, 1) - 1, 30))
-        return ceiling_ms / 1000 * (0.5 + 0.5 * self._random.random())
+        return backoff_s(failures, self.settings.retry_backoff_ms, self.settings.retry_backoff_max_ms,
+                         self._random)
 
     def _wait(self, seconds: float) -> None:
         self.backoffs_s.append(seconds)

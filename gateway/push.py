@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import math
-import random
 import threading
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from feature_service.backoff import backoff_s
 from feature_service.store import FeatureStore, store_call
 from features.events import Event
 from gateway import metrics
@@ -226,8 +226,7 @@ class PushHub:
 
     def backoff_s(self, failures: int) -> float:
         """The wait after ``failures`` failed attempts in a row: exponential, capped, jittered."""
-        ceiling_ms = min(self.retry_max_ms, self.retry_initial_ms * 2 ** min(failures - 1, 30))
-        return random.uniform(ceiling_ms / 2, ceiling_ms) / 1000
+        return backoff_s(failures, self.retry_initial_ms, self.retry_max_ms)
 
     def _run(self) -> None:
         while not self._stop.is_set():
