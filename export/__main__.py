@@ -4,6 +4,7 @@
     python -m export --dataset path/to/log.parquet --items path/to/items.csv
     python -m export --dataset synthetic --no-export
     python -m export --dataset ml-100k --seeds 0 --no-export --tune 20   # search on validation first
+    python -m export --dataset ml-100k --device cuda          # train on a GPU (bf16 autocast by default)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from export.evaluation.report import format_table
 from export.pipeline import load_dataset, run
-from export.train import TrainConfig
+from export.train import TrainConfig, resolve_device
 from export.tune import TUNING_JSON, format_tuning, tune
 
 
@@ -50,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the learned 'what follows' vector of the last step (off by default)")
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
-    parser.add_argument("--loader", choices=["memory", "dali"], default="memory")
+    parser.add_argument("--loader", choices=["memory", "dali"], default="memory",
+                        help="dali: DALI reads shards, on the GPU when training on CUDA")
+    parser.add_argument("--device", default=d.device, metavar="auto|cpu|cuda|cuda:N",
+                        help="where to train: auto = CUDA when torch sees a GPU, else the CPU "
+                             "(exported models are CPU TorchScript either way)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp,
+                        help="bf16 autocast for training; default: on when training on CUDA, "
+                             "always off on the CPU")
     parser.add_argument("--temporal", action="store_true",
                         help="also train one model per seed on the temporal split's pre-cut data "
                              "and evaluate it there (doubles training; docs/evaluation.md)")
@@ -61,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-patience", type=int, default=2,
                         help="early-stopping patience per tuning trial")
     args = parser.parse_args(argv)
+    try:  # before any data is read: a missing GPU is a usage error, not a crash an hour in
+        resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          temperature=args.temperature, loss=args.loss, id_dropout=args.id_dropout,
                          uniform_negatives=args.uniform_negatives,
                          sequence_length=args.sequence_length, user_tower=args.user_tower,
-                         use_types=not args.no_event_types, transition=args.transition)
+                         use_types=not args.no_event_types, transition=args.transition,
+                         device=args.device, amp=args.amp)
     tuning = None
     if args.tune > 0:
         # Trials train with the first seed; the search never reads the test split.

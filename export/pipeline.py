@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from export.data.interactions import Dataset, load_interactions_file, load_movielens_100k
 from export.data.loaders import DaliBatches, InMemoryBatches, write_shards
 from export.data.split import leave_last_out, temporal_split
@@ -28,6 +30,8 @@ from export.train import (
     TrainConfig,
     build_examples,
     new_model,
+    resolve_amp,
+    resolve_device,
     score_histories,
     seed_everything,
     target_log_frequencies,
@@ -98,6 +102,7 @@ def run(
     evaluates it there (doubles training time); the leave-last-out numbers do not change.
     """
     started = time.perf_counter()
+    device = resolve_device(config.device)  # fails here, before any work, without the GPU asked for
     dataset = load_dataset(dataset_spec, items_path)
     split = leave_last_out(dataset)
     catalog = dataset.catalog
@@ -131,6 +136,8 @@ def run(
         "train": {
             "config": config.as_dict(),
             "loader": loader,
+            "device": str(device),
+            "amp": resolve_amp(config.amp, device),
             "seeds": [_seed_entry(r) for r in runs],
             "exported_seed": best.seed,
         },
@@ -158,8 +165,9 @@ def run(
 
     if repository is not None:
         popular = [i for i, _ in Counter(dataset.interactions["item_id"]).most_common(POPULAR_ITEMS_KEPT)]
+        # CPU TorchScript, whatever it trained on (train_seeds already moved it; this says so)
         export_repository(
-            best.model, catalog, repository, sequence_length=L, version=version, serving=serving,
+            best.model.cpu(), catalog, repository, sequence_length=L, version=version, serving=serving,
             target=target, metadata={"dataset": dataset.name, "popular_items": popular, "metrics": best.test},
         )
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -189,7 +197,8 @@ def train_seeds(
     """One model per seed on ``train_sequences``; early stopping on the validation targets (with
     the training sequences as histories), then test metrics (none when ``test_targets`` is None:
     the caller evaluates). Shards and checkpoints go under ``artifacts`` (none without it; the
-    DALI loader needs it)."""
+    DALI loader needs it). Trains on ``config.device``; the DALI loader then reads on the GPU
+    too (``dali_device``). The models come back on the CPU."""
     L = config.sequence_length
     histories, targets = build_examples(train_sequences, catalog, L)
     log_q = target_log_frequencies(targets, catalog.num_embeddings)
@@ -197,9 +206,11 @@ def train_seeds(
         raise ValueError("the DALI loader reads shards from the artifacts folder: pass artifacts")
     shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
 
+    dali_on = dali_device(resolve_device(config.device))
+
     def batches(seed: int) -> Iterable:
         if shards is not None:
-            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed)
+            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed, device=dali_on)
         return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
 
     def validate(m: TwoTower) -> dict:
@@ -218,7 +229,15 @@ def train_seeds(
         seconds = time.perf_counter() - t0
         test = {} if test_targets is None else evaluate(
             score_histories(model, catalog, L), test_histories, test_targets, catalog)
+        model.cpu()  # off the GPU: the next seed's model needs the room, and callers expect CPU
         best_valid = max(e["valid_recall@10"] for e in epochs)
         runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
         log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
     return runs
+
+
+def dali_device(device: torch.device) -> str:
+    """DaliBatches' device for training on ``device``: its GPU path when training on the GPU it
+    runs on (GPU 0), so batches arrive as CUDA tensors; otherwise the CPU path, whose batches
+    ``train`` moves. (On another GPU, DALI's GPU 0 batches would only be copied across.)"""
+    return "gpu" if device.type == "cuda" and (device.index or 0) == 0 else "cpu"

@@ -16,13 +16,21 @@ Two losses, chosen by measurement (see docs/model.md):
 
 Early stopping watches Recall@10 on the validation split; the best epoch's weights are kept and
 checkpointed.
+
+Devices (``TrainConfig.device``, ``resolve_device``): the model, ``log_q`` and every batch are moved
+to the training device, and every tensor the losses make is made on their inputs' device. Uniform
+negatives are always drawn by a CPU generator and then moved, so a seed draws the same negatives
+on every device. On CUDA the forward pass and loss run under bf16 autocast by default
+(``TrainConfig.amp``); on the CPU nothing changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,6 +49,7 @@ from features.sequence import encode_history, pad_left
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (histories [B, 2L], targets [B])
+LOSS_SHOWN_EVERY = 50  # steps between progress-bar loss updates off the CPU (each one syncs)
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,8 @@ class TrainConfig:
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
     logq_correction: bool = True
     seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"; see resolve_device
+    amp: bool | None = None  # bf16 autocast; None: on exactly when training on CUDA (resolve_amp)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +90,53 @@ def new_model(catalog: ItemCatalog, config: TrainConfig | dict) -> TwoTower:
     return TwoTower(catalog, config.dim, config.sequence_length, config.recency_decay,
                     config.dropout, config.id_dropout, config.user_tower, config.use_types,
                     config.transition)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The training device for ``TrainConfig.device``: "auto" is CUDA when torch sees a GPU and
+    the CPU otherwise; an explicit CUDA device that does not exist is a ValueError here rather
+    than a failure deep inside torch."""
+    if not _DEVICE.fullmatch(requested):
+        raise ValueError(f"device {requested!r}: use auto, cpu, cuda or cuda:N")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} was requested, but torch sees no CUDA device "
+                             f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); "
+                             "train on the CPU with --device cpu (or --device auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {requested!r}: torch sees {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def resolve_amp(requested: bool | None, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: only on CUDA; by default there when the GPU has
+    native bf16. On the CPU always off, so CPU results stay exactly float32 ones."""
+    if device.type != "cuda":
+        if requested:
+            log.warning("amp is for CUDA training only; training on %s in float32", device)
+        return False
+    if requested is None:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return requested
+
+
+def _autocast(device: torch.device, amp: bool):
+    """bf16 autocast for the forward pass and loss (no GradScaler: bf16 has float32's range)."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def seed_everything(seed: int) -> None:
@@ -134,13 +192,15 @@ def user_vectors(model: TwoTower, histories: torch.Tensor) -> torch.Tensor:
 
 
 def score_histories(model: TwoTower, catalog: ItemCatalog, length: int):
-    """A ScoreFn (see export.evaluation.metrics) backed by the model, cosine scores over every catalog row."""
+    """A ScoreFn (see export.evaluation.metrics) backed by the model, cosine scores over every
+    catalog row; the model may be on any device, the scores come back as a CPU array."""
 
     @torch.no_grad()
     def score(histories: Sequence[Sequence[str]]) -> np.ndarray:
         model.eval()
-        users = user_vectors(model, encode_histories(histories, catalog, length))
-        return (users @ model.item_embeddings().T).numpy()
+        rows = encode_histories(histories, catalog, length).to(model_device(model))
+        users = user_vectors(model, rows)
+        return (users @ model.item_embeddings().T).float().cpu().numpy()
 
     return score
 
@@ -161,26 +221,51 @@ def full_softmax_loss(model: TwoTower, users: torch.Tensor, targets: torch.Tenso
 def sampled_softmax_loss(model: TwoTower, users: torch.Tensor, targets: torch.Tensor,
                          config: TrainConfig, log_q: torch.Tensor,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """In-batch (+ optional uniform) negatives with logQ correction; row i's positive is column i."""
-    batch = len(targets)
+    """In-batch (+ optional uniform) negatives with logQ correction; row i's positive is column i.
+    Every tensor made here is made on ``targets``' device (``log_q`` must be there too); uniform
+    negatives are drawn on ``generator``'s device (the CPU by default) and moved."""
+    batch, device = len(targets), targets.device
     candidates = model.item_tower(targets)  # [B, D]
     logits = users @ candidates.T / config.temperature  # [B, B]
     if config.logq_correction:
         # expected number of times item j is in a batch of size B: B * q_j
         logits = logits - (log_q[targets] + np.log(batch)).unsqueeze(0)
     # The same item twice in a batch: for row i the other copy is not a negative.
-    duplicate = (targets.unsqueeze(1) == targets.unsqueeze(0)) & ~torch.eye(batch, dtype=torch.bool)
+    duplicate = (targets.unsqueeze(1) == targets.unsqueeze(0)) & ~torch.eye(batch, dtype=torch.bool,
+                                                                                 device=device)
     logits = logits.masked_fill(duplicate, float("-inf"))
     if config.uniform_negatives > 0:
         num_items = log_q.shape[0] - FIRST_ITEM_INDEX
         negatives = torch.randint(FIRST_ITEM_INDEX, log_q.shape[0], (config.uniform_negatives,),
-                                  generator=generator)
+                                  generator=generator,
+                                  device=generator.device if generator is not None else "cpu")
+        negatives = negatives.to(device)
         uniform_logits = users @ model.item_tower(negatives).T / config.temperature
         if config.logq_correction:
             uniform_logits = uniform_logits - float(np.log(config.uniform_negatives / num_items))
         accidental = targets.unsqueeze(1) == negatives.unsqueeze(0)
         logits = torch.cat([logits, uniform_logits.masked_fill(accidental, float("-inf"))], dim=1)
-    return F.cross_entropy(logits, torch.arange(batch))
+    return F.cross_entropy(logits, torch.arange(batch, device=device))
+
+
+def train_step(model: TwoTower, optimizer: torch.optim.Optimizer,
+               batch: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
+               device: torch.device, *, log_q: torch.Tensor | None,
+               generator: torch.Generator | None, amp: bool) -> torch.Tensor:
+    """One optimiser step on ``batch``, first moved to ``device`` where it is elsewhere (a CPU
+    loader feeding a GPU, or DALI's CUDA batches a CPU run); returns the loss, detached, still on
+    ``device`` (reading it as a number would wait for the GPU every step)."""
+    histories, targets = (t.to(device, non_blocking=device.type == "cuda") for t in batch)
+    with _autocast(device, amp):
+        users = user_vectors(model, histories)
+        if config.loss == "full":
+            loss = full_softmax_loss(model, users, targets, config)
+        else:
+            loss = sampled_softmax_loss(model, users, targets, config, log_q, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def train(
@@ -195,12 +280,21 @@ def train(
     """Train in place; returns one record per epoch.
 
     ``batches`` is iterated once per epoch (``export.data.loaders.InMemoryBatches`` or ``DaliBatches``).
+    The model, ``log_q`` and each batch are moved to ``config.device`` (resolved); the model is
+    left there.
     ``validate(model)`` returns validation metrics; with it, training stops after ``patience``
     epochs without a better ``recall@10`` and the best epoch's weights are restored.
     """
     if config.loss == "sampled" and log_q is None:
         raise ValueError("loss='sampled' needs log_q (see target_log_frequencies)")
+    device = resolve_device(config.device)
+    amp = resolve_amp(config.amp, device)
+    log.info("training on %s%s", device, " with bf16 autocast" if amp else "")
+    model.to(device)
+    if log_q is not None:
+        log_q = log_q.to(device)
     seed_everything(config.seed)
+    # A CPU generator on every device: the same seed draws the same uniform negatives everywhere.
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
@@ -208,22 +302,19 @@ def train(
     best_score, best_state, stale = float("-inf"), None, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        total, steps = 0.0, 0
+        # Summed on the device in float64: the same sum as adding Python floats, without a wait
+        # for the GPU every step (the progress bar reads it only every LOSS_SHOWN_EVERY steps).
+        total, steps = torch.zeros((), dtype=torch.float64, device=device), 0
         bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                    total=len(batches) if hasattr(batches, "__len__") else None)
-        for histories, targets in bar:
-            users = user_vectors(model, histories)
-            if config.loss == "full":
-                loss = full_softmax_loss(model, users, targets, config)
-            else:
-                loss = sampled_softmax_loss(model, users, targets, config, log_q, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss)
+        for batch in bar:
+            loss = train_step(model, optimizer, batch, config, device, log_q=log_q,
+                              generator=generator, amp=amp)
+            total += loss.double()
             steps += 1
-            bar.set_postfix(loss=f"{total / steps:.3f}")
-        record: dict = {"epoch": epoch, "loss": round(total / max(steps, 1), 4)}
+            if device.type == "cpu" or steps % LOSS_SHOWN_EVERY == 0:
+                bar.set_postfix(loss=f"{float(total) / steps:.3f}")
+        record: dict = {"epoch": epoch, "loss": round(float(total) / max(steps, 1), 4)}
         model.eval()
         if validate is not None:
             record.update({f"valid_{k}": round(v, 4) for k, v in validate(model).items()})

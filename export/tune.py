@@ -39,6 +39,7 @@ from export.train import (
     TrainConfig,
     build_examples,
     new_model,
+    resolve_device,
     score_histories,
     seed_everything,
     target_log_frequencies,
@@ -219,6 +220,7 @@ def tune(
     """
     if n_trials < 1:
         raise ValueError("n_trials must be >= 1")
+    device = resolve_device(base.device)  # every trial trains on base.device (and base.amp)
     started = time.perf_counter()
     split = leave_last_out(dataset)  # only .train and .valid are used below
     catalog = dataset.catalog
@@ -296,6 +298,7 @@ def tune(
         "epochs_per_trial": epochs,
         "patience": patience,
         "seed": seed,
+        "device": str(device),
         "sampler": f"TPE (seed {seed}, {startup} random start-up trials, trial 0 = the default)",
         "pruner": "median of earlier trials at the same epoch, from epoch 3" if prune else "none",
         "search_space": {name: p.as_dict() for name, p in space.items()},
