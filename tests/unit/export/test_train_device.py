@@ -7,6 +7,8 @@ same device". So a loss or a training step that builds any tensor on the CPU beh
 back fails here exactly as it failed on CUDA.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -219,3 +221,20 @@ def test_the_dali_loader_reads_on_the_gpu_it_trains_on():
     assert dali_device(torch.device("cuda")) == "gpu"
     assert dali_device(torch.device("cuda", 0)) == "gpu"
     assert dali_device(torch.device("cuda", 1)) == "cpu"  # DALI's GPU path is GPU 0 only
+
+
+def test_pipeline_and_tuning_refuse_a_missing_gpu_before_reading_data(monkeypatch):
+    import export.pipeline as pipeline
+    import export.tune as tuning
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the device was checked")
+
+    monkeypatch.setattr(pipeline, "load_dataset", no_data)
+    monkeypatch.setattr(tuning, "leave_last_out", no_data)
+    with pytest.raises(ValueError, match="--device cpu"):
+        pipeline.run("ml-100k", None, Path("unused"), TrainConfig(device="cuda"))
+    with pytest.raises(ValueError, match="--device cpu"):
+        tuning.tune(object(), TrainConfig(device="cuda"), 1)
