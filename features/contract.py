@@ -6,6 +6,7 @@ requests with it). Kept free of heavy imports so the gateway does not pull in to
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 USER_TOWER = "user_tower"
 RETRIEVE = "retrieve"
@@ -46,3 +47,36 @@ def live_version(repository: Path) -> int:
     if pointer.is_file():
         return int(json.loads(pointer.read_text())["live"])
     return latest_version(Path(repository) / RETRIEVE)
+
+
+# Which contract tensor each of a model's inputs and outputs is, in config order: the exporter
+# writes both parameters into every config.pbtxt (export/triton/repository.py, from model_specs),
+# comma-separated. Under the python target they repeat the tensor names; under libtorch, whose
+# models name tensors by position (INPUT__i / OUTPUT__i), they are how a client finds HISTORY.
+CONTRACT_INPUTS = "contract_inputs"
+CONTRACT_OUTPUTS = "contract_outputs"
+
+
+class TensorNames(NamedTuple):
+    """Contract name -> the model's own tensor name, for its inputs and for its outputs."""
+
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
+def tensor_names(config: dict) -> TensorNames:
+    """The mapping a client sends and reads by, from a model's config in Triton's JSON form (as
+    ``get_model_config(..., as_json=True)`` or ``/v2/models/<m>/config`` answer it). A config
+    without the parameters (an older export, a foreign model) maps every tensor to itself.
+    Raises ValueError when a parameter does not name one contract tensor per config tensor."""
+    parameters = config.get("parameters") or {}
+    maps = []
+    for field, key in (("input", CONTRACT_INPUTS), ("output", CONTRACT_OUTPUTS)):
+        own = [t["name"] for t in config.get(field) or []]
+        recorded = (parameters.get(key) or {}).get("string_value")
+        contract = recorded.split(",") if recorded else own
+        if len(contract) != len(own):
+            raise ValueError(f"model {config.get('name')!r}: parameter {key} names {len(contract)} "
+                             f"tensors ({recorded}) for its {len(own)} {field}s ({', '.join(own)})")
+        maps.append(dict(zip(contract, own, strict=True)))
+    return TensorNames(*maps)

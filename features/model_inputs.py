@@ -9,7 +9,7 @@ items, resolved once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -39,10 +39,13 @@ class ModelInputs:
         return {contract.HISTORY: self.history, contract.HISTORY_TYPES: self.history_types,
                 contract.EXCLUDE: self.exclude, contract.K: self.k}
 
-    def infer_inputs(self, client: ModuleType) -> list:
+    def infer_inputs(self, client: ModuleType, names: Mapping[str, str] | None = None) -> list:
         """``InferInput``s for ``tritonclient.grpc`` / ``tritonclient.grpc.aio`` /
-        ``tritonclient.http`` (passed in, so this layer does not import a Triton client)."""
-        return [infer_input(client, name, array) for name, array in self.tensors().items()]
+        ``tritonclient.http`` (passed in, so this layer does not import a Triton client), named
+        by ``names`` (contract name -> the model's name: ``contract.tensor_names(config).inputs``,
+        e.g. ``INPUT__0`` for HISTORY under libtorch; default: the contract names)."""
+        return [infer_input(client, names[name] if names else name, array)
+                for name, array in self.tensors().items()]
 
 
 _TRITON_DTYPES = {np.int64: "INT64", np.int32: "INT32", np.float32: "FP32"}

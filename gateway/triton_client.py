@@ -18,6 +18,12 @@ rollout that is not always the version the gateway holds the catalog of (issue 1
 versioned call the client runs the ensemble's steps itself, each asked for version N, with the
 tensor names its config maps (``INPUT__i`` for the libtorch target): one version per answer, by
 construction. A call without a version still goes to the ensemble in one request.
+
+Tensor names. The client speaks the contract (HISTORY, HISTORY_TYPES, EXCLUDE, K -> ITEM_INDEX,
+SCORE) and sends each tensor under the name the served model gives it, read from the config's
+``contract_inputs`` / ``contract_outputs`` parameters (``features.contract.tensor_names``): the
+contract names under the python target, ``INPUT__i`` / ``OUTPUT__i`` for ``recommend_fused``
+under libtorch.
 """
 
 from __future__ import annotations
@@ -43,18 +49,38 @@ class ContractMismatch(RuntimeError):
     every request would be rejected."""
 
 
+def contract_names(model: str, config: dict) -> sig.TensorNames:
+    """Contract name -> ``model``'s own tensor name (``features.contract.tensor_names``); raises
+    ContractMismatch for a contract parameter that does not fit the config."""
+    try:
+        return sig.tensor_names(config)
+    except ValueError as exc:
+        raise ContractMismatch(f"Triton model {model!r}: {exc}") from exc
+
+
 def check_contract(model: str, config: dict) -> int:
-    """The sequence length of ``model``'s history inputs, from its config (JSON form); raises
-    ContractMismatch naming what is missing or inconsistent."""
-    inputs = {i["name"]: i for i in config.get("input", [])}
+    """The sequence length of ``model``'s history inputs, from its config (JSON form; contract
+    names mapped onto the model's own by ``contract_names``); raises ContractMismatch naming what
+    is missing or inconsistent."""
+    names = contract_names(model, config)
+    own = {i["name"]: i for i in config.get("input", [])}
+    inputs = {contract: own[name] for contract, name in names.inputs.items()}
     if sig.HISTORY not in inputs:
-        raise ContractMismatch(f"Triton model {model!r} has no {sig.HISTORY} input (its inputs: "
-                               f"{', '.join(inputs) or 'none'}): it is not a recommender of this contract")
+        recorded = (config.get("parameters") or {}).get(sig.CONTRACT_INPUTS, {}).get("string_value")
+        raise ContractMismatch(
+            f"Triton model {model!r} has no {sig.HISTORY} input (its inputs: {', '.join(own) or 'none'}; "
+            f"{sig.CONTRACT_INPUTS}: {recorded or 'not recorded'}): it is not a recommender of "
+            "this contract")
     if sig.HISTORY_TYPES not in inputs:
         raise ContractMismatch(
             f"Triton model {model!r} has no {sig.HISTORY_TYPES} input: its repository predates the "
             "behaviour-aware contract (an event type per history step) and must be re-exported "
             "(python -m export)")
+    missing = [name for name in (sig.EXCLUDE, sig.K) if name not in inputs] + [
+        name for name in (sig.ITEM_INDEX, sig.SCORE) if name not in names.outputs]
+    if missing:
+        raise ContractMismatch(f"Triton model {model!r} lacks contract tensors {', '.join(missing)} "
+                               f"(inputs: {', '.join(names.inputs)}; outputs: {', '.join(names.outputs)})")
     lengths = {name: int(inputs[name]["dims"][0]) for name in (sig.HISTORY, sig.HISTORY_TYPES)}
     if len(set(lengths.values())) != 1:
         raise ContractMismatch(f"Triton model {model!r}: {sig.HISTORY} and {sig.HISTORY_TYPES} have "
@@ -91,6 +117,8 @@ class TritonRecommender:
         self._client = client if client is not None else grpcclient.InferenceServerClient(url)
         self.sequence_length: int | None = None
         self.steps: list[Step] | None = None  # set by connect() when ``model`` is an ensemble
+        # contract name -> the model's tensor name; set by connect() (before: the contract names)
+        self.names = sig.TensorNames({}, {})
         self._calls: set[asyncio.Task] = set()
 
     @property
@@ -106,6 +134,7 @@ class TritonRecommender:
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton at {self.url}: {exc}") from exc
         self.sequence_length = check_contract(self.model, config)
+        self.names = contract_names(self.model, config)
         self.steps = ensemble_steps(config)
 
     async def ready(self) -> bool:
@@ -146,16 +175,16 @@ class TritonRecommender:
     async def _infer(self, inputs: ModelInputs, version: int | None) -> dict[str, np.ndarray]:
         if version is not None and self._is_ensemble():
             return await self._run_steps(inputs.tensors(), version)
-        outputs = [grpcclient.InferRequestedOutput(sig.ITEM_INDEX),
-                   grpcclient.InferRequestedOutput(sig.SCORE)]
+        out = {name: self.names.outputs.get(name, name) for name in (sig.ITEM_INDEX, sig.SCORE)}
         try:
             result = await self._client.infer(
-                self.model, inputs.infer_inputs(grpcclient), outputs=outputs,
+                self.model, inputs.infer_inputs(grpcclient, self.names.inputs or None),
+                outputs=[grpcclient.InferRequestedOutput(name) for name in out.values()],
                 client_timeout=self.timeout_s,
                 model_version=str(version) if version is not None else "")
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc
-        return {name: result.as_numpy(name) for name in (sig.ITEM_INDEX, sig.SCORE)}
+        return {name: result.as_numpy(own) for name, own in out.items()}
 
     async def _run_steps(self, tensors: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
         """The ensemble's steps, each from ``version`` (see the module docstring)."""

@@ -134,10 +134,11 @@ def run_perf_analyzer(target: Target, model: str, input_json: Path, expected_row
     argv = [str(perf_analyzer_binary()), "-m", model, "-u", target.grpc_url, "-i", "grpc",
             "--input-data", str(input_json), "--concurrency-range", str(concurrency),
             "-f", str(csv_path)]
-    if model != sig.USER_TOWER:
+    inputs = sig.tensor_names(model_config(target.http_url, model)).inputs  # INPUT__i under libtorch
+    if sig.EXCLUDE in inputs:
         # EXCLUDE is [-1] in the config: perf_analyzer wants a default shape even though every
         # JSON row carries its own.
-        argv += ["--shape", f"{sig.EXCLUDE}:{EXCLUDE_WIDTH}"]
+        argv += ["--shape", f"{inputs[sig.EXCLUDE]}:{EXCLUDE_WIDTH}"]
     before = {m: model_stats(target.http_url, m) for m in STEPS[model]}
     for attempt in (window, Window(window.interval_ms, 2 * window.stability_pct, window.max_trials)):
         proc = subprocess.run(argv + attempt.argv(), capture_output=True, text=True,
@@ -167,6 +168,12 @@ def run_perf_analyzer(target: Target, model: str, input_json: Path, expected_row
 
 
 # --- Triton statistics -------------------------------------------------------------------------
+
+
+def model_config(http_url: str, model: str) -> dict:
+    """GET /v2/models/<model>/config: the config Triton loaded, in its JSON form."""
+    with urllib.request.urlopen(f"{http_url}/v2/models/{model}/config", timeout=10) as resp:
+        return json.load(resp)
 
 
 def model_stats(http_url: str, model: str) -> dict:

@@ -5,7 +5,9 @@ perf_analyzer's ``--input-data`` JSON (docs: perf_analyzer "Real Input Data") is
     {"data": [{"HISTORY": {"content": [...], "shape": [L]}, "HISTORY_TYPES": {...},
                "EXCLUDE": {...}, "K": {...}}, ...]}
 
-one entry per request (batch 1, so ``shape`` leaves out the batch dimension), sent round-robin.
+one entry per request (batch 1, so ``shape`` leaves out the batch dimension), sent round-robin,
+each tensor under the name the model's config gives it (``INPUT__i`` under the libtorch target:
+``features.contract.tensor_names``).
 Random or zero inputs would measure a different workload: an all-PAD history skips most of the
 tower's work and an empty exclusion list skips the masking.
 """
@@ -161,7 +163,10 @@ def write_input_files(
     k: int = DEFAULT_K,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """One perf_analyzer JSON per model, from the repository's own catalog and sequence length."""
+    """One perf_analyzer JSON per model, from the repository's own catalog and sequence length,
+    its tensors named as the model's config.pbtxt maps the contract (either target)."""
+    from export.triton.config_files import read_config_json
+
     retrieve_dir = latest_version(repository / sig.RETRIEVE)
     catalog = ItemCatalog.from_json(retrieve_dir / sig.CATALOG_FILE)
     serving = json.loads((retrieve_dir / sig.SERVING_FILE).read_text())
@@ -172,8 +177,9 @@ def write_input_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for model, tensors in model_tensors(rows, embeddings).items():
+        names = sig.tensor_names(read_config_json(repository / model / "config.pbtxt")).inputs
         paths[model] = out_dir / f"input_{model}.json"
-        paths[model].write_text(json.dumps(perf_analyzer_data(tensors)))
+        paths[model].write_text(json.dumps(perf_analyzer_data({names[n]: a for n, a in tensors.items()})))
     log.info("input data: %d users, L=%d, EXCLUDE width %d, K=%d -> %s", rows.batch_size,
              rows.history.shape[1], exclude_width, k, out_dir)
     return paths

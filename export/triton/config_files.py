@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton.locking import write_atomic
@@ -23,3 +23,9 @@ def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
 
 def read_config(path: Path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def read_config_json(path: Path) -> dict:
+    """A ``config.pbtxt`` in the JSON form Triton answers ``/v2/models/<m>/config`` with (proto
+    field names), e.g. for ``features.contract.tensor_names``."""
+    return json_format.MessageToDict(read_config(path), preserving_proto_field_name=True)

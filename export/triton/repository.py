@@ -8,6 +8,10 @@ Two targets from the same ``model.pt`` files:
 * ``libtorch`` — ``platform: "pytorch_libtorch"`` (the NGC container): tensors named
   ``INPUT__i`` / ``OUTPUT__i`` in ``forward`` order, the ensemble maps them to the contract names.
 
+Every config records which contract tensor each of its tensors is (parameters ``contract_inputs``
+and ``contract_outputs``, in config order, from ``model_specs``): clients read the mapping with
+``features.contract.tensor_names``, so one client serves both targets.
+
 Layout written under ``root``::
 
     user_tower/      config.pbtxt  <v>/model.pt [model.py]
@@ -20,7 +24,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +43,7 @@ from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 
 MODEL_CODE = Path(__file__).parent / "models"
 Target = Literal["python", "libtorch"]
+Kind = Literal["KIND_CPU", "KIND_GPU"]
 WARMUP_EXCLUDE_WIDTH = 16
 WARMUP_K_FILE = "k"
 INDEX_FILE = "index.faiss"  # read by models/retrieve.py when present
@@ -54,8 +60,30 @@ class ServingConfig:
     max_queue_delay_us: int = 0
     instances: int = 1
     torch_threads: int = 1  # per python-backend instance (each is a process)
-    instance_kind: Literal["KIND_CPU", "KIND_GPU"] = "KIND_CPU"
+    instance_kind: Kind = "KIND_CPU"
+    # Per model: (kind, count) instead of (instance_kind, instances), e.g.
+    # {"user_tower": ("KIND_GPU", 1), "retrieve": ("KIND_GPU", 2)}. KIND_GPU: ``count`` instances
+    # on every GPU Triton sees.
+    instance_groups: Mapping[str, tuple[Kind, int]] = field(default_factory=dict, hash=False)
     warmup: bool = True
+    # Tensor naming, when not the target's own: ``"libtorch"`` with the python target writes
+    # python-backend models that name their tensors INPUT__i / OUTPUT__i, which the CPU server
+    # can load (tests stand it in for the libtorch target, tests/integration/export/).
+    naming: Target | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.instance_groups) - set(sig.VERSIONED_MODELS))
+        if unknown:
+            raise ValueError(f"instance groups for {unknown}: only {', '.join(sig.VERSIONED_MODELS)} "
+                             "have instances (the ensemble runs its steps')")
+        for kind, count in [(self.instance_kind, self.instances), *self.instance_groups.values()]:
+            if kind not in ("KIND_CPU", "KIND_GPU") or count < 1:
+                raise ValueError(f"instance group ({kind!r}, {count}): want KIND_CPU or KIND_GPU "
+                                 "and a count of at least 1")
+
+    def instance_group(self, model: str) -> tuple[Kind, int]:
+        """(kind, count) of ``model``'s instances."""
+        return self.instance_groups.get(model, (self.instance_kind, self.instances))
 
 
 @dataclass(frozen=True)
@@ -123,33 +151,46 @@ def _warmup(spec: ModelSpec, target: Target) -> list[mc.ModelWarmup]:
     return [mc.ModelWarmup(name=f"{spec.name}_warmup", batch_size=1, inputs=inputs)]
 
 
+def _record_contract(config: mc.ModelConfig, spec: ModelSpec) -> None:
+    """Which contract tensor each config tensor is, in config order (features.contract)."""
+    config.parameters[sig.CONTRACT_INPUTS].string_value = ",".join(t.name for t in spec.inputs)
+    config.parameters[sig.CONTRACT_OUTPUTS].string_value = ",".join(t.name for t in spec.outputs)
+
+
 def model_config(spec: ModelSpec, target: Target, serving: ServingConfig) -> mc.ModelConfig:
+    naming = serving.naming or target
+    kind, count = serving.instance_group(spec.name)
     config = mc.ModelConfig(
         name=spec.name,
         max_batch_size=serving.max_batch_size,
-        input=_io(mc.ModelInput, spec.inputs, target, True),
-        output=_io(mc.ModelOutput, spec.outputs, target, False),
-        instance_group=[mc.ModelInstanceGroup(
-            count=serving.instances, kind=mc.ModelInstanceGroup.Kind.Value(serving.instance_kind))],
+        input=_io(mc.ModelInput, spec.inputs, naming, True),
+        output=_io(mc.ModelOutput, spec.outputs, naming, False),
+        instance_group=[mc.ModelInstanceGroup(count=count, kind=mc.ModelInstanceGroup.Kind.Value(kind))],
         # Serve only the newest version; older ones stay on disk for roll-back.
         version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
     )
+    _record_contract(config, spec)
     if target == "python":
         config.backend = "python"
         config.parameters["torch_threads"].string_value = str(serving.torch_threads)
+        if kind == "KIND_GPU":
+            # Let inputs stay where they are (GPU from a GPU step of the ensemble): the model
+            # code takes them through DLPack (models/). A CPU instance keeps CPU-only inputs.
+            config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
     else:
         config.platform = "pytorch_libtorch"
     if serving.dynamic_batching:
         config.dynamic_batching.SetInParent()  # present even when every field is the default 0
         config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
     if serving.warmup:
-        config.model_warmup.extend(_warmup(spec, target))
+        config.model_warmup.extend(_warmup(spec, naming))
     return config
 
 
 def ensemble_config(spec: ModelSpec, steps: list[ModelSpec], target: Target,
                     serving: ServingConfig) -> mc.ModelConfig:
     """Chain ``steps``; tensors flow by contract name, mapped to each step's backend names."""
+    naming = serving.naming or target
     config = mc.ModelConfig(
         name=spec.name,
         platform="ensemble",
@@ -157,6 +198,7 @@ def ensemble_config(spec: ModelSpec, steps: list[ModelSpec], target: Target,
         input=_io(mc.ModelInput, spec.inputs, "python", True),
         output=_io(mc.ModelOutput, spec.outputs, "python", False),
     )
+    _record_contract(config, spec)
     # -1: the steps' latest loaded version, the only one before the first rollout (``latest 1``).
     # The rollout pins them to the live version; the gateway, asked for a version, does not call
     # the ensemble but its steps, each pinned (gateway/triton_client.py): the maps below are how it
@@ -165,8 +207,8 @@ def ensemble_config(spec: ModelSpec, steps: list[ModelSpec], target: Target,
         config.ensemble_scheduling.step.append(mc.ModelEnsembling.Step(
             model_name=step.name,
             model_version=-1,
-            input_map={backend_name(target, t, i, True): t.name for i, t in enumerate(step.inputs)},
-            output_map={backend_name(target, t, i, False): t.name for i, t in enumerate(step.outputs)},
+            input_map={backend_name(naming, t, i, True): t.name for i, t in enumerate(step.inputs)},
+            output_map={backend_name(naming, t, i, False): t.name for i, t in enumerate(step.outputs)},
         ))
     return config
 

@@ -132,6 +132,7 @@ class Rollout:
         self.client = httpclient.InferenceServerClient(triton_url, network_timeout=timeout_s,
                                                        connection_timeout=timeout_s)
         self.state = RolloutState.read(self.repository)
+        self._names: sig.TensorNames | None = None  # recommend_fused's, read by the first check
         # Steps that change the repository hold its lock (promote: through load, smoke, shadow),
         # on the state as it is once they hold it. A dry run changes nothing and takes none.
         self.lock = StepLock(self.repository, timeout_s=lock_timeout_s, enabled=not dry_run,
@@ -149,10 +150,8 @@ class Rollout:
             self.state.write(self.repository)
 
     def status(self) -> dict:
-        ready = {}
-        for name in sig.VERSIONED_MODELS:
-            versions = sorted(_versions_on_disk(self.repository / name))
-            ready[name] = {str(v): self._ready(name, v) for v in versions}
+        ready = {m: {str(v): self._ready(m, v) for v in sorted(_versions_on_disk(self.repository / m))}
+                 for m in sig.VERSIONED_MODELS}
         return {"live": self.state.live, "previous": self.state.previous, "ready": ready,
                 "recent": self.state.history[-5:]}
 
@@ -179,8 +178,10 @@ class Rollout:
         for name in (*sig.VERSIONED_MODELS, sig.RECOMMEND):
             live_cfg, new_cfg = (read_config(root / name / "config.pbtxt")
                                  for root in (self.repository, source))
-            for cfg in (live_cfg, new_cfg):
+            for cfg in (live_cfg, new_cfg):  # an older export did not record the contract names
                 cfg.ClearField("version_policy")
+                for key in (sig.CONTRACT_INPUTS, sig.CONTRACT_OUTPUTS):
+                    cfg.parameters.pop(key, None)
                 if cfg.HasField("ensemble_scheduling"):
                     for step in cfg.ensemble_scheduling.step:
                         step.model_version = -1
@@ -259,18 +260,20 @@ class Rollout:
         keep = {self.state.live} | ({self.state.previous} if self.state.previous else set())
         keep.discard(version)
         self._serve_versions(keep)
-        if self.state.previous == version:
-            self.state.previous = None
+        self.state.previous = None if self.state.previous == version else self.state.previous
         self._record("retire", version=version, loaded=sorted(keep))
 
     # --- checks -------------------------------------------------------------------------------
 
     def _infer(self, version: int, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray, float]:
+        """``recommend_fused``'s answer (tensors named by its config, either target) and latency."""
+        if self._names is None:
+            self._names = sig.tensor_names(self.client.get_model_config(sig.RECOMMEND_FUSED))
         started = time.perf_counter()
-        result = self.client.infer(sig.RECOMMEND_FUSED, inputs.infer_inputs(httpclient),
+        result = self.client.infer(sig.RECOMMEND_FUSED, inputs.infer_inputs(httpclient, self._names.inputs),
                                    model_version=str(version))
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return result.as_numpy(sig.ITEM_INDEX), result.as_numpy(sig.SCORE), elapsed_ms
+        return (*(result.as_numpy(self._names.outputs[n]) for n in (sig.ITEM_INDEX, sig.SCORE)), elapsed_ms)
 
     @exclusive
     def smoke(self, version: int) -> SmokeReport:
@@ -415,15 +418,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rollout = Rollout(args.repository, args.triton_url, dry_run=args.dry_run,
                       lock_timeout_s=args.lock_timeout_s)
-    histories = (read_shadow_requests(args.shadow_requests)
-                 if getattr(args, "shadow_requests", None) else None)
+    histories = read_shadow_requests(args.shadow_requests) if getattr(args, "shadow_requests", None) else None
     try:
         if args.step == "status":
             print(json.dumps(rollout.status(), indent=2))
         elif args.step == "publish":
             print(rollout.publish(args.source))
-        elif args.step == "load":
-            rollout.load(args.version)
+        elif args.step in ("load", "retire"):
+            getattr(rollout, args.step)(args.version)
         elif args.step == "smoke":
             report = rollout.smoke(args.version)
             print(json.dumps(report.__dict__))
@@ -437,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
                             skip_checks=args.skip_checks)
         elif args.step == "rollback":
             print(rollout.rollback())
-        elif args.step == "retire":
-            rollout.retire(args.version)
     except RolloutError as exc:
         log.error("%s", exc)
         return 2

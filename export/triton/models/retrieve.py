@@ -7,18 +7,47 @@ order, so one file serves both. Scores for every request in the batch come from 
 matrix product; masking and top-k are per request because each request has its own ``k`` and its
 own exclusion list (requests sharing both are grouped). A bad request gets an error of its own;
 the rest of the batch is answered.
+
+Device: the instance group's, as in torchscript.py. A ``KIND_CPU`` instance works on numpy views
+of Triton's buffers; a ``KIND_GPU`` one holds the module (the item matrix) on
+``cuda:<model_instance_device_id>``, takes inputs through DLPack (host inputs copied once per
+batch) and answers with DLPack views of the device result. The ANN path (faiss) is CPU only: a
+version that ships an index is served on the CPU whatever the instance kind.
 """
 
 import json
+import operator
 from pathlib import Path
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
+from torch.utils import dlpack
 
 INDEX_FILE = "index.faiss"
 # Index ids are catalog rows minus the reserved PAD and OOV rows (export.model.ann's convention).
 FIRST_ITEM_INDEX = 2
+
+
+def instance_device(args) -> torch.device:
+    """The instance's device: ``cuda:<id>`` for a KIND_GPU instance, else the CPU."""
+    if args.get("model_instance_kind") == "GPU":
+        return torch.device(f"cuda:{int(args['model_instance_device_id'])}")
+    return torch.device("cpu")
+
+
+def torch_dtype(numpy_dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=numpy_dtype)).dtype
+
+
+def as_torch(tensor) -> torch.Tensor:
+    """A Triton tensor as a torch tensor on the device Triton put it on (no copy)."""
+    return dlpack.from_dlpack(tensor.to_dlpack())
+
+
+def any_numpy(tensor) -> np.ndarray:
+    """A Triton tensor on the host, wherever it is (a GPU instance may get GPU inputs)."""
+    return tensor.as_numpy() if tensor.is_cpu() else as_torch(tensor).cpu().numpy()
 
 
 class TritonPythonModel:
@@ -33,12 +62,19 @@ class TritonPythonModel:
         # Each instance is its own process: parallelism comes from instances, and torch's own
         # threads in every process would fight over the cores (measured: 10x worse p99).
         torch.set_num_threads(int(config["parameters"]["torch_threads"]["string_value"]))
+        # Inputs are on the host unless the config lets them stay on a GPU (GPU instances).
+        self.numpy = (any_numpy if args.get("model_instance_kind") == "GPU"
+                      else operator.methodcaller("as_numpy"))
         path = Path(args["model_repository"]) / args["model_version"] / "model.pt"
-        self.model = torch.jit.load(str(path), map_location="cpu").eval()
-        self.num_items = int(self.model.num_items())
         # Large catalogs ship an ANN index (export.model.ann.choose_index); small ones score exactly.
-        self.index = None
         index_path = path.parent / INDEX_FILE
+        self.device = torch.device("cpu") if index_path.exists() else instance_device(args)
+        self.on_gpu = self.device.type == "cuda"
+        self.index_torch_dtype, self.score_torch_dtype = (torch_dtype(d) for d in (self.index_dtype,
+                                                                                   self.score_dtype))
+        self.model = torch.jit.load(str(path), map_location=self.device).eval()
+        self.num_items = int(self.model.num_items())
+        self.index = None
         if index_path.exists():
             import faiss
 
@@ -46,7 +82,7 @@ class TritonPythonModel:
             self.index = faiss.read_index(str(index_path))
 
     def _k(self, request, rows):
-        k = pb_utils.get_input_tensor_by_name(request, self.k_input).as_numpy().reshape(-1)
+        k = self.numpy(pb_utils.get_input_tensor_by_name(request, self.k_input)).reshape(-1)
         if k.size != rows or np.any(k != k[0]):
             raise ValueError(f"{self.k_input} must hold one equal value per row")
         k = int(k[0])
@@ -55,7 +91,9 @@ class TritonPythonModel:
         return k
 
     def execute(self, requests):
-        queries = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.query_inputs]
+        if self.on_gpu:
+            return self._execute_on_device(requests)
+        queries = [[self.numpy(pb_utils.get_input_tensor_by_name(r, name)) for name in self.query_inputs]
                    for r in requests]
         sizes = [q[0].shape[0] for q in queries]  # Triton gives every input of a request one batch size
         starts = np.cumsum([0] + sizes)
@@ -66,7 +104,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 k = self._k(request, sizes[i])
-                exclude = pb_utils.get_input_tensor_by_name(request, self.exclude_input).as_numpy()
+                exclude = self.numpy(pb_utils.get_input_tensor_by_name(request, self.exclude_input))
                 groups.setdefault((k, exclude.shape[1]), []).append((i, exclude))
             except ValueError as exc:
                 responses[i] = pb_utils.InferenceResponse(
@@ -93,6 +131,47 @@ class TritonPythonModel:
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[
                         pb_utils.Tensor(self.index_output, index[offset:offset + n]),
                         pb_utils.Tensor(self.score_output, score[offset:offset + n]),
+                    ])
+                    offset += n
+        return responses
+
+    def _gather(self, parts):
+        """Torch tensors (from DLPack) as one batch on the device: host parts copied once."""
+        return torch.cat([p.to(parts[0].device) for p in parts]).to(self.device)
+
+    def _execute_on_device(self, requests):
+        """``execute`` for a GPU instance (exact scoring): the same grouping, on the device."""
+        queries = [[as_torch(pb_utils.get_input_tensor_by_name(r, name)) for r in requests]
+                   for name in self.query_inputs]
+        sizes = [int(q.shape[0]) for q in queries[0]]
+        starts = np.cumsum([0] + sizes).tolist()
+        responses = [None] * len(requests)
+        groups = {}
+        for i, request in enumerate(requests):
+            try:
+                k = self._k(request, sizes[i])
+                exclude = as_torch(pb_utils.get_input_tensor_by_name(request, self.exclude_input))
+                groups.setdefault((k, int(exclude.shape[1])), []).append((i, exclude))
+            except ValueError as exc:
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(str(exc)))
+        with torch.inference_mode():
+            scores = self.model.scores(*[self._gather(parts) for parts in queries])
+            for (k, _), members in groups.items():
+                rows = torch.cat([torch.arange(starts[i], starts[i + 1], device=self.device)
+                                  for i, _ in members])
+                exclude = self._gather([e for _, e in members]).to(torch.int64)
+                index, score = self.model.top_k(scores.index_select(0, rows), exclude, k)
+                index = index.to(self.index_torch_dtype).contiguous()
+                score = score.to(self.score_torch_dtype).contiguous()
+                offset = 0
+                for i, _ in members:  # row slices of a contiguous tensor: DLPack views, no copy
+                    n = sizes[i]
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor.from_dlpack(self.index_output,
+                                                    dlpack.to_dlpack(index[offset:offset + n])),
+                        pb_utils.Tensor.from_dlpack(self.score_output,
+                                                    dlpack.to_dlpack(score[offset:offset + n])),
                     ])
                     offset += n
         return responses

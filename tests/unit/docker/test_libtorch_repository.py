@@ -204,19 +204,80 @@ def test_positional_inputs_are_the_contracts_order(repository, catalog_items):
     assert not torch.allclose(*answers)
 
 
-def test_the_compose_gateway_calls_a_model_that_takes_the_contract_names(repository):
-    """The gateway sends HISTORY, HISTORY_TYPES, EXCLUDE, K by name and checks them at start-up;
-    in this repository only the ensemble has those names (the others are INPUT__i)."""
+class RecordingTriton:
+    """Answers ``get_model_config`` with the exported configs (Triton's JSON form) and every
+    ``infer`` with zeros of the requested outputs' config shapes; records what was sent."""
+
+    def __init__(self, configs: dict[str, dict]):
+        self.configs = configs
+        self.calls: list[tuple[str, list, list[str]]] = []
+
+    async def get_model_config(self, model, as_json):
+        return {"config": self.configs[model]}
+
+    async def infer(self, model, inputs, *, outputs, client_timeout, model_version):
+        self.calls.append((model, inputs, [o.name() for o in outputs]))
+        by_name = {t["name"]: t for t in self.configs[model]["output"]}
+        arrays = {}
+        for name in (o.name() for o in outputs):
+            dims = [2 if int(d) == -1 else int(d) for d in by_name[name]["dims"]]
+            dtype = np.float32 if by_name[name]["data_type"] == "TYPE_FP32" else np.int64
+            arrays[name] = np.full([1, *dims], FIRST_ITEM_INDEX, dtype=dtype)
+        return type("Result", (), {"as_numpy": lambda self, name: arrays[name]})()
+
+
+def test_the_compose_gateway_sends_what_its_model_takes(repository, catalog_items):
+    """The model compose points the gateway at, called as the gateway calls it (start-up check,
+    then a versioned request): every tensor it sends is one of that model's inputs (all of them,
+    with the config's dtype and shape) and every output it asks for is one the model has. The
+    check that would have failed when compose named recommend_fused and the gateway sent HISTORY
+    to a model that takes INPUT__0."""
+    import asyncio
+
     from google.protobuf import json_format
 
-    from gateway.triton_client import ContractMismatch, check_contract
+    from gateway.triton_client import TritonRecommender
     from tests.unit.docker._support import load_compose
 
     model = load_compose()["services"]["gateway"]["environment"]["RECSYS_GATEWAY_TRITON_MODEL"]
     configs = {name: json_format.MessageToDict(config, preserving_proto_field_name=True)
                for name, config in _configs(repository).items()}
-    assert check_contract(model, configs[model]) == SEQUENCE_LENGTH
-    assert [i["name"] for i in configs[model]["input"]] == [
-        sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
-    with pytest.raises(ContractMismatch, match="no HISTORY input"):
-        check_contract(sig.RECOMMEND_FUSED, configs[sig.RECOMMEND_FUSED])
+    assert model in configs, f"compose names {model!r}, which the exporter does not write"
+    triton = RecordingTriton(configs)
+    client = TritonRecommender("triton:8001", 1000, model, client=triton)
+    inputs = build_inputs([Step("a", "view"), Step("b", "cart")], catalog_items, SEQUENCE_LENGTH, 3,
+                          exclude=["a"])
+
+    async def call():
+        await client.connect()
+        return await client.recommend(inputs, version=VERSION)
+
+    indices, scores = asyncio.run(call())
+    assert client.sequence_length == SEQUENCE_LENGTH and indices.shape == scores.shape == (2,)
+    assert triton.calls, "the gateway sent nothing"
+    for called, sent, asked in triton.calls:
+        config = configs[called]
+        want = {t["name"]: t for t in config["input"]}
+        assert sorted(t.name() for t in sent) == sorted(want), f"{called}: sent other tensors"
+        for tensor in sent:
+            spec = want[tensor.name()]
+            assert tensor.datatype() == spec["data_type"].removeprefix("TYPE_"), tensor.name()
+            assert all(int(d) in (-1, s) for d, s in zip(spec["dims"], tensor.shape()[1:], strict=True))
+        assert set(asked) <= {t["name"] for t in config["output"]}, f"{called}: asked for {asked}"
+    if model == sig.RECOMMEND_FUSED:  # libtorch: positional names, mapped by the recorded contract
+        assert [t.name() for t in triton.calls[0][1]] == ["INPUT__0", "INPUT__1", "INPUT__2", "INPUT__3"]
+        assert triton.calls[0][2] == ["OUTPUT__0", "OUTPUT__1"]
+
+
+def test_a_positional_model_without_the_recorded_contract_is_refused(repository):
+    """A libtorch model whose config does not say which contract tensor INPUT__i is (an export
+    from before the parameters, or a foreign model) stops the gateway with what is missing."""
+    from google.protobuf import json_format
+
+    from gateway.triton_client import ContractMismatch, check_contract
+
+    config = _configs(repository)[sig.RECOMMEND_FUSED]
+    del config.parameters[sig.CONTRACT_INPUTS]
+    with pytest.raises(ContractMismatch, match="no HISTORY input.*INPUT__0.*not recorded"):
+        check_contract(sig.RECOMMEND_FUSED,
+                       json_format.MessageToDict(config, preserving_proto_field_name=True))

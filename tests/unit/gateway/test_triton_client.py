@@ -124,11 +124,13 @@ def test_close_lets_open_calls_finish_first(inputs):
 
 
 class ConfigClient:
-    """Answers ``get_model_config`` with the given inputs (Triton's JSON form: dims as strings)."""
+    """Answers ``get_model_config`` with the given inputs (Triton's JSON form: dims as strings)
+    and the contract's outputs."""
 
-    def __init__(self, *inputs: tuple[str, int]):
+    def __init__(self, *inputs: tuple[str, int], outputs=(sig.ITEM_INDEX, sig.SCORE)):
         self.config = {"name": "m", "input": [{"name": n, "data_type": "TYPE_INT64", "dims": [str(d)]}
-                                              for n, d in inputs]}
+                                              for n, d in inputs],
+                       "output": [{"name": n, "data_type": "TYPE_INT64", "dims": ["-1"]} for n in outputs]}
 
     async def get_model_config(self, model, as_json):
         return {"config": self.config}
@@ -158,7 +160,10 @@ def test_a_model_without_the_contract_names_stops_start_up():
     with pytest.raises(ContractMismatch, match="no HISTORY input.*INPUT__0"):
         connect(positional)
     with pytest.raises(ContractMismatch, match="different lengths"):
-        connect(ConfigClient((sig.HISTORY, 7), (sig.HISTORY_TYPES, 5)))
+        connect(ConfigClient((sig.HISTORY, 7), (sig.HISTORY_TYPES, 5), (sig.EXCLUDE, -1), (sig.K, 1)))
+    with pytest.raises(ContractMismatch, match="lacks contract tensors K, SCORE"):
+        connect(ConfigClient((sig.HISTORY, 7), (sig.HISTORY_TYPES, 7), (sig.EXCLUDE, -1),
+                             outputs=(sig.ITEM_INDEX,)))
 
 
 # --- versions: the recommend ensemble (issue 15) -------------------------------------------------
