@@ -186,7 +186,7 @@ class Run:
     def load(self, model: str) -> None:
         self.loaded[model] = "loading"
         try:
-            seconds = self.triton.load(model, timeout_s=max(30.0, min(240.0, self.left() - 60)))
+            seconds = self.triton.load(model, timeout_s=max(30.0, min(120.0, self.left() - 60)))
         except Exception as exc:
             self.loaded[model] = f"{type(exc).__name__}: {exc}"[:600]
             raise
@@ -253,7 +253,6 @@ class Run:
                 self.step("training", self.training, self.train_estimate())
         finally:
             self.teardown()
-        self.log(f"done in {self.elapsed():.0f} s; targets: {json.dumps(self.summary['targets'])}")
         return 0
 
     def measure_all(self) -> None:
@@ -281,6 +280,7 @@ class Run:
                 report.plot(self.rows, self.summary, self.out / P.check_out_name(P.OUT_PLOT))
         except Exception as exc:
             self.summary["plot_error"] = f"{type(exc).__name__}: {exc}"
+        self.log(f"done in {self.elapsed():.0f} s; targets: {json.dumps(self.summary['targets'])}")
         self.pack_logs()
         self.write()
         self.run_log.close()

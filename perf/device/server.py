@@ -76,14 +76,35 @@ def missing_libraries(binary: Path, env: dict[str, str]) -> list[str]:
                    if "not found" in line})
 
 
+LIBPYTHON_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/local/lib", "/usr/lib", "/opt/*/lib",
+                  "/opt/*/*/lib", "/root/.local/share/uv/python/*/lib", "/opt/conda/lib")
+
+
+def find_library(soname: str, patterns: tuple[str, ...] = LIBPYTHON_DIRS) -> Path | None:
+    """The first folder among ``patterns`` (globs) that holds ``soname``."""
+    import glob
+
+    for pattern in patterns:
+        for folder in sorted(glob.glob(pattern)):
+            if (Path(folder) / soname).exists():
+                return Path(folder)
+    return None
+
+
 def with_fallback(env: dict[str, str], triton: Path, binaries: list[Path]) -> tuple[dict, dict]:
     """Add ``triton/fallback`` (the wheel's OpenSSL) to the library path only if a binary lacks a
-    library it holds. Returns (env, {binary: still missing})."""
+    library it holds, and the folder of a libpython the stub lacks if one is found on the machine.
+    Returns (env, {binary: still missing})."""
     missing = {b.name: missing_libraries(b, env) for b in binaries}
     fallback = triton / "fallback"
     held = {p.name for p in fallback.iterdir()} if fallback.is_dir() else set()
-    if any(set(m) & held for m in missing.values()):
-        env = {**env, "LD_LIBRARY_PATH": env["LD_LIBRARY_PATH"] + os.pathsep + str(fallback)}
+    extra = [str(fallback)] if any(set(m) & held for m in missing.values()) else []
+    for soname in sorted({s for m in missing.values() for s in m if s.startswith("libpython")}):
+        folder = find_library(soname)
+        if folder is not None:
+            extra.append(str(folder))
+    if extra:
+        env = {**env, "LD_LIBRARY_PATH": os.pathsep.join([env["LD_LIBRARY_PATH"], *extra])}
         missing = {b.name: missing_libraries(b, env) for b in binaries}
     return env, missing
 

@@ -4,7 +4,9 @@
 import csv
 import io
 import json
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,20 @@ def test_targets_read_back_from_the_written_csv(tmp_path):
     (tmp_path / P.OUT_CSV).write_text(buf.getvalue())
     t = report.targets(report.read_rows(tmp_path / P.OUT_CSV), "device")
     assert t["retrieve_p99_c1"]["verdict"] == "met" and t["batching_c64"]["verdict"] == "met"
+
+
+def test_library_env_puts_the_bundle_first_and_this_python_first_on_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/already")
+    env = server.library_env(tmp_path / "triton")
+    dirs = env["LD_LIBRARY_PATH"].split(":")
+    assert dirs[:2] == [str(tmp_path / "triton" / "lib"), str(tmp_path / "triton" / "nvidia_pytriton.libs")]
+    assert dirs[-1] == "/already"
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+
+
+def test_find_library_searches_the_given_folders_in_order(tmp_path):
+    for folder in ("a/lib", "b/lib"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "b/lib/libpython3.12.so.1.0").write_text("")
+    assert server.find_library("libpython3.12.so.1.0", (str(tmp_path / "*/lib"),)) == tmp_path / "b/lib"
+    assert server.find_library("libpython3.99.so", (str(tmp_path / "*/lib"),)) is None
