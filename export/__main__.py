@@ -16,6 +16,7 @@ from pathlib import Path
 from export.evaluation.report import format_table
 from export.pipeline import load_dataset, run
 from export.train import TrainConfig, resolve_device
+from export.triton.repository import ServingConfig
 from export.tune import TUNING_JSON, format_tuning, tune
 
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--target", choices=["python", "libtorch"], default="python",
                         help="python backend (bundled CPU server) or pytorch_libtorch (NGC)")
+    parser.add_argument("--instance-kind", choices=["cpu", "gpu"], default="cpu",
+                        help="where Triton runs every exported model's instances")
+    parser.add_argument("--instances", type=int, default=ServingConfig.instances,
+                        help="instances per model (per GPU with --instance-kind gpu)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[d.seed])
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--patience", type=int, default=d.patience)
@@ -73,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(args.device)
     except ValueError as error:
         parser.error(f"--device: {error}")
+    try:  # likewise a bad instance count, before training rather than at export
+        serving = ServingConfig(instances=args.instances,
+                                instance_kind=f"KIND_{args.instance_kind.upper()}")
+    except ValueError as error:
+        parser.error(f"--instances: {error}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -91,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.dataset, None if args.no_export else args.repository, args.artifacts, config,
                  seeds=args.seeds, items_path=args.items, loader=args.loader,
                  baselines=not args.no_baselines, version=args.version,
-                 target=args.target, temporal=args.temporal)
+                 target=args.target, temporal=args.temporal,
+                 serving=serving)
     if tuning is not None:
         print(format_tuning(tuning.record))
         print()

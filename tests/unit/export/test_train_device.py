@@ -188,7 +188,7 @@ def captured(monkeypatch):
         report = {}
 
     def fake_run(dataset, repository, artifacts, config, **kwargs):
-        seen["config"] = config
+        seen["config"], seen["serving"] = config, kwargs.get("serving")
         return Result()
 
     monkeypatch.setattr(cli, "run", fake_run)
@@ -214,6 +214,19 @@ def test_cli_refuses_cuda_without_a_gpu_before_any_work(captured, monkeypatch, c
         assert exit_.value.code == 2
     assert "config" not in captured
     assert "--device cpu" in capsys.readouterr().err
+
+
+def test_cli_instance_flags_reach_every_exported_model(captured, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["--no-export"]) == 0
+    assert captured["serving"].instance_group("retrieve") == ("KIND_CPU", 1)
+    assert cli.main(["--instance-kind", "gpu", "--instances", "2"]) == 0
+    assert all(captured["serving"].instance_group(m) == ("KIND_GPU", 2) for m in ("user_tower", "retrieve"))
+    del captured["config"]
+    with pytest.raises(SystemExit) as exit_:  # refused before training, not at export
+        cli.main(["--instances", "0"])
+    assert exit_.value.code == 2 and "config" not in captured
+    assert "--instances" in capsys.readouterr().err
 
 
 def test_the_dali_loader_reads_on_the_gpu_it_trains_on():
