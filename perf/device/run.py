@@ -115,7 +115,8 @@ class Run:
                  "'cuda': torch.version.cuda, 'cuda_available': torch.cuda.is_available(), "
                  "'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))")
         env = {"executable": sys.executable, "machine": platform.machine(),
-               "cpu_count": os.cpu_count(), "platform": platform.platform()}
+               "cpu_count": os.cpu_count(), "platform": platform.platform(),
+               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
         proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
         env.update(json.loads(proc.stdout) if proc.returncode == 0 else {"probe_error": proc.stderr[-500:]})
         for module in ("matplotlib", "tqdm", "tritonclient"):
@@ -135,6 +136,19 @@ class Run:
                                    "carry_bytes", "train", "synthetic_items")}
         if manifest.get("kind") != self.plan.kind:
             raise RuntimeError(f"bundle built for {manifest.get('kind')}, this run is {self.plan.kind}")
+        self.summary["bundle"]["model_code_differs_from_tree"] = self.stale_model_code()
+
+    def stale_model_code(self) -> list[str]:
+        """The bundle's model.py files that differ from the carried tree's python-backend code:
+        the bundle then serves older code than the tree (re-pack). Recorded, not fatal."""
+        code = REPO_ROOT / "export" / "triton" / "models" / "retrieve.py"
+        stale = []
+        for path in sorted((self.work / "repository").glob("*/1/model.py")):
+            if code.is_file() and path.read_bytes() != code.read_bytes():
+                stale.append(path.parent.parent.name)
+        if stale:
+            self.log(f"WARNING the bundle's model.py differs from {code} for {stale}: re-pack")
+        return stale
 
     @property
     def triton_dir(self) -> Path:
@@ -274,6 +288,7 @@ class Run:
     def teardown(self) -> None:
         if self.triton is not None:
             self.summary["server_stop"] = self.triton.stop()
+        self.summary["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         self.write()
         try:
             if self.summary["environment"].get("has_matplotlib"):

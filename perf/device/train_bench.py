@@ -113,24 +113,34 @@ def measure(data: dict, batch: int, seconds: float, device: torch.device) -> dic
         model, log_q = model.to(move), log_q.to(move)
     loader = InMemoryBatches(histories, targets, batch, seed=0)
 
-    def timed(steps: int) -> float:
+    per_epoch = len(loader)
+
+    def timed(steps: int) -> tuple[int, float]:
+        """``train`` over about ``steps`` batches, as whole epochs of at most ``per_epoch``
+        batches; returns (batches trained, seconds)."""
+        epochs = -(-steps // per_epoch)
+        each = -(-steps // epochs)
+        run_config = dataclasses.replace(config, epochs=epochs)
         _sync(device)
         t0 = time.perf_counter()
-        train(model, Limited(loader, steps, move), config, log_q=log_q)
+        train(model, Limited(loader, each, move), run_config, log_q=log_q)
         _sync(device)
-        return time.perf_counter() - t0
+        return epochs * each, time.perf_counter() - t0
 
-    per_epoch = len(loader)
-    warm = timed(min(3, per_epoch))  # kernels, allocator, optimizer state
-    probe_steps = min(5, per_epoch)
-    probe = timed(probe_steps)
-    steps = int(max(5, min(per_epoch, seconds / max(probe / probe_steps, 1e-6))))
-    took = timed(steps)
+    warm = timed(min(3, per_epoch))[1]  # kernels, allocator, optimizer state
+    # Longer and longer runs until one lasts half of ``seconds``: examples/s of the last one.
+    wanted, spent = 5, 0.0
+    while True:
+        steps, took = timed(wanted)
+        spent += took
+        if took >= seconds / 2 or spent >= 1.5 * seconds:
+            break
+        wanted = max(2 * steps, int(steps * 0.6 * seconds / max(took, 1e-3)))
     where = next(model.parameters()).device
     return {"batch_size": batch, "device": str(device), "params_on": str(where),
             "moved_by": "TrainConfig.device" if config_device else ("here" if move else "cpu"),
             "amp": _amp(config, device), "steps": steps, "seconds": round(took, 3),
-            "warmup_s": round(warm + probe, 3),
+            "warmup_s": round(warm, 3), "measuring_s": round(spent, 3),
             "examples_per_s": round(steps * batch / took, 1),
             "epoch_examples": int(len(targets))}
 
