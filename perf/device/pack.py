@@ -244,6 +244,7 @@ def pack(out: Path, plan: P.Plan, stub_python: str, preset: str, epochs: int,
         "synthetic_items": list(plan.synthetic_items), "epochs": epochs, "train": info,
         "files": files, "bundle_bytes": bundle, "tree_bytes": tree, "carry_bytes": bundle + tree,
         "carry_limit_bytes": P.CARRY_LIMIT_BYTES, "git_commit": _git_head(),
+        "tree_dirty": _tree_dirty(),
         "packed_s": round(time.perf_counter() - started, 1),
     }
     (out / P.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -256,6 +257,13 @@ def pack(out: Path, plan: P.Plan, stub_python: str, preset: str, epochs: int,
 def _git_head() -> str | None:
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
     return proc.stdout.strip() or None
+
+
+def _tree_dirty() -> bool | None:
+    """Uncommitted changes when packing: the bundle's model code may then be no commit's."""
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    return bool(proc.stdout.strip()) if proc.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> int:

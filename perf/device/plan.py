@@ -105,6 +105,7 @@ class Plan:
     sweeps: tuple[Sweep, ...]
     train_batches: tuple[int, ...] = (256, 4096)
     train_seconds: float = 12.0  # timed steps per batch size, after a short warm-up
+    train_threads: int = 0  # torch CPU threads in the training benchmark (0: torch's default)
     budget_s: float = RUN_BUDGET_S
     setup_s: dict[str, float] = field(default_factory=dict)  # worst-case guesses per set-up step
 
@@ -146,6 +147,8 @@ def make_plan(mode: str) -> Plan:
         else Window(interval_ms=500, stability_pct=50, max_trials=4),
         sweeps=tuple(sweeps),
         train_seconds=12.0 if device else 4.0,
+        # a busy 2-core machine: two OpenMP threads made a training step 30x slower than one
+        train_threads=0 if device else 1,
         setup_s={"unpack": 20, "synthetic": 60 if device else 10, "server_start": 30,
                  "model_loads": 20 * (2 + len(items))},
     )

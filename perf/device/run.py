@@ -132,7 +132,7 @@ class Run:
     def unpack(self) -> None:
         manifest = server.unpack(self.bundle, self.work)
         self.summary["bundle"] = {k: manifest.get(k) for k in
-                                  ("mode", "kind", "stub_python", "git_commit", "bundle_bytes",
+                                  ("mode", "kind", "stub_python", "git_commit", "tree_dirty", "bundle_bytes",
                                    "carry_bytes", "train", "synthetic_items")}
         if manifest.get("kind") != self.plan.kind:
             raise RuntimeError(f"bundle built for {manifest.get('kind')}, this run is {self.plan.kind}")
@@ -236,7 +236,7 @@ class Run:
         result = self.work / "training.json"
         cmd = [sys.executable, str(REPO_ROOT / "perf/device/train_bench.py"),
                "--data", str(self.work / "train"), "--result", str(result),
-               "--seconds", str(self.plan.train_seconds),
+               "--seconds", str(self.plan.train_seconds), "--threads", str(self.plan.train_threads),
                "--batch-sizes", *map(str, self.plan.train_batches)]
         try:
             self._subprocess(cmd, "training", timeout=self.train_estimate() + 60)
@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     dry_root = REPO_ROOT / P.DRY_DIR
     bundle = args.bundle or (dry_root / "bundle" if args.dry else REPO_ROOT / P.BUNDLE_DIR)
     out = args.out or (dry_root / "out" if args.dry else Path(os.environ.get("OUT", "/tmp/device-out")))
-    work = args.work or (dry_root / "work" if args.dry else Path("/tmp/recsys-device"))
+    # outside the repository: the unpacked server holds .py files that linters would pick up
+    work = args.work or Path("/tmp/recsys-device-dry" if args.dry else "/tmp/recsys-device")
     if work.exists():
         shutil.rmtree(work)
     for name in P.OUTPUT_FILES:  # a rerun into the same $OUT starts clean
