@@ -119,6 +119,7 @@ class Run:
                "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
         proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
         env.update(json.loads(proc.stdout) if proc.returncode == 0 else {"probe_error": proc.stderr[-500:]})
+        self.summary["environment"] = env
         for module in ("matplotlib", "tqdm", "tritonclient"):
             found = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                                    timeout=60).returncode == 0
@@ -253,7 +254,7 @@ class Run:
         self.log(f"device run, mode {self.plan.mode}: budget {self.plan.budget_s:.0f} s "
                  f"(plan at worst {self.plan.worst_s():.0f} s), bundle {self.bundle}")
         s = self.plan.setup_s
-        self.step("environment", self.environment, 30)
+        self.step("environment", self.environment, 15)
         ready = self.step("unpack", lambda: self.unpack() or True, s["unpack"])
         ready = ready and self.step("libraries", lambda: self.libraries() or True, 10)
         if ready:
@@ -291,7 +292,7 @@ class Run:
         self.summary["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         self.write()
         try:
-            if self.summary["environment"].get("has_matplotlib"):
+            if self.summary.get("environment", {}).get("has_matplotlib"):
                 report.plot(self.rows, self.summary, self.out / P.check_out_name(P.OUT_PLOT))
         except Exception as exc:
             self.summary["plot_error"] = f"{type(exc).__name__}: {exc}"
