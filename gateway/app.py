@@ -48,10 +48,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inventory = await enter(components.stock_inventory(settings))
         triton = await enter(components.triton_client(settings, served))
         producer = await enter(components.event_producer(settings, features))
+        # Before the pusher: it closes after every push that may still record a list.
+        exposures = await enter(components.exposure_log(settings, features))
         consumer = await enter(components.embedded_consumer(settings, features, store))
         push_parts = await enter(components.push_parts(settings, store, producer))
         service = RecommendationService(served, store, triton, producer, inventory,
-                                        _policy(settings, features), pusher=push_parts.pusher)
+                                        _policy(settings, features), pusher=push_parts.pusher,
+                                        exposures=exposures)
         await enter(components.live_version_watcher(settings, service, triton))
 
         app.state.readiness = components.readiness_checks(triton, producer, store, consumer,

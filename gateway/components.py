@@ -24,6 +24,7 @@ from features import contract as sig
 from gateway import metrics
 from gateway.config import GatewaySettings
 from gateway.errors import Conflict
+from gateway.exposure import ExposureLog, ExposureSink, NoExposureLog, create_producer
 from gateway.grpc_server import ServiceGetter, start_grpc_server
 from gateway.inventory import Inventory, create_inventory
 from gateway.producer import EventProducer
@@ -125,6 +126,27 @@ async def event_producer(settings: GatewaySettings,
         yield producer
     finally:
         producer.close()
+
+
+@asynccontextmanager
+async def exposure_log(settings: GatewaySettings,
+                       features: FeatureServiceSettings) -> AsyncIterator[ExposureSink]:
+    """The exposure log (gateway/exposure.py) on the impressions topic, with a Kafka producer
+    of its own; what is queued is flushed on the way out, within a bounded wait. A no-op when
+    ``exposure_enabled`` is false."""
+    if not settings.exposure_enabled:
+        yield NoExposureLog()
+        return
+    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap_servers,
+                            [settings.impressions_topic], features.topic_partitions)
+    producer = await asyncio.to_thread(create_producer, settings.kafka_bootstrap_servers)
+    exposures = ExposureLog(producer, settings.impressions_topic,
+                            max_queue=settings.exposure_queue_max)
+    exposures.start()
+    try:
+        yield exposures
+    finally:
+        await exposures.close()
 
 
 @asynccontextmanager

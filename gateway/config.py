@@ -53,6 +53,12 @@ class GatewaySettings(BaseSettings):
     # An event not acknowledged by then: 503. Also the producer's delivery timeout: a record it has
     # not delivered by then is given up on, never delivered after the 503.
     kafka_timeout_ms: int = Field(default=5000, gt=0)
+    # The exposure log: one record per served list (feed and push, fallbacks included), keyed by
+    # user id; best effort (recsys_exposures_total counts what is dropped).
+    impressions_topic: str = "impressions"
+    exposure_enabled: bool = True  # false: no exposure log (nothing is produced to the topic)
+    # Served lists waiting for Kafka; beyond this they are dropped (result="dropped_full").
+    exposure_queue_max: int = Field(default=10_000, ge=1)
     store: Literal["memory", "redis"] = "memory"  # redis: shared by gateways and feature services
     redis_url: str = "redis://127.0.0.1:6379/0"  # used when store=redis
     redis_key_prefix: str = "recsys"  # namespace of every Redis key

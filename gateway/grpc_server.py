@@ -39,6 +39,9 @@ DEFAULT_K = 10  # as the REST route
 MAX_K = 100  # the REST route's bound (the service also caps k at the catalog size)
 # Trailing metadata key carrying the REST error code ("invalid_request", "unknown_item", ...).
 ERROR_CODE_KEY = "recsys-error-code"
+# Request metadata key of the client's request id (kept when valid, else a fresh one); the response
+# carries the id used in RecommendResponse.request_id.
+REQUEST_ID_KEY = "x-request-id"
 # Trailing metadata key of an UNAVAILABLE to Ingest/IngestBatch: the event ids the events were sent
 # with, comma-separated (the REST 503's details), so that a client retries with them.
 EVENT_IDS_KEY = "recsys-event-ids"
@@ -102,6 +105,7 @@ def event_from_proto(message: pb.Event, where: str = "event") -> Event:
 
 def recommendations_to_proto(recs: Recommendations) -> pb.RecommendResponse:
     return pb.RecommendResponse(
+        request_id=recs.request_id,
         user_id=recs.user_id,
         items=[pb.RecommendedItem(item_id=i.item_id, title=i.title, categories=i.categories,
                                   score=i.score) for i in recs.items],
@@ -174,9 +178,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 raise InvalidRequest(f"k must be between 1 and {bound}, got {k}")
             max_per_category = (request.max_per_category if request.HasField("max_per_category")
                                 else None)
+            request_id = next((value for key, value in context.invocation_metadata() or ()
+                               if key == REQUEST_ID_KEY and isinstance(value, str)), None)
             recs = await service.recommend(request.user_id, k, exclude=list(request.exclude),
                                            categories=list(request.categories),
-                                           max_per_category=max_per_category)
+                                           max_per_category=max_per_category,
+                                           request_id=request_id)
             return recommendations_to_proto(recs)
 
         return await self._call(context, "Recommend", recommend)

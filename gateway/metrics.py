@@ -34,6 +34,15 @@ PUSH_STREAM_ENDS = Counter(
     "gateway_push_stream_ends_total", "SSE push streams ended, by reason",
     ["reason"],  # disconnect | lifetime | send_failed (dead or stuck peer) | error
 )
+EXPOSURES = Counter(
+    "recsys_exposures", "Served lists in the exposure log (impressions topic), best effort",
+    ["result"],  # sent (acknowledged) | dropped_full (queue full) | dropped_error (Kafka, shutdown)
+)
+ATTRIBUTION_DROPPED = Counter(
+    "recsys_attribution_dropped", "Invalid context.request_id / context.position of accepted "
+    "events, removed from the event (the event itself is accepted)",
+    ["field"],  # request_id | position
+)
 MODEL_VERSION = Gauge("gateway_model_version", "The model version this gateway serves")
 
 

@@ -21,6 +21,9 @@ class RecommendedItem(BaseModel):
 
 
 class Recommendations(BaseModel):
+    # The served list's id (the client's X-Request-ID / x-request-id when valid, else a fresh
+    # one): its record in the exposure log has it, and an event's context.request_id names it.
+    request_id: str
     user_id: str
     items: list[RecommendedItem]
     cold_start: bool  # the user has no features yet: trending items

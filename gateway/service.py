@@ -31,6 +31,14 @@ from features.user_state import UserFeatures
 from gateway import metrics
 from gateway.config import model_share_ms
 from gateway.errors import Conflict, InvalidRequest, UnknownItem, UpstreamUnavailable
+from gateway.exposure import (
+    ExposureSink,
+    NoExposureLog,
+    Surface,
+    is_valid_position,
+    is_valid_request_id,
+    request_id_or_new,
+)
 from gateway.inventory import Inventory
 from gateway.producer import Published
 from gateway.rules import Rules
@@ -98,7 +106,8 @@ class ServicePolicy:
 class RecommendationService:
     def __init__(self, served: ServedModel, store: FeatureStore, recommender: Recommender,
                  publisher: Publisher, inventory: Inventory, policy: ServicePolicy | None = None,
-                 pusher: PushScheduler | None = None) -> None:
+                 pusher: PushScheduler | None = None,
+                 exposures: ExposureSink | None = None) -> None:
         self.served = served  # replaced whole by reload(): a request reads it once
         self.store = store
         self.recommender = recommender
@@ -106,6 +115,8 @@ class RecommendationService:
         self.inventory = inventory
         self.policy = policy or ServicePolicy()
         self.pusher = pusher  # None: no push after high-intent events
+        # Every list this service answers is recorded here, whatever produced it.
+        self.exposures: ExposureSink = exposures or NoExposureLog()
 
     @property
     def max_k(self) -> int:
@@ -140,10 +151,20 @@ class RecommendationService:
             raise InvalidRequest(f"max_per_category must be between 0 and 100, got {max_per_category}")
 
     async def recommend(self, user_id: str, k: int, *, exclude: Sequence[str] = (),
-                        categories: Sequence[str] = (),
-                        max_per_category: int | None = None) -> Recommendations:
+                        categories: Sequence[str] = (), max_per_category: int | None = None,
+                        request_id: str | None = None, surface: Surface = "feed") -> Recommendations:
         """Top ``k`` for the user under the business rules, answered within the deadline: the
-        model when it can, else trending items (cold start, or degraded), else popular ones."""
+        model when it can, else trending items (cold start, or degraded), else popular ones.
+        ``request_id``: the client's id for this request (kept when valid, else a fresh one). The
+        answer, fallbacks included, goes to the exposure log as served on ``surface``."""
+        recs = await self._recommend(user_id, k, exclude, categories, max_per_category,
+                                     request_id_or_new(request_id))
+        self.exposures.record(recs, surface)  # never blocks, never raises
+        return recs
+
+    async def _recommend(self, user_id: str, k: int, exclude: Sequence[str],
+                         categories: Sequence[str], max_per_category: int | None,
+                         request_id: str) -> Recommendations:
         served = self.served
         self._validate(served, k, exclude, categories, max_per_category)
         started = asyncio.get_running_loop().time()
@@ -158,13 +179,15 @@ class RecommendationService:
                 features = await store_call(self.store, self.store.get, user_id)
         except (StoreUnavailable, TimeoutError) as exc:
             log.warning("feature store unavailable or slow: %r", exc)
-            return await self._fallback(served, user_id, k, base, deadline, reason="store_unavailable")
+            return await self._fallback(served, user_id, k, base, deadline, request_id,
+                                        reason="store_unavailable")
         if features is None or not features.recent:
-            return await self._fallback(served, user_id, k, base, deadline, reason="cold_start")
+            return await self._fallback(served, user_id, k, base, deadline, request_id,
+                                        reason="cold_start")
         rules = Rules(exclude=base.exclude | self._excluded_for(features), categories=base.categories,
                       max_per_category=cap)
         if self.recommender.in_flight >= self.policy.max_inflight_model_calls:
-            return await self._fallback(served, user_id, k, rules, deadline, reason="overload",
+            return await self._fallback(served, user_id, k, rules, deadline, request_id, reason="overload",
                                         updated_at_ms=features.updated_at_ms)
         try:
             async with asyncio.timeout_at(model_deadline):
@@ -172,15 +195,15 @@ class RecommendationService:
         except (UpstreamUnavailable, TimeoutError) as exc:
             reason = "deadline" if isinstance(exc, TimeoutError) else "model_unavailable"
             log.warning("model %s, serving the fallback: %r", reason, exc)
-            return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
+            return await self._fallback(served, user_id, k, rules, deadline, request_id, reason=reason,
                                         updated_at_ms=features.updated_at_ms)
         except VersionMismatch as exc:
             reason = "version_mismatch"
             log.error("%s; serving the fallback", exc)
-            return await self._fallback(served, user_id, k, rules, deadline, reason=reason,
+            return await self._fallback(served, user_id, k, rules, deadline, request_id, reason=reason,
                                         updated_at_ms=features.updated_at_ms)
         metrics.RECOMMENDATIONS.labels("model", "none").inc()
-        return self._response(served, user_id, rules.select(candidates, k),
+        return self._response(served, user_id, request_id, rules.select(candidates, k),
                               source="model", cold_start=False, degraded=False,
                               updated_at_ms=features.updated_at_ms)
 
@@ -211,7 +234,7 @@ class RecommendationService:
                                   f"is another version's ({exc})") from exc
 
     async def _fallback(self, served: ServedModel, user_id: str, k: int, rules: Rules,
-                        deadline: float, *, reason: str,
+                        deadline: float, request_id: str, *, reason: str,
                         updated_at_ms: int | None = None) -> Recommendations:
         """Trending in the event stream now; topped up with the training data's popular items
         (all of them when the store cannot answer before the deadline)."""
@@ -227,18 +250,19 @@ class RecommendationService:
         source: Source = (
             "trending" if any(score is not None for _, score in picked) else "popular")
         metrics.RECOMMENDATIONS.labels(source, reason).inc()
-        return self._response(served, user_id, picked, source=source,
+        return self._response(served, user_id, request_id, picked, source=source,
                               cold_start=reason == "cold_start", degraded=reason != "cold_start",
                               updated_at_ms=updated_at_ms)
 
     @staticmethod
-    def _response(served: ServedModel, user_id: str, picked: list[tuple[Item, float | None]], *,
+    def _response(served: ServedModel, user_id: str, request_id: str,
+                  picked: list[tuple[Item, float | None]], *,
                   source: Source, cold_start: bool, degraded: bool,
                   updated_at_ms: int | None) -> Recommendations:
         items = [RecommendedItem(item_id=item.item_id, title=item.title,
                                  categories=list(item.categories), score=score)
                  for item, score in picked]
-        return Recommendations(user_id=user_id, items=items, cold_start=cold_start,
+        return Recommendations(request_id=request_id, user_id=user_id, items=items, cold_start=cold_start,
                                degraded=degraded, source=source, model_version=served.version,
                                features_updated_at_ms=updated_at_ms)
 
@@ -255,6 +279,7 @@ class RecommendationService:
 
     async def ingest(self, event: Event) -> Published:
         self._check_event(event, int(time.time() * 1000))
+        event = attributable(event)
         published = await self.publisher.publish(event)
         self._after_ingest(event)
         return published
@@ -272,6 +297,7 @@ class RecommendationService:
                 self._check_event(event, now_ms)
             except InvalidRequest as exc:
                 raise type(exc)(f"events[{position}]: {exc.message}") from None
+        events = [attributable(e) for e in events]
         published = await self.publisher.publish_many(events)
         for event in events:
             self._after_ingest(event)
@@ -284,7 +310,7 @@ class RecommendationService:
     async def recommend_for_push(self, user_id: str) -> Recommendations:
         """What a push carries: the user's top ``push_k`` (fewer when ``max_k`` is lower, rather
         than a push that fails on its own k), as a GET without parameters would answer."""
-        return await self.recommend(user_id, min(self.policy.push_k, self.max_k))
+        return await self.recommend(user_id, min(self.policy.push_k, self.max_k), surface="push")
 
 
 def _in_catalog(candidates: Iterable[tuple[str, float | None]],
@@ -295,3 +321,22 @@ def _in_catalog(candidates: Iterable[tuple[str, float | None]],
         item = catalog.get(item_id)
         if item is not None:
             yield item, score
+
+
+ATTRIBUTION_FIELDS = {"request_id": is_valid_request_id, "position": is_valid_position}
+
+
+def attributable(event: Event) -> Event:
+    """``event`` without an invalid ``context.request_id`` or ``context.position`` (the list the
+    event is attributed to, and the item's 0-based place in it): a bad value is dropped, counted
+    in ``recsys_attribution_dropped_total{field}``; the event itself is still accepted."""
+    context = event.context
+    if not context or ("request_id" not in context and "position" not in context):
+        return event
+    bad = [f for f, valid in ATTRIBUTION_FIELDS.items() if f in context and not valid(context[f])]
+    if not bad:
+        return event
+    for field in bad:
+        metrics.ATTRIBUTION_DROPPED.labels(field).inc()
+    kept = {key: value for key, value in context.items() if key not in bad}
+    return event.model_copy(update={"context": kept or None})

@@ -57,7 +57,7 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("user_id", "items", "cold_start", "degraded", "source", "model_version", "features_updated_at_ms")
+    __slots__ = ("user_id", "items", "cold_start", "degraded", "source", "model_version", "features_updated_at_ms", "request_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class RecommendResponse(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     cold_start: bool
@@ -72,7 +73,8 @@ class RecommendResponse(_message.Message):
     source: Source
     model_version: int
     features_updated_at_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: bool = ..., degraded: bool = ..., source: _Optional[_Union[Source, str]] = ..., model_version: _Optional[int] = ..., features_updated_at_ms: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: bool = ..., degraded: bool = ..., source: _Optional[_Union[Source, str]] = ..., model_version: _Optional[int] = ..., features_updated_at_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("event_id", "user_id", "item_id", "event_type", "ts_ms", "context")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from features.events import ID_PATTERN
 from gateway.deps import ServiceDep
@@ -28,13 +28,17 @@ async def get_recommendations(
                               description="only items in one of these categories")] = [],  # noqa: B006
     max_per_category: Annotated[int | None, Query(ge=0, le=100, description=(
         "at most this many items per primary category (0: no cap; default: the gateway's)"))] = None,
+    x_request_id: Annotated[str | None, Header(description=(
+        "the client's id for this request (up to 64 of A-Z a-z 0-9 _ . : -); anything else is "
+        "replaced by a fresh one. Echoed as request_id and in the X-Request-ID header"))] = None,
 ) -> Response:
     """Top-k items for the user. Bought, out-of-stock and excluded items never appear (seen items
     neither, unless the gateway is configured otherwise). Unknown users get trending items with
     ``cold_start: true``; when the model fails or is too slow, trending items with
     ``degraded: true`` — still 200, within the gateway's deadline."""
     result = await service.recommend(user_id, k, exclude=exclude, categories=category,
-                                     max_per_category=max_per_category)
+                                     max_per_category=max_per_category, request_id=x_request_id)
     # Serialized here, once: returned as a model, FastAPI would validate it all over again
     # (the hot path of the gateway; response_model above still documents it).
-    return Response(result.model_dump_json(), media_type="application/json")
+    return Response(result.model_dump_json(), media_type="application/json",
+                    headers={"X-Request-ID": result.request_id})

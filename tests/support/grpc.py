@@ -11,6 +11,7 @@ def as_dict(response: pb.RecommendResponse) -> dict:
     """The proto response in the shape of ``Recommendations.model_dump()``, which is also the JSON
     body of ``GET /v1/users/{id}/recommendations``."""
     return {
+        "request_id": response.request_id,
         "user_id": response.user_id,
         "items": [{"item_id": i.item_id, "title": i.title, "categories": list(i.categories),
                    "score": i.score if i.HasField("score") else None} for i in response.items],

@@ -68,8 +68,9 @@ def error_code(error: grpc.aio.AioRpcError) -> str | None:
 ])
 def test_recommend_returns_what_the_service_returns(service, user_id, k, kwargs):
     async def both(stub):
-        got = await stub.Recommend(pb.RecommendRequest(user_id=user_id, k=k, **kwargs))
-        expected = await service.recommend(user_id, k, **kwargs)
+        got = await stub.Recommend(pb.RecommendRequest(user_id=user_id, k=k, **kwargs),
+                                   metadata=(("x-request-id", "req-1"),))
+        expected = await service.recommend(user_id, k, request_id="req-1", **kwargs)
         return got, expected
 
     got, expected = call(lambda: service, both)
@@ -94,8 +95,9 @@ def test_recommend_trending_has_scores_and_popular_has_none(service):
     service.store.apply_many([Event(user_id="v", item_id="d", event_type="purchase", ts_ms=now)])
 
     async def both(stub):
-        return (await stub.Recommend(pb.RecommendRequest(user_id="stranger", k=3)),
-                await service.recommend("stranger", 3))
+        return (await stub.Recommend(pb.RecommendRequest(user_id="stranger", k=3),
+                                     metadata=(("x-request-id", "req-2"),)),
+                await service.recommend("stranger", 3, request_id="req-2"))
 
     got, expected = call(lambda: service, both)
     want = expected.model_dump()

@@ -16,11 +16,12 @@ from gateway import app as app_module
 from gateway import components
 from gateway.app import create_app
 from gateway.config import GatewaySettings
+from gateway.exposure import NoExposureLog
 from gateway.served_model import ServedModel
 from gateway.service import RecommendationService
 
-ORDER = ["feature_store", "stock_inventory", "triton_client", "event_producer", "embedded_consumer",
-         "push_parts", "live_version_watcher", "grpc_front_end"]
+ORDER = ["feature_store", "stock_inventory", "triton_client", "event_producer", "exposure_log",
+         "embedded_consumer", "push_parts", "live_version_watcher", "grpc_front_end"]
 
 
 async def _ready() -> bool:
@@ -45,6 +46,7 @@ class Fakes:
             "stock_inventory": SimpleNamespace(out_of_stock=frozenset),
             "triton_client": SimpleNamespace(ready=_ready),
             "event_producer": SimpleNamespace(connected=lambda: True),
+            "exposure_log": NoExposureLog(),
             "embedded_consumer": SimpleNamespace(alive=True, consumer=SimpleNamespace(ready=_set_event())),
             "push_parts": components.PushParts(hub=hub, pusher=SimpleNamespace(schedule=None)),
             "live_version_watcher": None,
@@ -82,6 +84,7 @@ def test_components_start_in_order_stop_in_reverse_and_are_on_app_state(fakes):
         assert isinstance(state.service, RecommendationService)
         assert state.service.served is fakes.served and state.service.store is fakes.values["feature_store"]
         assert state.service.pusher is fakes.values["push_parts"].pusher
+        assert state.service.exposures is fakes.values["exposure_log"]
         assert state.push_hub is fakes.values["push_parts"].hub
         assert state.consumer is fakes.values["embedded_consumer"]
         assert state.grpc_port == 50123

@@ -26,7 +26,7 @@ class FakeProducer:
 
 
 async def fake_recommend(user_id):
-    return Recommendations(user_id=user_id, items=[], cold_start=False, degraded=False,
+    return Recommendations(request_id="r1", user_id=user_id, items=[], cold_start=False, degraded=False,
                            source="model", model_version=1)
 
 
