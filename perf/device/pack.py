@@ -16,7 +16,6 @@ users, training examples) and ``manifest.json`` (sizes, checksums, what it was b
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from perf.device import plan as P  # noqa: E402
+from perf.device.server import sha256  # noqa: E402
 
 DEVICE_STUB_PYTHON = "3.12"  # /opt/torch/.venv/bin/python3 on the GPU machine
 
@@ -102,14 +102,6 @@ def tar_xz(source_dir: Path, dest: Path, preset: str) -> None:
     """``tar -cJ`` of everything in ``source_dir`` (symlinks kept), multi-threaded xz."""
     env = {**os.environ, "XZ_OPT": f"-{preset} -T0"}
     subprocess.run(["tar", "-C", str(source_dir), "-cJf", str(dest), "."], check=True, env=env)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_bytes(repo: Path = REPO_ROOT) -> int:

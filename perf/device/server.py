@@ -22,7 +22,8 @@ from pathlib import Path
 from perf.device import plan as P
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (pack.py writes it into the manifest, ``unpack`` checks it)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -36,7 +37,7 @@ def unpack(bundle: Path, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     for name, meta in manifest["files"].items():
         path = bundle / name
-        if _sha256(path) != meta["sha256"]:
+        if sha256(path) != meta["sha256"]:
             raise RuntimeError(f"{path}: checksum differs from the manifest (a partial copy?)")
         if shutil.which("tar") and shutil.which("xz"):
             subprocess.run(["tar", "-C", str(work), "-xJf", str(path)], check=True,

@@ -82,7 +82,7 @@ def test_unpack_checks_checksums_and_extracts(tmp_path):
     with tarfile.open(tar_path, "w:xz") as tar:
         tar.add(tmp_path / "s", arcname=".")
     (bundle / P.MANIFEST).write_text(json.dumps(
-        {"files": {P.SERVER_TAR: {"sha256": server._sha256(tar_path)}}, "kind": "KIND_CPU"}))
+        {"files": {P.SERVER_TAR: {"sha256": server.sha256(tar_path)}}, "kind": "KIND_CPU"}))
     assert server.unpack(bundle, work)["kind"] == "KIND_CPU"
     assert (work / "triton" / "bin" / "x").is_symlink()
     (bundle / P.MANIFEST).write_text(json.dumps({"files": {P.SERVER_TAR: {"sha256": "0"}}}))
