@@ -42,7 +42,10 @@ _REQUEST_ID_RE = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{REQUEST_ID_MAX_CHARS}}}")
 _POSITION_RE = re.compile(r"[0-9]{1,3}")
 
 DRAIN_BATCH = 500  # records handed to the producer per trip to its thread
-LINGER_MS = 20
+# The drain collects for this long after a wake-up before a trip to the producer's thread: one trip
+# per few lists, not one per list (each trip costs a thread hop and a sender-thread wake-up).
+DRAIN_PAUSE_S = 0.05
+LINGER_MS = 100  # batches on the producer; a record per partition per linger would cost far more
 MAX_BLOCK_MS = 1000  # send() without topic metadata (Kafka down): give the batch up after this
 DELIVERY_TIMEOUT_MS = 10_000
 
@@ -147,6 +150,8 @@ class ExposureLog:
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
+                if not self._closed:
+                    await asyncio.sleep(DRAIN_PAUSE_S)
             batch = [self._queue.popleft() for _ in range(min(DRAIN_BATCH, len(self._queue)))]
             self._busy = True
             try:

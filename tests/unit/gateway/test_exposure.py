@@ -86,6 +86,13 @@ def delta(before: dict[str, float]) -> dict[str, float]:
     return {k: v - before[k] for k, v in counts().items()}
 
 
+async def until(condition, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def recs(request_id: str = "r1", user_id: str = "u1", n: int = 3, source: str = "model") -> Recommendations:
     items = [RecommendedItem(item_id=f"i{n}", title="T", categories=["Drama"],
                              score=None if source == "popular" else 0.5 - n / 10) for n in range(n)]
@@ -189,7 +196,7 @@ def test_a_full_queue_drops_and_counts_without_blocking():
         log = ExposureLog(producer, "impressions", max_queue=3, close_timeout_s=0.2)
         log.start()
         log.record(recs("first"), "feed")
-        await asyncio.sleep(0.05)  # the drain took "first" and is stuck in send()
+        await until(lambda: log.queued == 0)  # the drain took "first" and is stuck in send()
         for n in range(10):
             log.record(recs(f"r{n}"), "feed")  # returns at once
         assert log.queued == 3
@@ -211,7 +218,7 @@ def test_kafka_down_drops_the_batch_with_a_count_and_the_drain_goes_on():
         log.start()
         for n in range(4):
             log.record(recs(f"r{n}"), "feed")
-        await asyncio.sleep(0.1)
+        await until(lambda: delta(before)["dropped_error"] == 4)
         producer.fail = False
         log.record(recs("after"), "feed")
         await log.close()
@@ -245,7 +252,7 @@ def test_close_waits_a_bounded_time_and_counts_what_is_left():
         log = ExposureLog(producer, "impressions", close_timeout_s=0.2)
         log.start()
         log.record(recs("stuck"), "feed")
-        await asyncio.sleep(0.05)
+        await until(lambda: log.queued == 0)
         log.record(recs("queued"), "feed")
         loop = asyncio.get_running_loop()
         started = loop.time()
