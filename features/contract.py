@@ -12,10 +12,12 @@ USER_TOWER = "user_tower"
 RETRIEVE = "retrieve"
 RECOMMEND = "recommend"  # the ensemble: user_tower -> retrieve
 RECOMMEND_FUSED = "recommend_fused"  # the same inputs/outputs, one TorchScript step
+SIMILAR_ITEMS = "similar_items"  # item-to-item: ITEM, EXCLUDE, K -> ITEM_INDEX, SCORE
 
 HISTORY = "HISTORY"  # INT64 [L] item indices, left-padded, most recent last
 HISTORY_TYPES = "HISTORY_TYPES"  # INT64 [L] event-type codes of those steps (features.behaviour)
 USER_EMBEDDING = "USER_EMBEDDING"  # FP32 [D]
+ITEM = "ITEM"  # INT64 [1] the query item's index (similar_items)
 EXCLUDE = "EXCLUDE"  # INT64 [-1] item indices never to return (PAD=0 allowed as filler)
 K = "K"  # INT32 [1]
 ITEM_INDEX = "ITEM_INDEX"  # INT64 [-1]
@@ -38,7 +40,28 @@ def latest_version(model_dir: Path) -> int:
 # {"live": N, "previous": M | null, ...}. Without it, the newest version is live.
 ROLLOUT_FILE = "rollout.json"
 # The models that carry a version per rollout (the ensemble pins its steps to the live version).
-VERSIONED_MODELS = (USER_TOWER, RETRIEVE, RECOMMEND_FUSED)
+# similar_items is the newest: a repository exported before it lacks it (export/triton/rollout.py
+# keeps serving such a repository and refuses to publish into it; the gateway's similar-items
+# route answers 501 there).
+VERSIONED_MODELS = (USER_TOWER, RETRIEVE, RECOMMEND_FUSED, SIMILAR_ITEMS)
+
+
+def versioned_models(repository: Path) -> tuple[str, ...]:
+    """The versioned models ``repository`` has: one exported before a model existed lacks it (and
+    is still served, rolled back and promoted over the ones it has)."""
+    return tuple(m for m in VERSIONED_MODELS if (Path(repository) / m).is_dir())
+
+
+def missing_models(*repositories: Path) -> str | None:
+    """Why versions cannot move between ``repositories`` (a versioned model one of them lacks),
+    or None: a version must hold the same models everywhere (export/triton/rollout.py publish)."""
+    for repository in repositories:
+        missing = sorted(set(VERSIONED_MODELS) - set(versioned_models(repository)))
+        if missing:
+            return (f"{repository} has no {', '.join(missing)} model: it was exported before it "
+                    "existed, and a version must hold the same models everywhere; export a new "
+                    "repository and deploy it instead of publishing a version")
+    return None
 
 
 def live_version(repository: Path) -> int:

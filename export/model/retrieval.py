@@ -1,4 +1,5 @@
-"""Top-k retrieval over the item-embedding matrix: the `retrieve` stage, as a TorchScript module.
+"""Top-k retrieval over the item-embedding matrix: the `retrieve` stage (and the item-to-item
+`similar_items` model), as TorchScript modules.
 
 The same module is served by Triton and used in-process, so both rank with the same arithmetic.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from features.catalog import FIRST_ITEM_INDEX
+from features.catalog import FIRST_ITEM_INDEX, OOV_INDEX
 
 
 class TopKRetrieval(nn.Module):
@@ -89,3 +90,46 @@ class FusedRecommender(nn.Module):
     def forward(self, history: torch.Tensor, types: torch.Tensor, exclude: torch.Tensor,
                 k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.retrieval.top_k(self.scores(history, types), exclude, int(k.max()))
+
+
+class SimilarItems(nn.Module):
+    """Item-to-item retrieval over the same item matrix: the `similar_items` model. Its query is
+    one item index per row ([B, 1] int64); the answer is the items whose embeddings are closest
+    (cosine, as the item matrix is the one ``TopKRetrieval`` scores users against). PAD, OOV and
+    the query item itself are never returned. An index outside the matrix is bucketed to OOV, as
+    the towers do, rather than raising (its row scores every item against the OOV embedding)."""
+
+    def __init__(self, retrieval: TopKRetrieval) -> None:
+        super().__init__()
+        self.retrieval = retrieval
+        self.oov_index = OOV_INDEX
+
+    @torch.jit.export
+    def num_items(self) -> int:
+        return self.retrieval.num_items()
+
+    def _rows(self, item: torch.Tensor) -> torch.Tensor:
+        """[B, 1] (or [B]) item indices -> [B] rows of the item matrix, out of range -> OOV."""
+        rows = item.reshape(-1).to(torch.int64)
+        size = self.retrieval.item_embeddings.shape[0]
+        return torch.where((rows >= 0) & (rows < size), rows, torch.full_like(rows, self.oov_index))
+
+    @torch.jit.export
+    def embed(self, item: torch.Tensor) -> torch.Tensor:
+        """[B, 1] item indices -> their embeddings [B, D] (the ANN query vectors)."""
+        return self.retrieval.item_embeddings.index_select(0, self._rows(item))
+
+    @torch.jit.export
+    def scores(self, item: torch.Tensor) -> torch.Tensor:
+        """[B, 1] item indices -> [B, num_embeddings] cosine scores; PAD, OOV and the query at -inf."""
+        rows = self._rows(item)
+        s = self.retrieval.scores(self.retrieval.item_embeddings.index_select(0, rows))
+        return s.scatter(1, rows.unsqueeze(1), float("-inf"))
+
+    @torch.jit.export
+    def top_k(self, scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.retrieval.top_k(scores, exclude, k)
+
+    def forward(self, item: torch.Tensor, exclude: torch.Tensor,
+                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.retrieval.top_k(self.scores(item), exclude, int(k.max()))

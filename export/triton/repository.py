@@ -18,6 +18,8 @@ Layout written under ``root``::
     retrieve/        config.pbtxt  <v>/model.pt [model.py] catalog.json serving.json   warmup/
     recommend/       config.pbtxt  <v>/          (ensemble: user_tower -> retrieve)
     recommend_fused/ config.pbtxt  <v>/model.pt [model.py]                            warmup/
+    similar_items/   config.pbtxt  <v>/model.pt [model.py]                            warmup/
+                     (item-to-item over the same item matrix: ITEM, EXCLUDE, K)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.model.ann import RetrievalIndexConfig, build_index, choose_index
-from export.model.retrieval import FusedRecommender, TopKRetrieval
+from export.model.retrieval import FusedRecommender, SimilarItems, TopKRetrieval
 from export.model.towers import TwoTower
 from export.triton.config_files import REFERENCE_FILE, read_config, write_config  # noqa: F401 (callers)
 from features import contract as sig
@@ -108,6 +110,7 @@ def model_specs(sequence_length: int, dim: int) -> dict[str, ModelSpec]:
     history = Tensor(sig.HISTORY, "TYPE_INT64", (sequence_length,))
     history_types = Tensor(sig.HISTORY_TYPES, "TYPE_INT64", (sequence_length,))
     user_embedding = Tensor(sig.USER_EMBEDDING, "TYPE_FP32", (dim,))
+    item = Tensor(sig.ITEM, "TYPE_INT64", (1,))
     exclude = Tensor(sig.EXCLUDE, "TYPE_INT64", (-1,))
     k = Tensor(sig.K, "TYPE_INT32", (1,))
     item_index = Tensor(sig.ITEM_INDEX, "TYPE_INT64", (-1,))
@@ -121,6 +124,9 @@ def model_specs(sequence_length: int, dim: int) -> dict[str, ModelSpec]:
         sig.RECOMMEND: ModelSpec(sig.RECOMMEND, (history, history_types, exclude, k), (item_index, score)),
         sig.RECOMMEND_FUSED: ModelSpec(sig.RECOMMEND_FUSED, (history, history_types, exclude, k),
                                        (item_index, score), "retrieve.py"),
+        # The same retrieve.py: its query is the one ITEM input.
+        sig.SIMILAR_ITEMS: ModelSpec(sig.SIMILAR_ITEMS, (item, exclude, k), (item_index, score),
+                                     "retrieve.py"),
     }
 
 
@@ -232,6 +238,7 @@ def scripted_modules(model: TwoTower) -> dict[str, torch.jit.ScriptModule]:
         sig.USER_TOWER: torch.jit.script(model.user_tower),
         sig.RETRIEVE: torch.jit.script(retrieval),
         sig.RECOMMEND_FUSED: torch.jit.script(FusedRecommender(model.user_tower, retrieval)),
+        sig.SIMILAR_ITEMS: torch.jit.script(SimilarItems(retrieval)),
     }
 
 
@@ -249,9 +256,10 @@ def export_repository(
 ) -> Path:
     """TorchScript the towers and write a complete, loadable repository under ``root``.
 
-    ``index`` (default: ``choose_index`` for the catalog size) decides how ``retrieve`` and
-    ``recommend_fused`` search: exact scoring, or an ANN index file next to their model.pt
-    (python target only). Re-exporting the same version replaces it; other versions are left alone.
+    ``index`` (default: ``choose_index`` for the catalog size) decides how ``retrieve``,
+    ``recommend_fused`` and ``similar_items`` search: exact scoring, or an ANN index file next to
+    their model.pt (python target only). Re-exporting the same version replaces it; other versions
+    are left alone.
     """
     index = index or choose_index(catalog.num_items)
     if index.kind != "exact" and target != "python":
@@ -272,7 +280,7 @@ def export_repository(
             modules[name].save(str(version_dir / "model.pt"))
             if target == "python":
                 shutil.copyfile(MODEL_CODE / specs[name].code, version_dir / "model.py")
-            if name in (sig.RETRIEVE, sig.RECOMMEND_FUSED) and ann is not None:
+            if name in (sig.RETRIEVE, sig.RECOMMEND_FUSED, sig.SIMILAR_ITEMS) and ann is not None:
                 ann.save(version_dir / INDEX_FILE)
         if config.model_warmup:
             warmup = model_dir / "warmup"

@@ -8,16 +8,15 @@ roll back, retire — each step logged, idempotent, with a dry run.
     python -m export.triton.rollout ... rollback
     python -m export.triton.rollout ... retire N
 
-How versions are served. ``user_tower``, ``retrieve`` and ``recommend_fused`` keep the live and the
-candidate (or previous) version loaded side by side (``version_policy: specific``, rewritten here).
-Which one answers is ``rollout.json`` at the repository root: gateways poll it and pin every request
-to the live version together with that version's catalog, so no answer ever mixes two versions
-and switching is instant in both directions. The ``recommend`` ensemble's steps are pinned to the
-live version in its config (one config for the model, not one per version), for clients that call
-it without a version; that pin moves at promote/rollback, before any gateway has read the new
-pointer, so a gateway never relies on it: asked for version N, it runs the ensemble's steps itself,
-each pinned to N (``gateway/triton_client.py``, issue 15). A failed check leaves everything as it
-was: the candidate stays loaded but is never live.
+How versions are served. The versioned models (``features.contract.VERSIONED_MODELS``) keep the live and
+the candidate (or previous) version loaded side by side (``version_policy: specific``, rewritten here).
+Which one answers is ``rollout.json`` at the repository root: gateways poll it and pin every request to the
+live version together with that version's catalog, so no answer ever mixes two versions and switching is
+instant in both directions. The ``recommend`` ensemble's steps are pinned to the live version in its config
+(one config for the model, not one per version), for clients that call it without a version; that pin moves
+at promote/rollback, before any gateway has read the new pointer, so a gateway never relies on it: asked
+for version N, it runs the ensemble's steps itself, each pinned to N (``gateway/triton_client.py``, issue
+15). A failed check leaves everything as it was: the candidate stays loaded but is never live.
 
 Every step that changes the repository holds ``.rollout.lock`` (``export/triton/locking.py``) from
 reading the state to writing it, so two commands at once queue instead of losing one's update;
@@ -151,7 +150,7 @@ class Rollout:
 
     def status(self) -> dict:
         ready = {m: {str(v): self._ready(m, v) for v in sorted(_versions_on_disk(self.repository / m))}
-                 for m in sig.VERSIONED_MODELS}
+                 for m in sig.versioned_models(self.repository)}
         return {"live": self.state.live, "previous": self.state.previous, "ready": ready,
                 "recent": self.state.history[-5:]}
 
@@ -167,7 +166,8 @@ class Rollout:
     def publish(self, source: Path) -> int:
         """Copy the newest version of an export into this repository as the next version.
         Publishing the same export twice returns the version it got the first time."""
-        source = Path(source)
+        if problem := sig.missing_models(self.repository, source := Path(source)):  # older exports
+            raise RolloutError(problem)
         src_version = sig.latest_version(source / sig.RETRIEVE)
         src_dirs = [source / name / str(src_version) for name in sig.VERSIONED_MODELS]
         digest = _tree_hash(src_dirs)
@@ -212,7 +212,7 @@ class Rollout:
     def _pin_latest_policies(self, live: int) -> None:
         """Configs written by the exporter serve the newest version (``latest: 1``); turn those into
         ``specific: [live]``. Configs a rollout has already pinned are left as they are."""
-        for name in sig.VERSIONED_MODELS:
+        for name in sig.versioned_models(self.repository):
             config = read_config(self.repository / name / "config.pbtxt")
             if config.version_policy.WhichOneof("policy_choice") in (None, "latest"):
                 self._write_policy(name, {live})
@@ -234,12 +234,12 @@ class Rollout:
         live one. Configs are written first and the ensemble loaded first: loading it reloads its
         steps from the new configs in one go, so it never sees a candidate as "latest"."""
         if not self.dry_run:
-            for name in sig.VERSIONED_MODELS:
+            for name in sig.versioned_models(self.repository):
                 self._write_policy(name, versions)
         self._point_ensemble_at(self.state.live)
         if self.dry_run:
             return
-        for name in sig.VERSIONED_MODELS:
+        for name in sig.versioned_models(self.repository):
             self.client.load_model(name)
             missing = [v for v in versions if not self._ready(name, v)]
             if missing:
@@ -376,7 +376,8 @@ class Rollout:
         previous = self.state.previous
         if previous is None:
             raise RolloutError("no previous version to roll back to")
-        if not self.dry_run and not all(self._ready(n, previous) for n in sig.VERSIONED_MODELS):
+        if not self.dry_run and not all(self._ready(n, previous)
+                                        for n in sig.versioned_models(self.repository)):
             self._serve_versions({self.state.live, previous})
         self._switch(previous, self.state.live, "rollback")
         return previous

@@ -67,9 +67,11 @@ def _libtorch_models(root):
 def test_the_repository_needs_only_the_stock_ngc_image(repository):
     """No python-backend model under target libtorch: nothing to add to the NGC image."""
     configs = _configs(repository)
-    assert set(configs) == {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED}
+    assert set(configs) == {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED,
+                            sig.SIMILAR_ITEMS}
     assert {n for n, c in configs.items() if c.platform == "ensemble"} == {sig.RECOMMEND}
-    assert set(_libtorch_models(repository)) == {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND_FUSED}
+    assert set(_libtorch_models(repository)) == {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND_FUSED,
+                                                 sig.SIMILAR_ITEMS}
     for name, config in configs.items():
         assert config.name == name and config.backend != "python"
     assert not list(repository.rglob("model.py"))

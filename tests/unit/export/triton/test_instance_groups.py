@@ -27,7 +27,7 @@ def test_each_model_gets_its_own_kind_and_count(tmp_path, target):
     configs = _written(tmp_path, target, serving)
     groups = {name: [(g.kind, g.count) for g in c.instance_group] for name, c in configs.items()}
     assert groups == {sig.USER_TOWER: [(GPU, 1)], sig.RETRIEVE: [(GPU, 2)],
-                      sig.RECOMMEND_FUSED: [(CPU, 3)],  # not named: the defaults
+                      sig.RECOMMEND_FUSED: [(CPU, 3)], sig.SIMILAR_ITEMS: [(CPU, 3)],  # the defaults
                       sig.RECOMMEND: []}  # the ensemble runs its steps' instances
 
 

@@ -22,7 +22,7 @@ from features.behaviour import NUM_TYPE_CODES, PAD_TYPE
 from features.catalog import PAD_INDEX
 from features.model_inputs import build_inputs
 
-ALL_MODELS = {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED}
+ALL_MODELS = {sig.USER_TOWER, sig.RETRIEVE, sig.RECOMMEND, sig.RECOMMEND_FUSED, sig.SIMILAR_ITEMS}
 
 
 @pytest.mark.parametrize("target", ["python", "libtorch"])
