@@ -17,7 +17,7 @@ from gateway.config import GatewaySettings
 from gateway.errors import install_error_handler
 from gateway.limits import BodySizeLimit
 from gateway.metrics import install_metrics
-from gateway.routes import admin, demo, events, health, push, recommendations
+from gateway.routes import admin, demo, events, health, items, push, recommendations
 from gateway.served_model import load_served_model
 from gateway.service import RecommendationService, ServicePolicy
 
@@ -76,6 +76,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_metrics(app)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_body_bytes)
     app.include_router(recommendations.router)
+    app.include_router(items.router)
     app.include_router(push.router)
     app.include_router(events.router)
     app.include_router(admin.router)

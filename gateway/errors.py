@@ -31,6 +31,19 @@ class UnknownItem(InvalidRequest):
     code = "unknown_item"
 
 
+class ItemNotFound(UnknownItem):
+    """The item a path names (``/v1/items/{item_id}/...``) is not in the served catalog."""
+
+    status_code = 404
+
+
+class NotServed(RecsysError):
+    """The model repository has no model for this surface (an export from before it existed)."""
+
+    status_code = 501
+    code = "not_served"
+
+
 class Unauthorized(RecsysError):
     status_code = 401
     code = "unauthorized"
@@ -77,6 +90,7 @@ class ErrorResponse(BaseModel):
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for these error statuses (replacing FastAPI's own 422 shape)."""
     text = {401: "missing or wrong bearer token (admin, or API where one is set)", 403: "admin API disabled",
+            404: "unknown item", 501: "the served model repository has no model for this",
             409: "conflicts with the current state", 413: "request body too large",
             422: "invalid request, with the reason", 503: "a dependency is unavailable"}
     return {status: {"model": ErrorResponse, "description": text[status]} for status in statuses}

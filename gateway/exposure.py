@@ -31,7 +31,9 @@ from gateway.schemas import Recommendations
 
 log = logging.getLogger(__name__)
 
-Surface = Literal["feed", "push"]
+# "similar": GET /v1/items/{item_id}/similar; its records add the query's ``item_id``, and their
+# user_id is null when the request named no user.
+Surface = Literal["feed", "push", "similar"]
 
 # A client's request id: bounded, and safe in logs, headers and Kafka records. Anything else is
 # replaced by a fresh one (never an error).
@@ -67,9 +69,9 @@ def is_valid_position(value: object) -> bool:
 
 def exposure_record(recs: Recommendations, surface: Surface, ts_ms: int) -> dict[str, Any]:
     """The record of one served list (the value on the impressions topic, as JSON)."""
-    return {
+    record: dict[str, Any] = {
         "request_id": recs.request_id,
-        "user_id": recs.user_id,
+        "user_id": recs.user_id or None,
         "surface": surface,
         "model_version": recs.model_version,
         "arm": None,  # A/B arms: not yet
@@ -80,6 +82,10 @@ def exposure_record(recs: Recommendations, surface: Surface, ts_ms: int) -> dict
                   for position, item in enumerate(recs.items)],
         "ts_ms": ts_ms,
     }
+    query_item_id = getattr(recs, "query_item_id", None)  # gateway.similar.SimilarList
+    if query_item_id is not None:
+        record["item_id"] = query_item_id
+    return record
 
 
 class ExposureSink(Protocol):
@@ -172,7 +178,8 @@ class ExposureLog:
             value = json.dumps(exposure_record(recs, surface, ts_ms),
                                separators=(",", ":")).encode()
             try:
-                future = self.producer.send(self.topic, key=recs.user_id.encode(), value=value)
+                key = (recs.user_id or recs.request_id).encode()  # no user: spread by list
+                future = self.producer.send(self.topic, key=key, value=value)
             except Exception as exc:
                 log.warning("exposure log: Kafka did not take a record (%r); dropping %d",
                             exc, len(batch) - done)

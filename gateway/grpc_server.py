@@ -18,6 +18,8 @@ from gateway.errors import (
     Conflict,
     Forbidden,
     InvalidRequest,
+    ItemNotFound,
+    NotServed,
     Overloaded,
     PayloadTooLarge,
     RecsysError,
@@ -48,6 +50,8 @@ EVENT_IDS_KEY = "recsys-event-ids"
 
 # Looked up along the exception's MRO, so subclasses (UnknownItem) map as their parents.
 _STATUS: dict[type[RecsysError], grpc.StatusCode] = {
+    ItemNotFound: grpc.StatusCode.NOT_FOUND,
+    NotServed: grpc.StatusCode.UNIMPLEMENTED,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     Unauthorized: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,

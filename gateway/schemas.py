@@ -31,3 +31,14 @@ class Recommendations(BaseModel):
     source: Source  # popular: from training data, not the stream
     model_version: int
     features_updated_at_ms: int | None = None
+
+
+class SimilarItems(BaseModel):
+    """Items like ``item_id`` (GET /v1/items/{item_id}/similar)."""
+
+    request_id: str  # as Recommendations.request_id: the list's id in the exposure log
+    item_id: str  # the item asked about (never in ``items``)
+    items: list[RecommendedItem]  # score: cosine similarity to item_id; trending/popular: as there
+    model_version: int
+    source: Source  # model; trending or popular (same categories) when degraded
+    degraded: bool  # the model failed or was too slow, or the user's bought items were unknown

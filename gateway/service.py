@@ -42,8 +42,9 @@ from gateway.exposure import (
 from gateway.inventory import Inventory
 from gateway.producer import Published
 from gateway.rules import Rules
-from gateway.schemas import Recommendations, RecommendedItem, Source
+from gateway.schemas import Recommendations, RecommendedItem, SimilarItems, Source
 from gateway.served_model import ServedModel
+from gateway.similar import similar as similar_items
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ class Recommender(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """One user's top k (indices, scores) from model ``version`` (the one whose catalog maps
         the indices back)."""
+
+    async def similar(self, item_index: int, exclude: np.ndarray, k: int,
+                      version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k items nearest ``item_index`` (indices, scores), none of ``exclude`` ([1, W] item
+        indices); NotServed when the repository has no similar-items model."""
 
 
 class Publisher(Protocol):
@@ -265,6 +271,13 @@ class RecommendationService:
         return Recommendations(request_id=request_id, user_id=user_id, items=items, cold_start=cold_start,
                                degraded=degraded, source=source, model_version=served.version,
                                features_updated_at_ms=updated_at_ms)
+
+    # --- similar items --------------------------------------------------------------------------
+
+    async def similar(self, item_id: str, k: int, user_id: str | None = None,
+                      request_id: str | None = None) -> SimilarItems:
+        """The ``k`` items most like ``item_id`` under the feed's rules (gateway/similar.py)."""
+        return await similar_items(self, item_id, k, user_id, request_id)
 
     # --- ingest ---------------------------------------------------------------------------------
 

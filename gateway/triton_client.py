@@ -24,6 +24,11 @@ SCORE) and sends each tensor under the name the served model gives it, read from
 ``contract_inputs`` / ``contract_outputs`` parameters (``features.contract.tensor_names``): the
 contract names under the python target, ``INPUT__i`` / ``OUTPUT__i`` for ``recommend_fused``
 under libtorch.
+
+Similar items. ``similar_items`` (ITEM, EXCLUDE, K -> ITEM_INDEX, SCORE) is looked up at connect()
+but is optional: a repository exported before it existed has none, and the gateway keeps serving
+the feed (``similar`` raises NotServed, a 501). Its calls are pinned to the version like the
+feed's, and are counted in ``in_flight`` and never cancelled in the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from tritonclient.utils import InferenceServerException
 
 from features import contract as sig
 from features.model_inputs import ModelInputs, infer_input
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import NotServed, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,27 @@ def check_contract(model: str, config: dict) -> int:
     return lengths[sig.HISTORY]
 
 
+SIMILAR_INPUTS = (sig.ITEM, sig.EXCLUDE, sig.K)
+SIMILAR_OUTPUTS = (sig.ITEM_INDEX, sig.SCORE)
+
+
+def similar_names(config: dict) -> sig.TensorNames | None:
+    """``similar_items``'s tensor names from its config, or None (logged) when it is not a model
+    of this contract: the similar-items route is then not served, the feed is unaffected."""
+    try:
+        names = sig.tensor_names(config)
+    except ValueError as exc:
+        log.warning("Triton model %r: %s; similar items are not served", sig.SIMILAR_ITEMS, exc)
+        return None
+    missing = [n for n in SIMILAR_INPUTS if n not in names.inputs] + [
+        n for n in SIMILAR_OUTPUTS if n not in names.outputs]
+    if missing:
+        log.warning("Triton model %r lacks contract tensors %s; similar items are not served",
+                    sig.SIMILAR_ITEMS, ", ".join(missing))
+        return None
+    return names
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of an ensemble: its model and the names it maps (backend name -> ensemble tensor)."""
@@ -119,6 +145,8 @@ class TritonRecommender:
         self.steps: list[Step] | None = None  # set by connect() when ``model`` is an ensemble
         # contract name -> the model's tensor name; set by connect() (before: the contract names)
         self.names = sig.TensorNames({}, {})
+        # similar_items' names; None: not served (set by connect())
+        self.similar_names: sig.TensorNames | None = None
         self._calls: set[asyncio.Task] = set()
 
     @property
@@ -136,6 +164,18 @@ class TritonRecommender:
         self.sequence_length = check_contract(self.model, config)
         self.names = contract_names(self.model, config)
         self.steps = ensemble_steps(config)
+        await self._connect_similar()
+
+    async def _connect_similar(self) -> None:
+        """Look ``similar_items`` up; its absence (an older export) is logged, never fatal."""
+        try:
+            config = (await self._client.get_model_config(sig.SIMILAR_ITEMS, as_json=True))["config"]
+        except InferenceServerException as exc:
+            log.warning("Triton has no %r model (%s): GET /v1/items/{id}/similar answers 501 until "
+                        "the repository is re-exported", sig.SIMILAR_ITEMS, exc)
+            self.similar_names = None
+            return
+        self.similar_names = similar_names(config)
 
     async def ready(self) -> bool:
         try:
@@ -171,6 +211,38 @@ class TritonRecommender:
         call.add_done_callback(self._finished)
         tensors = await asyncio.shield(call)
         return tensors[sig.ITEM_INDEX][0], tensors[sig.SCORE][0]
+
+    async def similar(self, item_index: int, exclude: np.ndarray, k: int,
+                      version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` items nearest ``item_index`` (indices, scores) from ``similar_items`` version
+        ``version``, never one of ``exclude`` (item indices, PAD allowed). NotServed when the
+        repository has no such model."""
+        if self.similar_names is None:
+            raise NotServed(f"the model repository has no {sig.SIMILAR_ITEMS!r} model (exported "
+                            "before similar items existed): re-export it to serve this route")
+        call = asyncio.ensure_future(self._infer_similar(item_index, exclude, k, version))
+        self._calls.add(call)
+        call.add_done_callback(self._finished)
+        tensors = await asyncio.shield(call)
+        return tensors[sig.ITEM_INDEX][0], tensors[sig.SCORE][0]
+
+    async def _infer_similar(self, item_index: int, exclude: np.ndarray, k: int,
+                             version: int | None) -> dict[str, np.ndarray]:
+        names = self.similar_names
+        assert names is not None
+        arrays = {sig.ITEM: np.array([[item_index]], dtype=np.int64),
+                  sig.EXCLUDE: np.asarray(exclude, dtype=np.int64).reshape(1, -1),
+                  sig.K: np.array([[k]], dtype=np.int32)}
+        out = {name: names.outputs[name] for name in SIMILAR_OUTPUTS}
+        try:
+            result = await self._client.infer(
+                sig.SIMILAR_ITEMS, [infer_input(grpcclient, names.inputs[n], a) for n, a in arrays.items()],
+                outputs=[grpcclient.InferRequestedOutput(name) for name in out.values()],
+                client_timeout=self.timeout_s,
+                model_version=str(version) if version is not None else "")
+        except InferenceServerException as exc:
+            raise UpstreamUnavailable(f"Triton {sig.SIMILAR_ITEMS} failed: {exc}") from exc
+        return {name: result.as_numpy(own) for name, own in out.items()}
 
     async def _infer(self, inputs: ModelInputs, version: int | None) -> dict[str, np.ndarray]:
         if version is not None and self._is_ensemble():

@@ -11,7 +11,7 @@ import numpy as np
 from features.catalog import PAD_INDEX, ItemCatalog
 from features.events import Event
 from features.model_inputs import ModelInputs
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import NotServed, UpstreamUnavailable
 from gateway.producer import Published
 from gateway.schemas import Recommendations
 
@@ -27,6 +27,8 @@ class FakeRecommender:
         self.fail = False
         self.delay_s = 0.0
         self.in_flight = 0
+        self.similar_calls: list[tuple[int, np.ndarray, int, int | None]] = []
+        self.similar_served = True
 
     async def recommend(self, inputs: ModelInputs,
                         version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +49,24 @@ class FakeRecommender:
         picked = np.array(candidates[:k], dtype=np.int64)
         scores = np.linspace(0.9, 0.5, len(picked)).astype(np.float32)
         return picked, scores
+
+    async def similar(self, item_index: int, exclude: np.ndarray, k: int,
+                      version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As ``recommend``, highest index first, never an excluded index (the query included
+        only when the caller excludes it, as the real model's ANN path); calls in ``similar_calls``
+        as (item index, exclusions without padding, k, version). ``similar_served=False``: a
+        repository without the model."""
+        exclude = np.asarray(exclude)[0]
+        exclude = exclude[exclude != PAD_INDEX]
+        self.similar_calls.append((item_index, exclude.copy(), k, version))
+        if not self.similar_served:
+            raise NotServed("no similar_items model")
+        if self.fail:
+            raise UpstreamUnavailable("triton down")
+        excluded = set(exclude.tolist())
+        candidates = [i for i in range(self.catalog.num_embeddings - 1, 1, -1) if i not in excluded]
+        picked = np.array(candidates[:k], dtype=np.int64)
+        return picked, np.linspace(0.8, 0.4, len(picked)).astype(np.float32)
 
 
 class FakePublisher:
