@@ -29,7 +29,7 @@ from gateway.errors import (
 from gateway.producer import Published
 from gateway.proto import recsys_pb2 as pb
 from gateway.proto import recsys_pb2_grpc as pb_grpc
-from gateway.schemas import Recommendations
+from gateway.schemas import Recommendations, SimilarItems
 from gateway.service import RecommendationService
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,18 @@ def recommendations_to_proto(recs: Recommendations) -> pb.RecommendResponse:
     )
 
 
+def similar_to_proto(similar: SimilarItems) -> pb.SimilarItemsResponse:
+    return pb.SimilarItemsResponse(
+        request_id=similar.request_id,
+        item_id=similar.item_id,
+        items=[pb.RecommendedItem(item_id=i.item_id, title=i.title, categories=i.categories,
+                                  score=i.score) for i in similar.items],
+        model_version=similar.model_version,
+        source=_SOURCES.get(similar.source, pb.SOURCE_UNSPECIFIED),
+        degraded=similar.degraded,
+    )
+
+
 def accepted_to_proto(published: Published) -> pb.Accepted:
     return pb.Accepted(event_id=published.event_id, topic=published.topic,
                        partition=published.partition, offset=published.offset)
@@ -191,6 +203,21 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return recommendations_to_proto(recs)
 
         return await self._call(context, "Recommend", recommend)
+
+    async def SimilarItems(self, request: pb.SimilarItemsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:
+        async def similar(service: RecommendationService) -> pb.SimilarItemsResponse:
+            if not is_valid_id(request.item_id):
+                raise InvalidRequest(f"item_id: should match pattern {ID_PATTERN!r}, "
+                                     f"got {request.item_id[:80]!r}")
+            k = request.k if request.HasField("k") else DEFAULT_K
+            user_id = request.user_id if request.HasField("user_id") else None
+            request_id = next((value for key, value in context.invocation_metadata() or ()
+                               if key == REQUEST_ID_KEY and isinstance(value, str)), None)
+            return similar_to_proto(await service.similar(request.item_id, k, user_id=user_id,
+                                                          request_id=request_id))
+
+        return await self._call(context, "SimilarItems", similar)
 
     async def Ingest(self, request: pb.IngestRequest,
                      context: grpc.aio.ServicerContext) -> pb.IngestResponse:

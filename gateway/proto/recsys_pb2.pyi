@@ -134,3 +134,29 @@ class IngestBatchResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: _containers.RepeatedCompositeFieldContainer[Accepted]
     def __init__(self, accepted: _Optional[_Iterable[_Union[Accepted, _Mapping]]] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "k", "user_id")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    k: int
+    user_id: str
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class SimilarItemsResponse(_message.Message):
+    __slots__ = ("request_id", "item_id", "items", "model_version", "source", "degraded")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    item_id: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    model_version: int
+    source: Source
+    degraded: bool
+    def __init__(self, request_id: _Optional[str] = ..., item_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., degraded: bool = ...) -> None: ...

@@ -30,6 +30,11 @@ class RecommenderStub(object):
                 request_serializer=gateway_dot_proto_dot_recsys__pb2.IngestBatchRequest.SerializeToString,
                 response_deserializer=gateway_dot_proto_dot_recsys__pb2.IngestBatchResponse.FromString,
                 )
+        self.SimilarItems = channel.unary_unary(
+                '/recsys.v1.Recommender/SimilarItems',
+                request_serializer=gateway_dot_proto_dot_recsys__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=gateway_dot_proto_dot_recsys__pb2.SimilarItemsResponse.FromString,
+                )
 
 
 class RecommenderServicer(object):
@@ -58,6 +63,14 @@ class RecommenderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SimilarItems(self, request, context):
+        """The k items most like an item under the same rules (never the item itself, out-of-stock items
+        or, with user_id, the user's bought items); degraded: trending/popular items of its categories.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +88,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.IngestBatch,
                     request_deserializer=gateway_dot_proto_dot_recsys__pb2.IngestBatchRequest.FromString,
                     response_serializer=gateway_dot_proto_dot_recsys__pb2.IngestBatchResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=gateway_dot_proto_dot_recsys__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=gateway_dot_proto_dot_recsys__pb2.SimilarItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,5 +153,22 @@ class Recommender(object):
         return grpc.experimental.unary_unary(request, target, '/recsys.v1.Recommender/IngestBatch',
             gateway_dot_proto_dot_recsys__pb2.IngestBatchRequest.SerializeToString,
             gateway_dot_proto_dot_recsys__pb2.IngestBatchResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/recsys.v1.Recommender/SimilarItems',
+            gateway_dot_proto_dot_recsys__pb2.SimilarItemsRequest.SerializeToString,
+            gateway_dot_proto_dot_recsys__pb2.SimilarItemsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
