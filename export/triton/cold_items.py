@@ -3,8 +3,8 @@ retraining, and publish them as a new model version.
 
 A new item has no trained id embedding, so its id row is zero and its vector comes from its
 categories, year and price alone. Every existing item keeps exactly its embedding. The new
-version holds ``user_tower``, ``retrieve`` and ``recommend_fused`` built from one extended catalog,
-so one version number always means one item index space.
+version holds ``user_tower``, ``retrieve``, ``recommend_fused`` and ``similar_items`` built from one
+extended catalog, so one version number always means one item index space.
 
     python -m export.triton.cold_items --repository model_repository \\
         --checkpoint build/checkpoints/seed0/best.pt --items new_items.csv
