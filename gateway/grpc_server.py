@@ -107,12 +107,16 @@ def event_from_proto(message: pb.Event, where: str = "event") -> Event:
             f"{'.'.join([where, *map(str, e['loc'])])}: {e['msg']}" for e in exc.errors())) from None
 
 
+def _items_to_proto(items) -> list[pb.RecommendedItem]:
+    return [pb.RecommendedItem(item_id=i.item_id, title=i.title, categories=i.categories,
+                               score=i.score) for i in items]
+
+
 def recommendations_to_proto(recs: Recommendations) -> pb.RecommendResponse:
     return pb.RecommendResponse(
         request_id=recs.request_id,
         user_id=recs.user_id,
-        items=[pb.RecommendedItem(item_id=i.item_id, title=i.title, categories=i.categories,
-                                  score=i.score) for i in recs.items],
+        items=_items_to_proto(recs.items),
         cold_start=recs.cold_start,
         degraded=recs.degraded,
         source=_SOURCES.get(recs.source, pb.SOURCE_UNSPECIFIED),
@@ -125,8 +129,7 @@ def similar_to_proto(similar: SimilarItems) -> pb.SimilarItemsResponse:
     return pb.SimilarItemsResponse(
         request_id=similar.request_id,
         item_id=similar.item_id,
-        items=[pb.RecommendedItem(item_id=i.item_id, title=i.title, categories=i.categories,
-                                  score=i.score) for i in similar.items],
+        items=_items_to_proto(similar.items),
         model_version=similar.model_version,
         source=_SOURCES.get(similar.source, pb.SOURCE_UNSPECIFIED),
         degraded=similar.degraded,

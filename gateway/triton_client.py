@@ -234,28 +234,29 @@ class TritonRecommender:
                   sig.EXCLUDE: np.asarray(exclude, dtype=np.int64).reshape(1, -1),
                   sig.K: np.array([[k]], dtype=np.int32)}
         out = {name: names.outputs[name] for name in SIMILAR_OUTPUTS}
-        try:
-            result = await self._client.infer(
-                sig.SIMILAR_ITEMS, [infer_input(grpcclient, names.inputs[n], a) for n, a in arrays.items()],
-                outputs=[grpcclient.InferRequestedOutput(name) for name in out.values()],
-                client_timeout=self.timeout_s,
-                model_version=str(version) if version is not None else "")
-        except InferenceServerException as exc:
-            raise UpstreamUnavailable(f"Triton {sig.SIMILAR_ITEMS} failed: {exc}") from exc
-        return {name: result.as_numpy(own) for name, own in out.items()}
+        return await self._call(
+            sig.SIMILAR_ITEMS, [infer_input(grpcclient, names.inputs[n], a) for n, a in arrays.items()],
+            out, version)
 
     async def _infer(self, inputs: ModelInputs, version: int | None) -> dict[str, np.ndarray]:
         if version is not None and self._is_ensemble():
             return await self._run_steps(inputs.tensors(), version)
         out = {name: self.names.outputs.get(name, name) for name in (sig.ITEM_INDEX, sig.SCORE)}
+        return await self._call(self.model, inputs.infer_inputs(grpcclient, self.names.inputs or None),
+                                out, version, what="recommend")
+
+    async def _call(self, model: str, infer_inputs: list, out: dict[str, str], version: int | None,
+                    what: str | None = None) -> dict[str, np.ndarray]:
+        """One inference of ``model`` (at ``version``, if given); ``out`` maps contract output
+        names to the model's own. A Triton error is UpstreamUnavailable, the fallback's cue."""
         try:
             result = await self._client.infer(
-                self.model, inputs.infer_inputs(grpcclient, self.names.inputs or None),
+                model, infer_inputs,
                 outputs=[grpcclient.InferRequestedOutput(name) for name in out.values()],
                 client_timeout=self.timeout_s,
                 model_version=str(version) if version is not None else "")
         except InferenceServerException as exc:
-            raise UpstreamUnavailable(f"Triton recommend failed: {exc}") from exc
+            raise UpstreamUnavailable(f"Triton {what or model} failed: {exc}") from exc
         return {name: result.as_numpy(own) for name, own in out.items()}
 
     async def _run_steps(self, tensors: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
