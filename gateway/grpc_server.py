@@ -107,6 +107,18 @@ def event_from_proto(message: pb.Event, where: str = "event") -> Event:
             f"{'.'.join([where, *map(str, e['loc'])])}: {e['msg']}" for e in exc.errors())) from None
 
 
+def check_id(field: str, value: str) -> None:
+    """A user or item id of a request message, refused as the REST schema refuses it."""
+    if not is_valid_id(value):
+        raise InvalidRequest(f"{field}: should match pattern {ID_PATTERN!r}, got {value[:80]!r}")
+
+
+def client_request_id(context: grpc.aio.ServicerContext) -> str | None:
+    """The caller's ``x-request-id`` metadata, if any (validated where the id is used)."""
+    return next((value for key, value in context.invocation_metadata() or ()
+                 if key == REQUEST_ID_KEY and isinstance(value, str)), None)
+
+
 def _items_to_proto(items) -> list[pb.RecommendedItem]:
     return [pb.RecommendedItem(item_id=i.item_id, title=i.title, categories=i.categories,
                                score=i.score) for i in items]
@@ -188,17 +200,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def Recommend(self, request: pb.RecommendRequest,
                         context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         async def recommend(service: RecommendationService) -> pb.RecommendResponse:
-            if not is_valid_id(request.user_id):
-                raise InvalidRequest(f"user_id: should match pattern {ID_PATTERN!r}, "
-                                     f"got {request.user_id[:80]!r}")
+            check_id("user_id", request.user_id)
             k = request.k if request.HasField("k") else DEFAULT_K
             bound = min(MAX_K, service.max_k)
             if not 1 <= k <= bound:
                 raise InvalidRequest(f"k must be between 1 and {bound}, got {k}")
             max_per_category = (request.max_per_category if request.HasField("max_per_category")
                                 else None)
-            request_id = next((value for key, value in context.invocation_metadata() or ()
-                               if key == REQUEST_ID_KEY and isinstance(value, str)), None)
+            request_id = client_request_id(context)
             recs = await service.recommend(request.user_id, k, exclude=list(request.exclude),
                                            categories=list(request.categories),
                                            max_per_category=max_per_category,
@@ -210,13 +219,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def SimilarItems(self, request: pb.SimilarItemsRequest,
                            context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:
         async def similar(service: RecommendationService) -> pb.SimilarItemsResponse:
-            if not is_valid_id(request.item_id):
-                raise InvalidRequest(f"item_id: should match pattern {ID_PATTERN!r}, "
-                                     f"got {request.item_id[:80]!r}")
+            check_id("item_id", request.item_id)
             k = request.k if request.HasField("k") else DEFAULT_K
             user_id = request.user_id if request.HasField("user_id") else None
-            request_id = next((value for key, value in context.invocation_metadata() or ()
-                               if key == REQUEST_ID_KEY and isinstance(value, str)), None)
+            request_id = client_request_id(context)
             return similar_to_proto(await service.similar(request.item_id, k, user_id=user_id,
                                                           request_id=request_id))
 
