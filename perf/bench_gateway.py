@@ -1,4 +1,5 @@
-"""Gateway under load: open-loop HTTP load at fixed rates, gateway vs Triton direct.
+"""Gateway under load: open-loop HTTP load at fixed rates, gateway vs Triton direct, feed vs
+similar items.
 
     PYTHONPATH=. .venv/bin/python perf/bench_gateway.py --model-repository model_repository \\
         --artifacts build --out perf/results
@@ -13,7 +14,9 @@
 3. For each rate in ``--rates``: one gateway run (``GET /v1/users/{user}/recommendations?k=10``)
    and one Triton-direct run (the gateway's model, ``recommend_fused`` by default, over
    ``tritonclient.grpc.aio``, with the inputs the gateway would build for the same user), at the
-   same rate with the same sequence of random snapshot users.
+   same rate with the same sequence of random snapshot users; and (``--targets ... similar``) one
+   similar-items run (``GET /v1/items/{item}/similar?k=10``) with the same send times, for items
+   drawn from the served catalog (seeded: the same items at every repeat of a rate).
 
 Open loop: request i is due at ``t0 + i / rate`` (or Poisson arrivals) and is sent then whether or
 not earlier ones have answered, so a slow server cannot slow the generator down (no coordinated
@@ -30,8 +33,9 @@ only), Triton's own per-request time (inference statistics) and, best effort, th
 in-app time from its ``/metrics`` histogram.
 
 Writes under ``--out``: ``gateway_load.csv`` (one row per target and rate), ``gateway_load.json``
-(config, environment, runs, target checks), ``gateway_load.png`` (latency percentiles vs rate,
-gateway vs Triton direct) and the service logs in ``gateway_load_logs/``. Exits 1 if a run got no
+(config, environment, runs, target checks: the feed's p99 at 200 req/s, its p50 against Triton
+direct's, similar items' p99 against the feed's), ``gateway_load.png`` (latency percentiles vs
+rate per target, the two ratios) and the service logs in ``gateway_load_logs/``. Exits 1 if a run got no
 successful response or the gateway's sanity request failed; missed latency targets are reported,
 not failures. Every service it started is stopped.
 """
@@ -51,6 +55,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,7 +65,7 @@ from features.model_inputs import ModelInputs, build_inputs  # noqa: E402
 from gateway.served_model import load_served_model  # noqa: E402
 from perf import gateway_report  # noqa: E402
 from perf.cpu_accounting import CpuProbe  # noqa: E402
-from perf.gateway_targets import GatewayTarget, TritonTarget  # noqa: E402
+from perf.gateway_targets import GatewayTarget, SimilarTarget, TritonTarget  # noqa: E402
 from perf.harness import SNAPSHOT_FILE, environment, export_fresh, finish, write_csv, write_json  # noqa: E402
 from perf.input_data import snapshot_steps  # noqa: E402
 from perf.load_generator import RunSpec, make_schedule, open_loop, summarize_run  # noqa: E402
@@ -71,7 +77,8 @@ from perf.server_stats import (  # noqa: E402
 )
 
 EVENTS_TOPIC = "user-events"
-TARGETS = ("gateway", "triton")
+TARGETS = ("gateway", "triton", "similar")
+HTTP_TARGETS = {"gateway": GatewayTarget, "similar": SimilarTarget}  # served by the gateway
 HISTORY_ITEMS = 100  # the feature store's recent events per user (FeatureRules.history_items)
 
 
@@ -80,6 +87,32 @@ def request_inputs(steps: Sequence[str], catalog, sequence_length: int, k: int) 
     ``perf.input_data.snapshot_steps``): the store keeps the last HISTORY_ITEMS events as history,
     with their types, and every item as seen (excluded)."""
     return build_inputs(list(steps[-HISTORY_ITEMS:]), catalog, sequence_length, k, exclude=steps)
+
+
+def sample_items(item_ids: Sequence[str], n: int, seed: int) -> list[str]:
+    """The items similar-items requests ask about: ``n`` of the catalog (0: all of it), drawn with
+    ``seed`` and sorted, so that a repeat of the benchmark asks about the same items."""
+    ids = sorted(item_ids, key=lambda i: (len(i), i))
+    if not 0 < n < len(ids):
+        return ids
+    picks = np.random.default_rng(seed).choice(len(ids), size=n, replace=False)
+    return [ids[i] for i in sorted(picks)]
+
+
+def schedules(rate: float, args: argparse.Namespace, users: Sequence[str],
+              items: Sequence[str]) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Per target, the send offsets and each request's key (a user, or an item for ``similar``).
+    All targets get the same offsets: the similar picks come from a second generator with the same
+    seed, whose offsets (drawn before the picks) are the same numbers."""
+    seed = args.seed + int(rate)
+    offsets, picked = make_schedule(rate, args.duration_s, args.warmup_s, users, seed, args.arrivals)
+    out = {t: (offsets, picked) for t in ("gateway", "triton")}
+    if items:
+        item_offsets, item_picks = make_schedule(rate, args.duration_s, args.warmup_s, items, seed,
+                                                 args.arrivals)
+        assert np.array_equal(item_offsets, offsets)
+        out["similar"] = (offsets, item_picks)
+    return out
 
 
 async def measure(target, spec: RunSpec, probe: CpuProbe, triton_url: str | None,
@@ -123,7 +156,7 @@ def start_stack(args: argparse.Namespace, repository: Path, histories: Path,
     pids: dict[str, int | None] = {}
     started: dict[str, float] = {}
     triton_url = args.triton_grpc_url
-    start_gateway = args.gateway_url is None and "gateway" in args.targets
+    start_gateway = args.gateway_url is None and bool(HTTP_TARGETS.keys() & set(args.targets))
     if triton_url is None and (start_gateway or "triton" in args.targets):
         print("starting Triton ...", flush=True)
         triton = stack.enter_context(TritonServer(repository, log_path=log_dir / "tritonserver.log"))
@@ -150,24 +183,26 @@ def start_stack(args: argparse.Namespace, repository: Path, histories: Path,
     return Stack(gateway_url, triton_url, pids, {k: round(v, 1) for k, v in started.items() if v})
 
 
-def sanity_check(gateway_url: str, user: str, k: int) -> str | None:
-    """One request for a known user must be a model answer with k items."""
+def sanity_check(gateway_url: str, key: str, k: int, target: str = "gateway") -> str | None:
+    """One request (for a known user, or a catalog item) must be a model answer with k items. A
+    501 from similar items: the repository predates the ``similar_items`` model."""
+    url = f"{gateway_url}{HTTP_TARGETS[target].path.format(key=key)}?k={k}"
     try:
-        with urllib.request.urlopen(f"{gateway_url}/v1/users/{user}/recommendations?k={k}",
-                                    timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=10) as response:
             body = json.load(response)
     except OSError as exc:
-        return f"gateway sanity request failed: {exc}"
+        return f"{target} sanity request failed: {exc}"
     if body.get("degraded") or body.get("source") != "model" or len(body.get("items", [])) != k:
-        return (f"gateway sanity request for user {user}: source {body.get('source')}, degraded "
+        return (f"{target} sanity request for {key}: source {body.get('source')}, degraded "
                 f"{body.get('degraded')}, {len(body.get('items', []))} items (expected a model "
                 f"answer with {k})")
     return None
 
 
 def load_users(args: argparse.Namespace, repository: Path,
-               histories_path: Path) -> tuple[list[str], dict[str, ModelInputs]]:
-    """The snapshot's users with a history (in a stable order) and each one's Triton request."""
+               histories_path: Path) -> tuple[list[str], dict[str, ModelInputs], list[str]]:
+    """The snapshot's users with a history (in a stable order), each one's Triton request, and
+    the catalog items similar-items requests ask about."""
     histories = snapshot_steps(json.loads(histories_path.read_text()))
     served = load_served_model(repository)
     users = sorted((u for u, items in histories.items() if items), key=lambda u: (len(u), u))
@@ -175,14 +210,19 @@ def load_users(args: argparse.Namespace, repository: Path,
         users = users[:args.users]
     inputs = {u: request_inputs(histories[u], served.catalog, served.sequence_length, args.k)
               for u in users}
+    items = (sample_items([i.item_id for i in served.catalog.items], args.items, args.seed)
+             if "similar" in args.targets else [])
     print(f"{len(users)} users from {histories_path}; model v{served.version}, "
-          f"L={served.sequence_length}, {served.catalog.num_items} items", flush=True)
-    return users, inputs
+          f"L={served.sequence_length}, {served.catalog.num_items} items"
+          + (f", {len(items)} of them for similar items" if items else ""), flush=True)
+    return users, inputs, items
 
 
 def run_rates(args: argparse.Namespace, services: Stack, targets: list[str], users: list[str],
-              inputs: dict[str, ModelInputs], problems: list[str], warnings: list[str]) -> list[dict]:
-    """Per rate, one open-loop run per target with the same schedule of users; the rows."""
+              inputs: dict[str, ModelInputs], items: list[str], problems: list[str],
+              warnings: list[str]) -> list[dict]:
+    """Per rate, one open-loop run per target, one after another (the same machine state for
+    each), with the same send times (and for the feed and Triton the same users); the rows."""
     rows = []
     probe = CpuProbe.of(services.pids)
     # With services started elsewhere their CPU is in "other".
@@ -190,18 +230,19 @@ def run_rates(args: argparse.Namespace, services: Stack, targets: list[str], use
     print(f"\nopen-loop runs: {args.warmup_s:g} s warm-up + {args.duration_s:g} s measured, "
           f"{args.arrivals} arrivals, k={args.k}, client {args.client}", flush=True)
     for rate in args.rates:
-        spec_args = (rate, args.duration_s, args.warmup_s, users, args.seed + int(rate), args.arrivals)
-        offsets, picked = make_schedule(*spec_args)
+        per_target = schedules(rate, args, users, items)
         for name in targets:
-            spec = RunSpec(name, rate, args.duration_s, args.warmup_s, args.arrivals, offsets, picked)
-            if name == "gateway":
-                target = GatewayTarget(services.gateway_url, args.k, args.timeout_s,
-                                       args.max_connections, args.client)
+            spec = RunSpec(name, rate, args.duration_s, args.warmup_s, args.arrivals, *per_target[name])
+            if name in HTTP_TARGETS:
+                target = HTTP_TARGETS[name](services.gateway_url, args.k, args.timeout_s,
+                                            args.max_connections, args.client)
             else:
                 target = TritonTarget(services.triton_grpc_url, args.triton_model, inputs, args.timeout_s)
-            gateway_url = services.gateway_url if name == "gateway" else None
+            gateway_url = services.gateway_url if name in HTTP_TARGETS else None
+            # Triton's statistics of the model this path calls
+            model = sig.SIMILAR_ITEMS if name == "similar" else args.triton_model
             row = asyncio.run(measure(target, spec, probe, services.triton_grpc_url,
-                                      args.triton_model, gateway_url, not args.no_progress))
+                                      model, gateway_url, not args.no_progress))
             gateway_report.print_row(row)
             rows.append(row)
             if row["ok"] == 0:
@@ -230,20 +271,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             repository, artifacts = args.model_repository.resolve(), args.artifacts.resolve()
         histories_path = artifacts / SNAPSHOT_FILE
-        users, inputs = load_users(args, repository, histories_path)
+        users, inputs, items = load_users(args, repository, histories_path)
 
         services = start_stack(args, repository, histories_path, stack, work, log_dir)
         if services.started:
             print("ready after " + ", ".join(f"{k} {v} s" for k, v in services.started.items()), flush=True)
-        targets = [t for t in args.targets if (t == "gateway" and services.gateway_url)
+        targets = [t for t in args.targets if (t in HTTP_TARGETS and services.gateway_url)
                    or (t == "triton" and services.triton_grpc_url)]
-        if "gateway" in targets:
-            problem = sanity_check(services.gateway_url, users[0], args.k)
+        for name, key in (("gateway", users[0]), ("similar", items[0] if items else "")):
+            problem = sanity_check(services.gateway_url, key, args.k, name) if name in targets else None
             if problem:
                 problems.append(problem)
-                targets = [t for t in targets if t != "gateway"]
+                targets = [t for t in targets if t != name]
                 print(f"FAILED: {problem}", file=sys.stderr)
-        rows = run_rates(args, services, targets, users, inputs, problems, warnings)
+        rows = run_rates(args, services, targets, users, inputs, items, problems, warnings)
 
     checks = gateway_report.target_checks(rows)
     report = {
@@ -251,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "arrivals": args.arrivals, "k": args.k, "timeout_s": args.timeout_s,
                    "client": args.client, "max_connections": args.max_connections,
                    "triton_model": args.triton_model, "users": len(users), "seed": args.seed,
+                   "similar_items_asked": len(items),
                    "repository": str(args.model_repository or f"fresh export, {args.epochs} epoch(s)"),
                    "gateway": args.gateway_url or "started by the script (memory store, embedded consumer)",
                    "triton": args.triton_grpc_url or "started by the script",
@@ -291,6 +333,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="HTTP client of the generator (aiohttp costs less CPU per request)")
     p.add_argument("--max-connections", type=int, default=256, help="HTTP keep-alive pool size")
     p.add_argument("--users", type=int, default=0, help="use only the first N snapshot users (0: all)")
+    p.add_argument("--items", type=int, default=0,
+                   help="similar items: ask about N catalog items drawn with --seed (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-repository", type=Path, default=None,
                    help="exported repository to serve (default: train and export into a temp dir)")
@@ -311,6 +355,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if (args.gateway_url or args.triton_grpc_url) and args.model_repository is None:
         p.error("with --gateway-url/--triton-grpc-url pass the --model-repository and --artifacts "
                 "the running services use")
+    args.targets = list(dict.fromkeys(args.targets))
     if args.gateway_url and not args.triton_grpc_url and "triton" in args.targets:
         print("note: --gateway-url without --triton-grpc-url: no Triton-direct runs", file=sys.stderr)
         args.targets = [t for t in args.targets if t != "triton"]

@@ -1,5 +1,6 @@
-"""What the gateway benchmark sends one request to: the gateway over HTTP, or Triton directly over
-gRPC with the inputs the gateway would build for the same user (perf/load_generator.py drives them).
+"""What the gateway benchmark sends one request to: the gateway's feed or similar items over HTTP,
+or Triton directly over gRPC with the inputs the gateway would build for the same user
+(perf/load_generator.py drives them; its "user" is whatever key the target's path takes).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from perf.load_generator import BAD_BODY, CONNECTION_ERROR, TIMEOUT
 
 
 class GatewayTarget:
-    """``GET /v1/users/{user}/recommendations?k=K`` over HTTP/1.1 keep-alive."""
+    """``GET /v1/users/{user}/recommendations?k=K`` (the feed) over HTTP/1.1 keep-alive."""
 
     name = "gateway"
+    # {key}: the schedule's entry, URL-safe as it is (snapshot user ids, catalog item ids)
+    path = "/v1/users/{key}/recommendations"
 
     def __init__(self, url: str, k: int, timeout_s: float, max_connections: int, client: str) -> None:
         self.url, self.k, self.timeout_s = url.rstrip("/"), k, timeout_s
@@ -43,11 +46,11 @@ class GatewayTarget:
             self._timeouts = (httpx.TimeoutException, asyncio.TimeoutError)
             self._conn_errors = (httpx.HTTPError, OSError)
 
-    def _url(self, user: str):
-        url = self._urls.get(user)
+    def _url(self, key: str):
+        url = self._urls.get(key)
         if url is None:
-            text = f"{self.url}/v1/users/{user}/recommendations?k={self.k}"
-            url = self._urls[user] = self._yarl.URL(text, encoded=True) if self.client == "aiohttp" else text
+            text = f"{self.url}{self.path.format(key=key)}?k={self.k}"
+            url = self._urls[key] = self._yarl.URL(text, encoded=True) if self.client == "aiohttp" else text
         return url
 
     async def send(self, user: str) -> tuple[int, bool]:
@@ -76,6 +79,15 @@ class GatewayTarget:
     async def close(self) -> None:
         if self._session is not None:
             await (self._session.close() if self.client == "aiohttp" else self._session.aclose())
+
+
+class SimilarTarget(GatewayTarget):
+    """``GET /v1/items/{item}/similar?k=K``: the schedule's entries are catalog item ids. No
+    ``user_id``: the comparison with the feed is of the two model paths, and the feed's store read
+    is the only per-user work left out (similar items reads the store only for a named user)."""
+
+    name = "similar"
+    path = "/v1/items/{key}/similar"
 
 
 class TritonTarget:
