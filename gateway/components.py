@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -20,7 +21,7 @@ from feature_service.background import BackgroundConsumer
 from feature_service.config import FeatureServiceSettings
 from feature_service.store import FeatureStore, create_store
 from feature_service.topics import ensure_topics
-from features import contract as sig
+from features.experiment import Experiment, read_pointer
 from gateway import metrics
 from gateway.config import GatewaySettings
 from gateway.errors import Conflict
@@ -29,7 +30,7 @@ from gateway.grpc_server import ServiceGetter, start_grpc_server
 from gateway.inventory import Inventory, create_inventory
 from gateway.producer import EventProducer
 from gateway.push import FrequencyCap, Pusher, PushHub
-from gateway.served_model import ServedModel, load_served_model
+from gateway.served_model import ServedArms, ServedModel, load_served_model
 from gateway.service import RecommendationService
 from gateway.triton_client import TritonRecommender
 
@@ -200,31 +201,58 @@ async def push_parts(settings: GatewaySettings, store: FeatureStore,
 
 async def _follow_live_version(service: RecommendationService, triton: TritonRecommender,
                                repository: Path, interval_s: float) -> None:
-    """Switch to the repository's live version once Triton serves it: no restart, and no request
-    ever pairs one version's scores with another's catalog (requests are pinned to a version)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            live = await asyncio.to_thread(sig.live_version, repository)
-            if live == service.served.version or not await triton.version_ready(live):
-                continue
-            served = await asyncio.to_thread(load_served_model, repository, live)
-            previous = service.served.version
-            try:
-                service.reload(served)
-            except Conflict as exc:
-                log.error("not switching: %s", exc.message)
-                continue
-            metrics.MODEL_VERSION.set(live)
-            log.info("now serving model version %d (was %d)", live, previous)
+            await _follow_pointer(service, triton, repository)
         except Exception:  # a half-written repository must not stop the watcher
             log.exception("checking the live model version failed")
+
+
+async def _follow_pointer(service: RecommendationService, triton: TritonRecommender,
+                          repository: Path) -> None:
+    """Switch to the repository's live version, and to its experiment's arms, once Triton serves
+    every one of their versions: no restart, and no request ever pairs one version's scores with
+    another's catalog (requests are pinned to a version)."""
+    live, experiment = await asyncio.to_thread(read_pointer, repository)
+    running = service.arms.experiment if service.arms else None
+    if live == service.served.version and experiment == running:
+        return
+    versions = {live} | (experiment.versions if experiment else set())
+    if not all([await triton.version_ready(v) for v in versions]):
+        return
+    loaded = {m.version: m for m in (service.served, *(service.arms.by_arm.values() if service.arms else ()))}
+    models = {v: loaded[v] if v in loaded else await asyncio.to_thread(load_served_model, repository, v)
+              for v in versions}
+    # ServedArms tags its own copies with the arm names; the live one is served untagged.
+    served = dataclasses.replace(models[live], arm=None)
+    previous = service.served.version
+    try:
+        service.reload(served, ServedArms.build(experiment, models) if experiment else None)
+    except Conflict as exc:
+        log.error("not switching: %s", exc.message)
+        return
+    metrics.MODEL_VERSION.set(live)
+    log.info("now serving model version %d (was %d)%s", live, previous, _arms_text(experiment))
+
+
+def _arms_text(experiment: Experiment | None) -> str:
+    if experiment is None:
+        return ""
+    arms = ", ".join(f"{a.name}=v{a.version}:{a.weight:g}" for a in experiment.arms)
+    return f", experiment {experiment.name!r}: {arms}"
 
 
 @asynccontextmanager
 async def live_version_watcher(settings: GatewaySettings, service: RecommendationService,
                                triton: TritonRecommender) -> AsyncIterator[None]:
-    """Polls the model repository every ``model_poll_ms`` for a new live version to serve."""
+    """Polls the model repository every ``model_poll_ms`` for a new live version to serve. The
+    first look is made before serving: a restarted gateway serves the running experiment's arms
+    from its first request, so no user changes arm across a restart."""
+    try:
+        await _follow_pointer(service, triton, Path(settings.model_repository))
+    except Exception:  # as in the loop: keep serving the live version, and say why
+        log.exception("reading the rollout pointer at start-up failed")
     async with background(_follow_live_version(service, triton, Path(settings.model_repository),
                                                settings.model_poll_ms / 1000)):
         metrics.MODEL_VERSION.set(service.served.version)

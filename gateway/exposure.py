@@ -74,7 +74,7 @@ def exposure_record(recs: Recommendations, surface: Surface, ts_ms: int) -> dict
         "user_id": recs.user_id or None,
         "surface": surface,
         "model_version": recs.model_version,
-        "arm": None,  # A/B arms: not yet
+        "arm": recs.arm,  # None outside an experiment
         "source": recs.source,
         "degraded": recs.degraded,
         "cold_start": recs.cold_start,

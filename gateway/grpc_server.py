@@ -134,6 +134,7 @@ def recommendations_to_proto(recs: Recommendations) -> pb.RecommendResponse:
         source=_SOURCES.get(recs.source, pb.SOURCE_UNSPECIFIED),
         model_version=recs.model_version,
         features_updated_at_ms=recs.features_updated_at_ms,
+        arm=recs.arm,
     )
 
 
@@ -145,6 +146,7 @@ def similar_to_proto(similar: SimilarItems) -> pb.SimilarItemsResponse:
         model_version=similar.model_version,
         source=_SOURCES.get(similar.source, pb.SOURCE_UNSPECIFIED),
         degraded=similar.degraded,
+        arm=similar.arm,
     )
 
 

@@ -30,6 +30,7 @@ class Recommendations(BaseModel):
     degraded: bool  # the model or the feature store failed or was too slow: trending or popular
     source: Source  # popular: from training data, not the stream
     model_version: int
+    arm: str | None = None  # the user's A/B experiment arm (None: no experiment running)
     features_updated_at_ms: int | None = None
 
 
@@ -40,5 +41,6 @@ class SimilarItems(BaseModel):
     item_id: str  # the item asked about (never in ``items``)
     items: list[RecommendedItem]  # score: cosine similarity to item_id; trending/popular: as there
     model_version: int
+    arm: str | None = None  # as Recommendations.arm (None also when the request named no user)
     source: Source  # model; trending or popular (same categories) when degraded
     degraded: bool  # the model failed or was too slow, or the user's bought items were unknown

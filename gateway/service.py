@@ -43,7 +43,7 @@ from gateway.inventory import Inventory
 from gateway.producer import Published
 from gateway.rules import Rules
 from gateway.schemas import Recommendations, RecommendedItem, SimilarItems, Source
-from gateway.served_model import ServedModel
+from gateway.served_model import ServedArms, ServedModel
 from gateway.similar import similar as similar_items
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ class RecommendationService:
                  publisher: Publisher, inventory: Inventory, policy: ServicePolicy | None = None,
                  pusher: PushScheduler | None = None,
                  exposures: ExposureSink | None = None) -> None:
-        self.served = served  # replaced whole by reload(): a request reads it once
+        self.served = served  # the live version; replaced whole by reload(): a request reads it once
+        self.arms: ServedArms | None = None  # the running experiment's arms, replaced with served
         self.store = store
         self.recommender = recommender
         self.publisher = publisher
@@ -128,13 +129,21 @@ class RecommendationService:
     def max_k(self) -> int:
         return min(self.policy.max_k, self.served.catalog.num_items)
 
-    def reload(self, served: ServedModel) -> None:
-        """Serve another model version. Refused (Conflict) when its input shape differs from the
-        one Triton was checked against at start-up."""
-        if served.sequence_length != self.served.sequence_length:
-            raise Conflict(f"version {served.version} expects sequence length "
-                           f"{served.sequence_length}, this gateway sends {self.served.sequence_length}")
-        self.served = served
+    def reload(self, served: ServedModel, arms: ServedArms | None = None) -> None:
+        """Serve another live version, and an experiment's arms (None: everyone gets ``served``).
+        Refused (Conflict) when an input shape differs from the one Triton was checked against at
+        start-up. Both change in one step: no request sees one without the other."""
+        for model in (served, *(arms.by_arm.values() if arms else ())):
+            if model.sequence_length != self.served.sequence_length:
+                raise Conflict(f"version {model.version} expects sequence length "
+                               f"{model.sequence_length}, this gateway sends {self.served.sequence_length}")
+        self.served, self.arms = served, arms
+
+    def served_for(self, user_id: str | None) -> ServedModel:
+        """The version that answers this user: their arm's during an experiment (a request without
+        a user, such as similar items for an anonymous visitor, is not in it), else the live one."""
+        arms = self.arms
+        return arms.pick(user_id) if arms is not None and user_id else self.served
 
     # --- recommend ------------------------------------------------------------------------------
 
@@ -171,7 +180,7 @@ class RecommendationService:
     async def _recommend(self, user_id: str, k: int, exclude: Sequence[str],
                          categories: Sequence[str], max_per_category: int | None,
                          request_id: str) -> Recommendations:
-        served = self.served
+        served = self.served_for(user_id)  # one read: the whole answer comes from this version
         self._validate(served, k, exclude, categories, max_per_category)
         started = asyncio.get_running_loop().time()
         deadline = started + self.policy.deadline_ms / 1000
@@ -270,7 +279,7 @@ class RecommendationService:
                  for item, score in picked]
         return Recommendations(request_id=request_id, user_id=user_id, items=items, cold_start=cold_start,
                                degraded=degraded, source=source, model_version=served.version,
-                               features_updated_at_ms=updated_at_ms)
+                               arm=served.arm, features_updated_at_ms=updated_at_ms)
 
     # --- similar items --------------------------------------------------------------------------
 
@@ -282,7 +291,8 @@ class RecommendationService:
     # --- ingest ---------------------------------------------------------------------------------
 
     def _check_event(self, event: Event, now_ms: int) -> None:
-        if event.item_id not in self.served.catalog:
+        # The user's own version: an arm's catalog may hold items the live one does not (cold items).
+        if event.item_id not in self.served_for(event.user_id).catalog:
             raise UnknownItem(f"unknown item_id {event.item_id!r}: not in the catalog")
         try:
             check_event_time(event, now_ms, self.policy.max_future_skew_ms)

@@ -61,15 +61,15 @@ async def similar(service: Any, item_id: str, k: int, user_id: str | None = None
     """The ``k`` items most like ``item_id`` under the business rules (see the module docstring).
     ``service``: the gateway.service.RecommendationService (not imported: it imports this module),
     whose store, inventory, recommender, fallback and exposure log are the feed's."""
-    served = service.served
+    if user_id is not None and not is_valid_id(user_id):
+        raise InvalidRequest(f"invalid user_id {user_id!r}")
+    served = service.served_for(user_id)  # the user's experiment arm, if any
     item = served.catalog.get(item_id) if is_valid_id(item_id) else None
     if item is None:
         raise ItemNotFound(f"unknown item_id {item_id!r}: not in the catalog of model version "
                            f"{served.version}")
     if not 1 <= k <= service.max_k:
         raise InvalidRequest(f"k must be between 1 and {service.max_k}, got {k}")
-    if user_id is not None and not is_valid_id(user_id):
-        raise InvalidRequest(f"invalid user_id {user_id!r}")
     request_id = request_id_or_new(request_id)
     started = asyncio.get_running_loop().time()
     deadline = started + service.policy.deadline_ms / 1000
@@ -107,7 +107,8 @@ async def similar(service: Any, item_id: str, k: int, user_id: str | None = None
     service.exposures.record(SimilarList(**recs.model_dump(exclude={"degraded"}), degraded=degraded,
                                          query_item_id=item_id), "similar")
     return SimilarItems(request_id=request_id, item_id=item_id, items=recs.items,
-                        model_version=served.version, source=recs.source, degraded=degraded)
+                        model_version=served.version, arm=served.arm, source=recs.source,
+                        degraded=degraded)
 
 
 async def _from_model(service: Any, served: ServedModel, item_id: str, rules: Rules,

@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agateway/proto/recsys.proto\x12\trecsys.v1\"\x92\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x1d\n\x10max_per_category\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x04\n\x02_kB\x13\n\x11_max_per_category\"c\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x12\n\x05score\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_score\"\x83\x02\n\x11RecommendResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12!\n\x06source\x18\x05 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x15\n\rmodel_version\x18\x06 \x01(\x03\x12#\n\x16\x66\x65\x61tures_updated_at_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x19\n\x17_features_updated_at_ms\"\xe3\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12(\n\nevent_type\x18\x04 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x12\n\x05ts_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12.\n\x07\x63ontext\x18\x06 \x03(\x0b\x32\x1d.recsys.v1.Event.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_ts_ms\"N\n\x08\x41\x63\x63\x65pted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\"0\n\rIngestRequest\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.recsys.v1.Event\"7\n\x0eIngestResponse\x12%\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x13.recsys.v1.Accepted\"6\n\x12IngestBatchRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"<\n\x13IngestBatchResponse\x12%\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x13.recsys.v1.Accepted\"^\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07user_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x04\n\x02_kB\n\n\x08_user_id\"\xb2\x01\n\x14SimilarItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12!\n\x06source\x18\x05 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08*[\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x13\n\x0fSOURCE_TRENDING\x10\x02\x12\x12\n\x0eSOURCE_POPULAR\x10\x03*\x80\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\xb3\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12=\n\x06Ingest\x12\x18.recsys.v1.IngestRequest\x1a\x19.recsys.v1.IngestResponse\x12L\n\x0bIngestBatch\x12\x1d.recsys.v1.IngestBatchRequest\x1a\x1e.recsys.v1.IngestBatchResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agateway/proto/recsys.proto\x12\trecsys.v1\"\x92\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x1d\n\x10max_per_category\x18\x05 \x01(\x05H\x01\x88\x01\x01\x42\x04\n\x02_kB\x13\n\x11_max_per_category\"c\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x12\n\ncategories\x18\x03 \x03(\t\x12\x12\n\x05score\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_score\"\x9d\x02\n\x11RecommendResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12)\n\x05items\x18\x02 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x04 \x01(\x08\x12!\n\x06source\x18\x05 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x15\n\rmodel_version\x18\x06 \x01(\x03\x12#\n\x16\x66\x65\x61tures_updated_at_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x03\x61rm\x18\t \x01(\tH\x01\x88\x01\x01\x42\x19\n\x17_features_updated_at_msB\x06\n\x04_arm\"\xe3\x01\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12(\n\nevent_type\x18\x04 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\x12\n\x05ts_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12.\n\x07\x63ontext\x18\x06 \x03(\x0b\x32\x1d.recsys.v1.Event.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_ts_ms\"N\n\x08\x41\x63\x63\x65pted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x03\"0\n\rIngestRequest\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.recsys.v1.Event\"7\n\x0eIngestResponse\x12%\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x13.recsys.v1.Accepted\"6\n\x12IngestBatchRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"<\n\x13IngestBatchResponse\x12%\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x0b\x32\x13.recsys.v1.Accepted\"^\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07user_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x42\x04\n\x02_kB\n\n\x08_user_id\"\xcc\x01\n\x14SimilarItemsResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12!\n\x06source\x18\x05 \x01(\x0e\x32\x11.recsys.v1.Source\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x10\n\x03\x61rm\x18\x07 \x01(\tH\x00\x88\x01\x01\x42\x06\n\x04_arm*[\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x13\n\x0fSOURCE_TRENDING\x10\x02\x12\x12\n\x0eSOURCE_POPULAR\x10\x03*\x80\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\xb3\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12=\n\x06Ingest\x12\x18.recsys.v1.IngestRequest\x1a\x19.recsys.v1.IngestResponse\x12L\n\x0bIngestBatch\x12\x1d.recsys.v1.IngestBatchRequest\x1a\x1e.recsys.v1.IngestBatchResponse\x12O\n\x0cSimilarItems\x12\x1e.recsys.v1.SimilarItemsRequest\x1a\x1f.recsys.v1.SimilarItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,34 +23,34 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
   _globals['_EVENT_CONTEXTENTRY']._options = None
   _globals['_EVENT_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_SOURCE']._serialized_start=1365
-  _globals['_SOURCE']._serialized_end=1456
-  _globals['_EVENTTYPE']._serialized_start=1459
-  _globals['_EVENTTYPE']._serialized_end=1587
+  _globals['_SOURCE']._serialized_start=1417
+  _globals['_SOURCE']._serialized_end=1508
+  _globals['_EVENTTYPE']._serialized_start=1511
+  _globals['_EVENTTYPE']._serialized_end=1639
   _globals['_RECOMMENDREQUEST']._serialized_start=42
   _globals['_RECOMMENDREQUEST']._serialized_end=188
   _globals['_RECOMMENDEDITEM']._serialized_start=190
   _globals['_RECOMMENDEDITEM']._serialized_end=289
   _globals['_RECOMMENDRESPONSE']._serialized_start=292
-  _globals['_RECOMMENDRESPONSE']._serialized_end=551
-  _globals['_EVENT']._serialized_start=554
-  _globals['_EVENT']._serialized_end=781
-  _globals['_EVENT_CONTEXTENTRY']._serialized_start=725
-  _globals['_EVENT_CONTEXTENTRY']._serialized_end=771
-  _globals['_ACCEPTED']._serialized_start=783
-  _globals['_ACCEPTED']._serialized_end=861
-  _globals['_INGESTREQUEST']._serialized_start=863
-  _globals['_INGESTREQUEST']._serialized_end=911
-  _globals['_INGESTRESPONSE']._serialized_start=913
-  _globals['_INGESTRESPONSE']._serialized_end=968
-  _globals['_INGESTBATCHREQUEST']._serialized_start=970
-  _globals['_INGESTBATCHREQUEST']._serialized_end=1024
-  _globals['_INGESTBATCHRESPONSE']._serialized_start=1026
-  _globals['_INGESTBATCHRESPONSE']._serialized_end=1086
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1088
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1182
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1185
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1363
-  _globals['_RECOMMENDER']._serialized_start=1590
-  _globals['_RECOMMENDER']._serialized_end=1897
+  _globals['_RECOMMENDRESPONSE']._serialized_end=577
+  _globals['_EVENT']._serialized_start=580
+  _globals['_EVENT']._serialized_end=807
+  _globals['_EVENT_CONTEXTENTRY']._serialized_start=751
+  _globals['_EVENT_CONTEXTENTRY']._serialized_end=797
+  _globals['_ACCEPTED']._serialized_start=809
+  _globals['_ACCEPTED']._serialized_end=887
+  _globals['_INGESTREQUEST']._serialized_start=889
+  _globals['_INGESTREQUEST']._serialized_end=937
+  _globals['_INGESTRESPONSE']._serialized_start=939
+  _globals['_INGESTRESPONSE']._serialized_end=994
+  _globals['_INGESTBATCHREQUEST']._serialized_start=996
+  _globals['_INGESTBATCHREQUEST']._serialized_end=1050
+  _globals['_INGESTBATCHRESPONSE']._serialized_start=1052
+  _globals['_INGESTBATCHRESPONSE']._serialized_end=1112
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1114
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1208
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1211
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1415
+  _globals['_RECOMMENDER']._serialized_start=1642
+  _globals['_RECOMMENDER']._serialized_end=1949
 # @@protoc_insertion_point(module_scope)

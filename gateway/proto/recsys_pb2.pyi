@@ -57,7 +57,7 @@ class RecommendedItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., title: _Optional[str] = ..., categories: _Optional[_Iterable[str]] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("user_id", "items", "cold_start", "degraded", "source", "model_version", "features_updated_at_ms", "request_id")
+    __slots__ = ("user_id", "items", "cold_start", "degraded", "source", "model_version", "features_updated_at_ms", "request_id", "arm")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     COLD_START_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class RecommendResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     cold_start: bool
@@ -74,7 +75,8 @@ class RecommendResponse(_message.Message):
     model_version: int
     features_updated_at_ms: int
     request_id: str
-    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: bool = ..., degraded: bool = ..., source: _Optional[_Union[Source, str]] = ..., model_version: _Optional[int] = ..., features_updated_at_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, user_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., cold_start: bool = ..., degraded: bool = ..., source: _Optional[_Union[Source, str]] = ..., model_version: _Optional[int] = ..., features_updated_at_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("event_id", "user_id", "item_id", "event_type", "ts_ms", "context")
@@ -146,17 +148,19 @@ class SimilarItemsRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
 
 class SimilarItemsResponse(_message.Message):
-    __slots__ = ("request_id", "item_id", "items", "model_version", "source", "degraded")
+    __slots__ = ("request_id", "item_id", "items", "model_version", "source", "degraded", "arm")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     item_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     model_version: int
     source: Source
     degraded: bool
-    def __init__(self, request_id: _Optional[str] = ..., item_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., degraded: bool = ...) -> None: ...
+    arm: str
+    def __init__(self, request_id: _Optional[str] = ..., item_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., model_version: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., degraded: bool = ..., arm: _Optional[str] = ...) -> None: ...

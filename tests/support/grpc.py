@@ -19,6 +19,7 @@ def as_dict(response: pb.RecommendResponse) -> dict:
         "degraded": response.degraded,
         "source": SOURCE_NAMES[response.source],
         "model_version": response.model_version,
+        "arm": response.arm if response.HasField("arm") else None,
         "features_updated_at_ms": (response.features_updated_at_ms
                                    if response.HasField("features_updated_at_ms") else None),
     }
