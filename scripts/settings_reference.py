@@ -4,8 +4,9 @@
     python scripts/settings_reference.py --check    # exit 1 when docs/settings.md is stale
     make docs                                       # the same as the first line
 
-Every setting of :class:`gateway.config.GatewaySettings` and
-:class:`feature_service.config.FeatureServiceSettings` becomes a row: the environment variable
+Every setting of :class:`gateway.config.GatewaySettings`,
+:class:`feature_service.config.FeatureServiceSettings` and
+:class:`online_metrics.config.OnlineMetricsSettings` becomes a row: the environment variable
 (the class's ``env_prefix`` + the field name, upper case), its type (with the field's bounds), its
 default and its description. The description is the field's ``description=`` when it has one;
 otherwise it is read from the class's source code, so the reference follows the classes as they
@@ -50,6 +51,7 @@ REGENERATE = "python scripts/settings_reference.py (or `make docs`)"
 SETTINGS_CLASSES = (
     ("Gateway", "gateway.config:GatewaySettings"),
     ("Feature service", "feature_service.config:FeatureServiceSettings"),
+    ("Online metrics", "online_metrics.config:OnlineMetricsSettings"),
 )
 
 HEADER = """\
