@@ -7,7 +7,7 @@ const params = new URLSearchParams(location.search);
 const REFRESH_MS = Number(params.get("refresh_ms")) || 3000;
 const LINES = [["ctr_at_k", "#1f6fd1"], ["add_to_cart_rate", "#e8800c"], ["purchase_rate", "#2c9c3c"]];
 const SVG = "http://www.w3.org/2000/svg";
-const W = 540, H = 190, M = { left: 46, right: 10, top: 10, bottom: 24 };
+const W = 540, H = 190, M = { left: 52, right: 10, top: 10, bottom: 24 };
 
 function el(tag, attrs = {}, text) {
   const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
@@ -17,6 +17,7 @@ function el(tag, attrs = {}, text) {
 }
 
 const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(2)} %`);
+const axisPct = (x) => `${(100 * x).toFixed(x && x < 0.1 ? 1 : 0)} %`;
 const clock = (ms) => new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 
 function rows(table, pairs) {
@@ -38,14 +39,15 @@ function drawPlot(svg, series) {
   const parts = [];
   for (const frac of [0, 0.5, 1]) {
     parts.push(el("svg:line", { class: frac ? "grid" : "axis", x1: M.left, x2: W - M.right, y1: y(top * frac), y2: y(top * frac) }));
-    parts.push(el("svg:text", { x: M.left - 4, y: y(top * frac) + 4, "text-anchor": "end" }, pct(top * frac)));
+    parts.push(el("svg:text", { x: M.left - 4, y: y(top * frac) + 4, "text-anchor": "end" }, axisPct(top * frac)));
   }
   parts.push(el("svg:text", { x: M.left, y: H - 6 }, clock(x0)));
   parts.push(el("svg:text", { x: W - M.right, y: H - 6, "text-anchor": "end" }, clock(x1)));
-  for (const [name, color] of LINES) {
+  // Rates often coincide (every cart bought): the later lines' dots are smaller, so that each stays visible.
+  for (const [i, [name, color]] of LINES.entries()) {
     const points = series.filter((b) => b[name] !== null).map((b) => [x(b.start_ms), y(b[name])]);
-    parts.push(el("svg:polyline", { class: `line ${name}`, stroke: color, points: points.map((p) => p.join(",")).join(" ") }));
-    for (const [px, py] of points) parts.push(el("svg:circle", { cx: px, cy: py, r: 3, fill: color }));
+    parts.push(el("svg:polyline", { class: `line ${name}`, stroke: color, "stroke-width": 3 - 0.8 * i, points: points.map((p) => p.join(",")).join(" ") }));
+    for (const [px, py] of points) parts.push(el("svg:circle", { cx: px, cy: py, r: 4.5 - 1.2 * i, fill: color }));
   }
   svg.replaceChildren(...parts);
   svg.dataset.points = String(series.length);
