@@ -34,10 +34,14 @@ FUNNEL_DELAY_S = {"click": (5, 60), "cart": (20, 180), "purchase": (60, 600)}
 
 @dataclass
 class SyntheticData:
-    """Interactions (``Dataset`` columns plus ``session_id``) and item attributes including stock."""
+    """Interactions (``Dataset`` columns plus ``session_id``) and item attributes including stock;
+    and the hidden truth behind them, for simulations that need to know what a user wants."""
 
     interactions: pd.DataFrame  # user_id, item_id, timestamp, event_type, value, session_id
     items: pd.DataFrame  # item_id, title, categories ("|"-separated), price, stock
+    # The category preference of each user's last session: index user_id, columns cat_XX, rows sum
+    # to 1. Never given to a model; a simulated shopper clicks by it (tests/support/shop.py).
+    user_affinity: pd.DataFrame | None = None
 
     def to_dataset(self, name: str = "synthetic") -> Dataset:
         """Through the same cleaning and catalog code as a file would go."""
@@ -71,10 +75,12 @@ def generate(
         raise ValueError("n_users, n_items, n_categories and days must be positive")
     rng = np.random.default_rng(seed)
     items = _items(rng, n_items, n_categories, zipf_exponent)
-    views = _views(rng, items, n_users, n_categories, days, sessions_per_user, views_per_session,
-                   affinity_concentration, drift, mean_event_gap_s, start_s)
+    views, affinity = _views(rng, items, n_users, n_categories, days, sessions_per_user,
+                             views_per_session, affinity_concentration, drift, mean_event_gap_s, start_s)
     interactions = _funnel(rng, views, items)
-    return SyntheticData(interactions, items.drop(columns=["category", "popularity"]))
+    users = pd.Index([f"u{u:05d}" for u in range(n_users)], name="user_id")
+    user_affinity = pd.DataFrame(affinity, index=users, columns=[f"cat_{c:02d}" for c in range(n_categories)])
+    return SyntheticData(interactions, items.drop(columns=["category", "popularity"]), user_affinity)
 
 
 def write_files(data: SyntheticData, out_dir: str | Path, fmt: str = "csv") -> tuple[Path, Path]:
@@ -130,9 +136,10 @@ def _views(
     drift: float,
     mean_event_gap_s: float,
     start_s: int,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, np.ndarray]:
     """One row per view: user index, item index, timestamp, session id (vectorised: no loop
-    over users or events, so the default size takes well under a second)."""
+    over users or events, so the default size takes well under a second); and each user's
+    category affinity in their last session [users, categories]."""
     activity = rng.lognormal(0.0, 0.8, n_users)
     activity /= activity.mean()
     sessions_of_user = 1 + rng.poisson(max(sessions_per_user - 1, 0) * activity)
@@ -159,12 +166,13 @@ def _views(
     gaps_s[first] = 0.0
     elapsed_s = np.cumsum(gaps_s)
     elapsed_s -= np.repeat(elapsed_s[first], views_of_session)  # restart the clock per session
-    return pd.DataFrame({
+    views = pd.DataFrame({
         "user": session_user[session],
         "item": _items_in_categories(rng, items, category, n_categories),
         "time_s": start_s + start_offset_s[session] + elapsed_s,
         "session_id": session,
     })
+    return views, affinity[np.cumsum(sessions_of_user) - 1]
 
 
 def _drifting_affinity(

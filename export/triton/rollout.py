@@ -26,22 +26,30 @@ files are replaced whole, never rewritten in place. ``status`` reads without the
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export.triton import ab
 from export.triton.config_files import REFERENCE_FILE, read_config, write_config
-from export.triton.locking import DEFAULT_LOCK_TIMEOUT_S, LockTimeout, StepLock, exclusive, write_atomic
+from export.triton.locking import DEFAULT_LOCK_TIMEOUT_S, LockTimeout, StepLock, exclusive
+from export.triton.rollout_state import (
+    RolloutError,
+    RolloutState,
+    ShadowReport,
+    SmokeReport,
+    percentiles,
+    tree_hash,
+    versions_on_disk,
+)
 from features import contract as sig
 from features.behaviour import Step, steps_of
 from features.catalog import ItemCatalog
@@ -51,76 +59,8 @@ from features.user_state import snapshot_events
 log = logging.getLogger("export.triton.rollout")
 
 
-class RolloutError(RuntimeError):
-    """A step refused or a check failed; the live version is unchanged."""
-
-
 class RolloutLocked(RolloutError, LockTimeout):
     """Another rollout command held the repository's lock for longer than ``lock_timeout_s``."""
-
-
-@dataclass
-class RolloutState:
-    live: int
-    previous: int | None = None
-    published: dict[str, int] = field(default_factory=dict)  # content hash -> version
-    history: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, repository: Path) -> RolloutState:
-        path = repository / sig.ROLLOUT_FILE
-        if path.is_file():
-            raw = json.loads(path.read_text())
-            return cls(raw["live"], raw.get("previous"), raw.get("published", {}), raw.get("history", []))
-        # First rollout on this repository: adopt what Triton serves by default, the newest.
-        return cls(live=sig.latest_version(repository / sig.RETRIEVE))
-
-    def write(self, repository: Path) -> None:
-        # gateways poll this file: never let them (or a crash) leave half of it
-        write_atomic(repository / sig.ROLLOUT_FILE, json.dumps(self.__dict__, indent=2))
-
-
-@dataclass
-class SmokeReport:
-    version: int
-    requests: int
-    id_overlap: float  # mean fraction of the reference top-k that Triton returned
-    max_score_diff: float
-
-    @property
-    def ok(self) -> bool:
-        return self.id_overlap >= 0.9 and self.max_score_diff <= 1e-3
-
-
-@dataclass
-class ShadowReport:
-    live: int
-    candidate: int
-    requests: int
-    k: int
-    overlap_at_k: float  # mean |live top-k ∩ candidate top-k| / k
-    live_ms: dict[str, float]
-    candidate_ms: dict[str, float]
-
-
-def _versions_on_disk(model_dir: Path) -> set[int]:
-    return {int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-
-
-def _tree_hash(dirs: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for root in dirs:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            if path.name == sig.SERVING_FILE:
-                continue  # carries the version number, which publishing rewrites
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _percentiles(values_ms: list[float]) -> dict[str, float]:
-    arr = np.asarray(values_ms)
-    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
 
 
 class Rollout:
@@ -149,7 +89,7 @@ class Rollout:
             self.state.write(self.repository)
 
     def status(self) -> dict:
-        ready = {m: {str(v): self._ready(m, v) for v in sorted(_versions_on_disk(self.repository / m))}
+        ready = {m: {str(v): self._ready(m, v) for v in sorted(versions_on_disk(self.repository / m))}
                  for m in sig.versioned_models(self.repository)}
         return {"live": self.state.live, "previous": self.state.previous, "ready": ready,
                 "recent": self.state.history[-5:]}
@@ -170,7 +110,7 @@ class Rollout:
             raise RolloutError(problem)
         src_version = sig.latest_version(source / sig.RETRIEVE)
         src_dirs = [source / name / str(src_version) for name in sig.VERSIONED_MODELS]
-        digest = _tree_hash(src_dirs)
+        digest = tree_hash(src_dirs)
         if digest in self.state.published:
             version = self.state.published[digest]
             log.info("already published as version %d", version)
@@ -188,7 +128,7 @@ class Rollout:
             if live_cfg != new_cfg:
                 raise RolloutError(f"{name}: the candidate's config.pbtxt differs from the live one "
                                    "(shapes or batching); that needs a new model, not a version")
-        version = 1 + max(max(_versions_on_disk(self.repository / n)) for n in sig.VERSIONED_MODELS)
+        version = 1 + max(max(versions_on_disk(self.repository / n)) for n in sig.VERSIONED_MODELS)
         if not self.dry_run:
             # The pointer first: a gateway must never take the new directory for the newest live one.
             self.state.write(self.repository)
@@ -249,7 +189,7 @@ class Rollout:
     def load(self, version: int) -> None:
         if not (self.repository / sig.RETRIEVE / str(version)).is_dir():
             raise RolloutError(f"version {version} is not in {self.repository}: publish it first")
-        keep = {self.state.live, version} | ({self.state.previous} if self.state.previous else set())
+        keep = self.state.serving() | {version} | ({self.state.previous} if self.state.previous else set())
         self._serve_versions(keep)
         self._record("load", version=version, loaded=sorted(keep))
 
@@ -257,7 +197,9 @@ class Rollout:
     def retire(self, version: int) -> None:
         if version == self.state.live:
             raise RolloutError(f"version {version} is live: promote or roll back first")
-        keep = {self.state.live} | ({self.state.previous} if self.state.previous else set())
+        if version in self.state.serving():
+            raise RolloutError(f"version {version} is an arm of the running experiment: `ab stop` first")
+        keep = self.state.serving() | ({self.state.previous} if self.state.previous else set())
         keep.discard(version)
         self._serve_versions(keep)
         self.state.previous = None if self.state.previous == version else self.state.previous
@@ -325,7 +267,7 @@ class Rollout:
                 answers[v] = {item.item_id for item, _ in ranked_items(items[0], scores[0], catalog)}
             overlaps.append(len(answers[self.state.live] & answers[version]) / k)
         report = ShadowReport(self.state.live, version, len(users), k, float(np.mean(overlaps)),
-                              _percentiles(latencies[self.state.live]), _percentiles(latencies[version]))
+                              percentiles(latencies[self.state.live]), percentiles(latencies[version]))
         self._record("shadow", version=version, requests=len(users), overlap_at_k=report.overlap_at_k,
                      live_ms=report.live_ms, candidate_ms=report.candidate_ms)
         return report
@@ -356,6 +298,9 @@ class Rollout:
         if version == self.state.live:
             log.info("version %d is already live", version)
             return
+        if self.state.experiment is not None:
+            raise RolloutError(f"experiment {self.state.experiment['name']!r} is running: end it with "
+                               "`ab stop --promote ARM` (or `ab stop`) first")
         self.load(version)
         checks: dict[str, object] = {}
         if not skip_checks and not self.dry_run:
@@ -373,6 +318,10 @@ class Rollout:
 
     @exclusive
     def rollback(self) -> int:
+        """Back to the previous version; during an experiment, back to the live version for
+        everyone (the experiment ends, the live version stays)."""
+        if self.state.experiment is not None:
+            return self.end_experiment("rollback")
         previous = self.state.previous
         if previous is None:
             raise RolloutError("no previous version to roll back to")
@@ -381,6 +330,20 @@ class Rollout:
             self._serve_versions({self.state.live, previous})
         self._switch(previous, self.state.live, "rollback")
         return previous
+
+
+    def end_experiment(self, action: str, winner: int | None = None) -> int:
+        """End the running experiment in one write of the pointer: ``winner`` (default: the live
+        version) serves everyone. Called under the lock (``rollback``, ``ab.stop``)."""
+        name = self.state.experiment["name"]
+        winner = self.state.live if winner is None else winner
+        if not self.dry_run:
+            self.state.experiment = None
+        if winner != self.state.live:
+            self._switch(winner, self.state.live, action, experiment=name)
+        else:
+            self._record(action, version=winner, experiment=name, ended="experiment")
+        return winner
 
 
 def read_shadow_requests(path: Path) -> dict[str, list[Step]]:
@@ -414,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             step.add_argument("--min-overlap", type=float)
             step.add_argument("--skip-checks", action="store_true")
     sub.add_parser("rollback")
+    ab.add_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -440,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                             skip_checks=args.skip_checks)
         elif args.step == "rollback":
             print(rollout.rollback())
+        elif args.step == "ab":
+            print(ab.run(rollout, args))
     except RolloutError as exc:
         log.error("%s", exc)
         return 2
