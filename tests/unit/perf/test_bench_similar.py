@@ -120,6 +120,12 @@ def test_similar_p99_against_the_feed_per_rate():
     # the feed overloaded: its p99 is the survivors', no verdict in favour
     assert checks["200"]["ratio"] == 0.9 and checks["200"]["target_met"] is False
     assert "similar_vs_feed_p99" not in target_checks([_row("gateway", 50, 5.0, 10.0)])
+    assert all(c["quiet"] for c in checks.values())
+    busy = [_row("gateway", 50, 5.0, 10.0), {**_row("similar", 50, 4.0, 11.0), "cpu_other": 1.2}]
+    lagging = [{**_row("gateway", 50, 5.0, 10.0), "send_lag_p99_ms": 30.0}, _row("similar", 50, 4.0, 11.0)]
+    for rows in (busy, lagging):
+        c = target_checks(rows)["similar_vs_feed_p99"]["50"]
+        assert c["quiet"] is False and c["target_met"] is True  # reported, not decided by the noise
 
 
 def test_plot_draws_the_similar_curve_and_ratio(tmp_path):
