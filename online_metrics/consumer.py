@@ -57,6 +57,7 @@ class OnlineMetricsConsumer:
         self._kind = {settings.impressions_topic: "impressions", settings.events_topic: "events"}
         self._catch_up: dict[TopicPartition, int] = {}  # partition -> end offset to reach
         self._paused: set[TopicPartition] = set()
+        self._positions: dict[TopicPartition, int] = {}  # next offset to read, per partition
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class OnlineMetricsConsumer:
         self._stop.wait(RETRY_PAUSE_S)
 
     def _follow(self, consumer: KafkaConsumer) -> None:
+        self._paused = set()  # a new client: nothing paused on it
         check_every_s = self.settings.topic_check_interval_ms / 1000
         next_check = 0.0
         while not self._stop.is_set():
@@ -114,9 +116,9 @@ class OnlineMetricsConsumer:
             self._pace(consumer)
 
     def _assign_new(self, consumer: KafkaConsumer) -> None:
-        """Add the partitions that exist now and are not assigned yet, from their beginning (a
-        reconnect starts over: a fresh consumer has no assignment, and the state is kept, its
-        de-duplication dropping what is read twice)."""
+        """Add the partitions that exist now and are not assigned yet: from their beginning, or,
+        after a reconnect (a fresh client has no assignment), from where this process was, so
+        that the state in memory sees no record twice."""
         wanted = set(consumer.assignment())
         for topic in self._kind:
             wanted |= {TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()}
@@ -124,12 +126,18 @@ class OnlineMetricsConsumer:
         if not new:
             return
         consumer.assign(sorted(wanted))
-        consumer.seek_to_beginning(*new)
+        resumed = {tp: self._positions[tp] for tp in new if tp in self._positions}
+        fresh = new - resumed.keys()
+        if fresh:
+            consumer.seek_to_beginning(*fresh)
+        for tp, offset in resumed.items():
+            consumer.seek(tp, offset)
         ends = consumer.end_offsets(list(new))
         with self.lock:
             self._catch_up.update(ends)
-        log.info("reading %s from the beginning", ", ".join(f"{tp.topic}[{tp.partition}]"
-                                                            for tp in sorted(new)))
+        log.info("reading %s", ", ".join(
+            f"{tp.topic}[{tp.partition}] from {resumed.get(tp, 'the beginning')}"
+            for tp in sorted(new)))
 
     # --- records ---------------------------------------------------------------------------------
 
@@ -140,6 +148,8 @@ class OnlineMetricsConsumer:
             for tp in order:
                 for message in batch[tp]:
                     self.handle_message(tp.topic, message.value)
+                if batch[tp]:
+                    self._positions[tp] = batch[tp][-1].offset + 1
 
     def handle_message(self, topic: str, value: bytes | None) -> None:
         """One record (call with ``lock`` held). A bad one is counted, never raised."""

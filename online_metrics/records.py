@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.events import ID_PATTERN, MAX_EVENT_BYTES, Event, InvalidEvent, parse_event
+from features.events import (
+    ID_PATTERN,
+    MAX_EVENT_BYTES,
+    MAX_FUTURE_SKEW_MS,
+    Event,
+    InvalidEvent,
+    parse_event,
+)
 
 # An exposure record holds a whole list (ids, scores): larger than an event, still bounded.
 MAX_EXPOSURE_BYTES = 256 * 1024
@@ -81,13 +88,23 @@ def _loads(raw: bytes | None, max_bytes: int) -> Any:
         raise BadRecord("not_json", str(exc)) from None
 
 
-def parse_exposure(raw: bytes | None, max_bytes: int = MAX_EXPOSURE_BYTES) -> Exposure:
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def parse_exposure(raw: bytes | None, now_ms: int | None = None,
+                   max_bytes: int = MAX_EXPOSURE_BYTES) -> Exposure:
     """Decode one message of the impressions topic, or raise BadRecord."""
     data = _loads(raw, max_bytes)
     try:
         record = _ExposureRecord.model_validate(data)
     except ValidationError as exc:
         raise BadRecord("invalid", str(exc.errors()[:1])) from None
+    # A list from far ahead would move the lists' time on, and every event waiting for its list
+    # would be given up at once: refused, as the events topic refuses such events.
+    ahead_ms = record.ts_ms - (_now_ms() if now_ms is None else now_ms)
+    if ahead_ms > MAX_FUTURE_SKEW_MS:
+        raise BadRecord("invalid", f"ts_ms: {ahead_ms} ms in the future")
     version = str(record.model_version)
     if not version or len(version) > 64:
         raise BadRecord("invalid", "model_version")
@@ -106,7 +123,7 @@ def parse_user_event(raw: bytes | None, now_ms: int | None = None,
     if not isinstance(data, dict):
         raise BadRecord("invalid", "not an object")
     try:
-        return parse_event(raw, int(time.time() * 1000) if now_ms is None else now_ms,
+        return parse_event(raw, _now_ms() if now_ms is None else now_ms,
                            max_bytes=max_bytes)
     except InvalidEvent as exc:
         raise BadRecord("invalid", exc.reason) from None

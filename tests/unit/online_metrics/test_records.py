@@ -77,3 +77,12 @@ def test_a_bug_while_handling_a_record_is_counted_not_raised(monkeypatch):
         consumer.handle_message("imp", record("r1"))
     assert ("impressions", "error") in {(b["topic"], b["reason"])
                                         for b in consumer.snapshot()["bad_records"] if b["count"]}
+
+
+def test_a_list_from_far_in_the_future_is_refused():
+    """It would move the lists' time on and give up every event waiting for its list."""
+    now = 1_700_000_000_000
+    assert parse_exposure(record("r1", ts_ms=now + 5 * 60_000), now_ms=now).ts_ms == now + 300_000
+    with pytest.raises(BadRecord) as caught:
+        parse_exposure(record("r1", ts_ms=now + 5 * 60_000 + 1), now_ms=now)
+    assert caught.value.reason == "invalid"
