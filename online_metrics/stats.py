@@ -69,8 +69,9 @@ class KeyStats:
             return counts
         if len(self.buckets) >= self.max_buckets and start < next(iter(self.buckets)):
             return None  # older than everything kept: the series has moved on
+        newest = next(reversed(self.buckets), None)
         counts = self.buckets[start] = Counts()
-        if len(self.buckets) > 1 and start < next(reversed(self.buckets)):
+        if newest is not None and start < newest:
             # Out of order (lists from several partitions): keep the buckets sorted by time.
             for later in [b for b in self.buckets if b > start]:
                 self.buckets.move_to_end(later)
