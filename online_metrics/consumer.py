@@ -88,7 +88,10 @@ class OnlineMetricsConsumer:
             except Exception as exc:
                 self._failed(exc)
             finally:
-                consumer.close()
+                try:
+                    consumer.close()
+                except Exception as exc:  # a broken client must not end the thread
+                    log.warning("online metrics consumer: closing the client failed: %r", exc)
 
     def _failed(self, exc: Exception) -> None:
         log.warning("online metrics consumer: %r; retrying in %.0f s", exc, RETRY_PAUSE_S)

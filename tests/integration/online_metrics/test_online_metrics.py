@@ -25,7 +25,6 @@ from tests.support.waiting import wait_for
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = REPO_ROOT / "build" / "test-artifacts" / "online_metrics.png"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
-NOW = int(time.time() * 1000)
 LIVE, CANDIDATE = ("feed", "3", "live"), ("feed", "4", "candidate")
 
 
@@ -51,13 +50,15 @@ class Scenario:
         self.impressions, self.events = f"impressions-{suffix}", f"events-{suffix}"
         kafka.create_topics([self.impressions, self.events], partitions=2)
         self.producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+        # Taken when the module's service starts, not at import: the whole suite may run before.
+        self.now = int(time.time() * 1000)
 
     def send(self, topic: str, value: bytes, key: str = "u1") -> None:
         self.producer.send(topic, key=key.encode(), value=value).get(timeout=10)
 
     def before_start(self) -> None:
         """Replayed at start-up: attributed outcomes and every kind of trouble."""
-        imp, ev, t = self.impressions, self.events, NOW - 60_000
+        imp, ev, t = self.impressions, self.events, self.now - 60_000
         self.send(imp, exposure("r1", "abc", t, 3, "live"))
         self.send(imp, exposure("r2", "abcd", t, 4, "candidate"), key="u2")
         self.send(imp, exposure("r1", "abc", t, 3, "live"))  # a redelivery
@@ -75,12 +76,13 @@ class Scenario:
         self.send(ev, b"{not json")
 
     def after_start(self, service: OnlineMetricsProcess) -> None:
-        """Followed live: a click read before its list (a minute ahead: the wall clock cannot end
+        """Followed live: a click read before its list (three minutes ahead: the wall clock cannot end
         its wait before the list comes)."""
-        self.send(self.events, event("click", "a", NOW + 60_000, request_id="r3", position="0"))
+        now = self.now
+        self.send(self.events, event("click", "a", now + 180_000, request_id="r3", position="0"))
         wait_for(lambda: service.get_json("/v1/online-metrics")["state"]["pending_events"] == 1,
                  "the early click to wait for its list")
-        self.send(self.impressions, exposure("r3", "ab", NOW + 59_000, 3, "live"))
+        self.send(self.impressions, exposure("r3", "ab", now + 179_000, 3, "live"))
 
 
 @pytest.fixture(scope="module")
