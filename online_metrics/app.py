@@ -85,7 +85,8 @@ def create_app(settings: OnlineMetricsSettings | None = None,
             if not chosen:
                 raise HTTPException(400, f"{side}: no lists of arm {arm!r} on surface "
                                          f"{surface!r}; known arms there: {', '.join(arms) or 'none'}")
-            sides[side] = {"arm": arm, "model_versions": sorted({r["model_version"] for r in chosen}),
+            versions = sorted({r["model_version"] for r in chosen}, key=str)
+            sides[side] = {"arm": arm, "model_versions": versions,
                            "successes": sum(r["totals"][PROPORTIONS[metric]] for r in chosen),
                            "trials": sum(r["totals"]["impressions"] for r in chosen)}
         result = compare_proportions(sides["a"]["successes"], sides["a"]["trials"],

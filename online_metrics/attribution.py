@@ -71,6 +71,12 @@ def purchase_value(event: Event) -> tuple[float | None, bool]:
     return (value, False) if math.isfinite(value) else (None, True)
 
 
+def _key_order(item: tuple[Key, KeyStats]) -> tuple:
+    surface, version, arm = item[0]
+    # numbers in numeric order, before names (a version may be either)
+    return surface, isinstance(version, str), version if isinstance(version, str) else f"{version:020d}", arm
+
+
 class Attribution:
     def __init__(self, *, window_ms: int = 30 * 60 * 1000, grace_ms: int = 10_000, k: int = 10,
                  max_exposures: int = 200_000, max_pending: int = 10_000,
@@ -248,7 +254,7 @@ class Attribution:
         keys = [{"surface": key[0], "model_version": key[1], "arm": key[2],
                  "totals": stats.totals.as_dict(), "rates": stats.totals.rates(),
                  "series": stats.series()}
-                for key, stats in sorted(self.stats.items())]
+                for key, stats in sorted(self.stats.items(), key=_key_order)]
         return {
             "keys": keys,
             "unattributed": dict(self.unattributed),

@@ -84,7 +84,7 @@ def _per_key(keys: list[dict]) -> Iterator[Metric]:
                               "(ctr_at_k, add_to_cart_rate, purchase_rate, revenue_per_mille...)",
                               labels=[*KEY_LABELS, "rate"])
     for row in keys:
-        key = [row["surface"], row["model_version"], row["arm"]]
+        key = [row["surface"], str(row["model_version"]), row["arm"]]
         totals = row["totals"]
         impressions.add_metric(key, totals["impressions"])
         items.add_metric(key, totals["items_shown"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,7 +38,10 @@ class BadRecord(ValueError):
         self.reason = reason
 
 
-Key = tuple[str, str, str]  # (surface, model_version, arm)
+# (surface, model_version, arm). The version as the gateway writes it, a number (a version
+# directory of the model repository); a string is kept only when it is not a number's digits, so
+# that 3 and "3" are one key (and one set of Prometheus labels).
+Key = tuple[str, int | str, str]
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class _ExposureRecord(BaseModel):
 
     request_id: str = Field(pattern=ID_PATTERN)
     surface: str = Field(pattern=LABEL_PATTERN)
-    model_version: int | str
+    model_version: Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=LABEL_PATTERN)]
     arm: str | None = Field(default=None, pattern=LABEL_PATTERN)
     items: list[_Item] = Field(max_length=1000)
     ts_ms: int = Field(ge=0)
@@ -105,9 +108,9 @@ def parse_exposure(raw: bytes | None, now_ms: int | None = None,
     ahead_ms = record.ts_ms - (_now_ms() if now_ms is None else now_ms)
     if ahead_ms > MAX_FUTURE_SKEW_MS:
         raise BadRecord("invalid", f"ts_ms: {ahead_ms} ms in the future")
-    version = str(record.model_version)
-    if not version or len(version) > 64:
-        raise BadRecord("invalid", "model_version")
+    version = record.model_version
+    if isinstance(version, str) and version.isascii() and version.isdigit() and len(version) < 19:
+        version = int(version)
     positions: dict[str, int] = {}
     for item in sorted(record.items, key=lambda i: i.position):
         positions.setdefault(item.item_id, item.position)

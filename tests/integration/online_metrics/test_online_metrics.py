@@ -25,7 +25,7 @@ from tests.support.waiting import wait_for
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = REPO_ROOT / "build" / "test-artifacts" / "online_metrics.png"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
-LIVE, CANDIDATE = ("feed", "3", "live"), ("feed", "4", "candidate")
+LIVE, CANDIDATE = ("feed", 3, "live"), ("feed", 4, "candidate")
 
 
 def exposure(request_id: str, items: str, ts_ms: int, model_version: int, arm: str) -> bytes:

@@ -12,7 +12,7 @@ MINUTE = 60_000
 
 
 def exposure(request_id: str, items=("a", "b", "c"), *, ts_ms: int = T0, surface: str = "feed",
-             model_version: str = "3", arm: str = NO_ARM) -> Exposure:
+             model_version: int | str = 3, arm: str = NO_ARM) -> Exposure:
     return Exposure(request_id, (surface, model_version, arm), ts_ms,
                     {item: i for i, item in enumerate(items)}, len(items))
 

@@ -41,14 +41,14 @@ def client(state) -> TestClient:
 def test_the_json_endpoint_has_totals_rates_series_and_reasons(client):
     body = client.get("/v1/online-metrics").json()
     keys = {(k["surface"], k["model_version"], k["arm"]): k for k in body["keys"]}
-    assert set(keys) == {("feed", "3", "live"), ("feed", "4", "candidate"), ("push", "3", "none")}
-    candidate = keys[("feed", "4", "candidate")]
+    assert set(keys) == {("feed", 3, "live"), ("feed", 4, "candidate"), ("push", 3, "none")}
+    candidate = keys[("feed", 4, "candidate")]
     assert candidate["totals"]["impressions"] == 2 and candidate["totals"]["revenue"] == 20
     assert candidate["rates"]["ctr_at_k"] == 1.0 and candidate["rates"]["purchase_rate"] == 0.5
     assert candidate["rates"]["revenue_per_mille"] == 10_000
     assert candidate["series"][0]["impressions"] == 2
-    assert keys[("feed", "3", "live")]["rates"]["ctr_at_k"] == 0.25
-    assert keys[("push", "3", "none")]["rates"]["ctr_at_k"] == 0
+    assert keys[("feed", 3, "live")]["rates"]["ctr_at_k"] == 0.25
+    assert keys[("push", 3, "none")]["rates"]["ctr_at_k"] == 0
     assert body["unattributed"]["no_request_id"] == 1
     assert body["settings"]["attribution_window_ms"] == 30 * 60 * 1000
     assert body["settings"]["bucket_s"] == 60 and body["settings"]["ctr_k"] == 10
@@ -59,7 +59,7 @@ def test_compare_arms_on_a_surface(client):
     body = client.get("/v1/online-metrics/compare",
                       params={"surface": "feed", "metric": "ctr_at_k", "a": "live",
                               "b": "candidate"}).json()
-    assert body["a"] == {"arm": "live", "model_versions": ["3"], "successes": 1, "trials": 4,
+    assert body["a"] == {"arm": "live", "model_versions": [3], "successes": 1, "trials": 4,
                          "rate": 0.25}
     assert body["b"]["successes"] == 2 and body["b"]["trials"] == 2
     assert body["difference"] == 0.75 and body["defined"] is True

@@ -7,7 +7,7 @@ import pytest
 from online_metrics.attribution import UNATTRIBUTED, Attribution
 from tests.unit.online_metrics.helpers import MINUTE, T0, event, exposure
 
-KEY = ("feed", "3", "none")
+KEY = ("feed", 3, "none")
 
 
 def totals(attribution: Attribution, key=KEY) -> dict:
@@ -60,13 +60,13 @@ def test_ctr_at_k_counts_clicks_at_positions_below_k_only():
 def test_keys_are_surface_model_version_and_arm():
     att = Attribution()
     att.add_exposure(exposure("r1", arm="live"))
-    att.add_exposure(exposure("r2", arm="candidate", model_version="4"))
+    att.add_exposure(exposure("r2", arm="candidate", model_version=4))
     att.add_exposure(exposure("r3", surface="push"))
     att.add_event(event("purchase", request_id="r2", value="12.5"))
-    assert set(att.stats) == {("feed", "3", "live"), ("feed", "4", "candidate"),
-                              ("push", "3", "none")}
-    assert totals(att, ("feed", "4", "candidate"))["revenue"] == 12.5
-    assert totals(att, ("feed", "3", "live"))["purchases"] == 0
+    assert set(att.stats) == {("feed", 3, "live"), ("feed", 4, "candidate"),
+                              ("push", 3, "none")}
+    assert totals(att, ("feed", 4, "candidate"))["revenue"] == 12.5
+    assert totals(att, ("feed", 3, "live"))["purchases"] == 0
 
 
 def test_revenue_adds_valid_values_and_counts_invalid_ones():
@@ -183,7 +183,7 @@ def test_memory_is_bounded_and_every_eviction_counted():
     assert len(att._seen_requests) == 3 and len(att._seen_events) == 3
     att.add_exposure(exposure("x", arm="a"))
     att.add_exposure(exposure("y", arm="b"))  # a third key: dropped, counted
-    assert set(att.stats) == {KEY, ("feed", "3", "a")}
+    assert set(att.stats) == {KEY, ("feed", 3, "a")}
     assert att.counters["dropped_exposures"] == 1
 
 
@@ -209,3 +209,10 @@ def test_snapshot_is_plain_data():
     assert set(snap["unattributed"]) == set(UNATTRIBUTED)
     att.add_exposure(exposure("r2"))
     assert snap["keys"][0]["totals"]["impressions"] == 1  # detached
+
+
+def test_keys_are_listed_with_versions_in_numeric_order():
+    att = Attribution()
+    for i, version in enumerate((10, 9, "b", 2)):
+        att.add_exposure(exposure(f"r{i}", model_version=version))
+    assert [k["model_version"] for k in att.snapshot()["keys"]] == [2, 9, 10, "b"]

@@ -15,7 +15,7 @@ from tests.unit.online_metrics.helpers import event, record
 
 def test_an_exposure_record_as_the_gateway_writes_it():
     exp = parse_exposure(record("r1", ("x", "y"), model_version=7, arm="live"))
-    assert exp.request_id == "r1" and exp.key == ("feed", "7", "live")
+    assert exp.request_id == "r1" and exp.key == ("feed", 7, "live")
     assert exp.positions == {"x": 0, "y": 1} and exp.size == 2
 
 
@@ -23,7 +23,7 @@ def test_a_null_arm_is_the_arm_none_and_unknown_fields_are_ignored():
     raw = json.loads(record("r1"))
     raw["item_id"] = "q"  # similar items add the query item
     raw["something_new"] = {"a": 1}
-    assert parse_exposure(json.dumps(raw).encode()).key == ("feed", "3", "none")
+    assert parse_exposure(json.dumps(raw).encode()).key == ("feed", 3, "none")
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
@@ -86,3 +86,15 @@ def test_a_list_from_far_in_the_future_is_refused():
     with pytest.raises(BadRecord) as caught:
         parse_exposure(record("r1", ts_ms=now + 5 * 60_000 + 1), now_ms=now)
     assert caught.value.reason == "invalid"
+
+
+@pytest.mark.parametrize(("version", "expected"), [(3, 3), ("3", 3), ("v2-rc", "v2-rc")])
+def test_the_model_version_is_the_number_the_gateway_writes(version, expected):
+    """A version's digits as a string are the same key as the number (one set of labels)."""
+    assert parse_exposure(record("r1", model_version=version)).key == ("feed", expected, "none")
+
+
+@pytest.mark.parametrize("version", [-1, None, "a b", "x" * 65])
+def test_a_model_version_that_is_no_label_is_invalid(version):
+    with pytest.raises(BadRecord):
+        parse_exposure(record("r1", model_version=version))
