@@ -48,7 +48,9 @@ def create_app(settings: OnlineMetricsSettings | None = None,
             yield
         finally:
             if consumer is not None:
-                consumer.stop()
+                # Nothing to flush (no offsets, state in memory) and the thread is a daemon: a
+                # client stuck in Kafka's bootstrap back-off must not hold the shutdown up.
+                consumer.stop(timeout_s=2)
 
     app = FastAPI(title="recsys online metrics", version="0.1.0", lifespan=lifespan)
     window = {"attribution_window_ms": settings.attribution_window_ms,
