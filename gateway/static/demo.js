@@ -9,6 +9,9 @@
 //    features_updated_at_ms moves past the value shown before the click (at most 5 s).
 //  * cart/buy also fall back to that refetch when no push came within 2 s: pushes are
 //    frequency-capped (one per user per PUSH_MIN_INTERVAL_MS, 10 s by default).
+// Viewing an item also shows the items most like it (/v1/items/{id}/similar, without the user's
+// bought items); a model repository without similar items (501), an item the served catalog does
+// not know (404) or a failure is a one-line note in that panel instead of a list.
 // Freshness: milliseconds from the click to the panel showing the new recommendations (measured
 // here), and from the click to the feature store's write (features_updated_at_ms) and to the push
 // (pushed_at_ms); the last two compare this browser's clock with the gateway's.
@@ -16,6 +19,7 @@
 
 const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 const K = 10;
+const SIMILAR_K = 6;
 const PAGE_SIZE = 20;
 const PUSHED_TYPES = new Set(["cart", "purchase"]);
 const params = new URLSearchParams(location.search);
@@ -42,6 +46,7 @@ const state = {
   clicks: new Map(), // event_id -> click
   posting: 0, // event POSTs in flight
   early: new Map(), // pushes whose trigger we have not heard back about yet
+  similarFor: 0, // the latest view's number: a slower answer to an earlier view is dropped
 };
 
 // --- small helpers ------------------------------------------------------------------------------
@@ -197,6 +202,60 @@ async function refetchUntilVisible(click, origin) {
   if (!click.done) log(`${LABELS[click.type]} ${click.title}: not in the features after ${POLL_FOR_MS} ms`, "error");
 }
 
+// --- similar items for the item being viewed -------------------------------------------------
+
+// What a failed similar-items request means to someone looking at the page: [state, note].
+function similarProblem(status, message) {
+  if (status === 501) return ["not-served", "No similar items: the served model predates them (re-export to get them)."];
+  if (status === 404) return ["not-found", "No similar items: this item is not in the served model's catalog."];
+  return ["error", `Similar items unavailable right now (${message}).`];
+}
+
+async function showSimilar(itemId, title) {
+  const mine = ++state.similarFor;
+  const panel = $("#similar-panel");
+  Object.assign(panel.dataset, { itemId, state: "loading" });
+  panel.hidden = false;
+  $("#similar-of").textContent = title;
+  $("#similar-meta").replaceChildren("loading…");
+  const query = new URLSearchParams({ k: SIMILAR_K, user_id: state.user });
+  let body = null;
+  let problem = null;
+  try {
+    const response = await fetch(`/v1/items/${encodeURIComponent(itemId)}/similar?${query}`);
+    body = await response.json().catch(() => null);
+    if (!response.ok || !body || !Array.isArray(body.items)) {
+      const message = (body && body.error && body.error.message) || `HTTP ${response.status}`;
+      problem = similarProblem(response.status, message);
+    }
+  } catch (error) { // the gateway is unreachable
+    problem = similarProblem(0, error.message);
+  }
+  if (mine !== state.similarFor) return;
+  const note = $("#similar-note");
+  if (problem) {
+    $("#similar").replaceChildren();
+    $("#similar-meta").replaceChildren();
+    note.textContent = problem[1];
+    note.hidden = false;
+    panel.dataset.state = problem[0];
+    log(`similar to ${title}: ${problem[1]}`, "error");
+    return;
+  }
+  $("#similar").replaceChildren(...body.items.map((item) => recItem(item, false)));
+  const meta = $("#similar-meta");
+  meta.replaceChildren(`${body.source} · model v${body.model_version} · without your purchases`);
+  note.hidden = !body.degraded;
+  if (body.degraded) {
+    meta.append(" · ", el("span", "flag", "degraded"));
+    // degraded model answers are the ones whose user's purchases could not be read
+    note.textContent = body.source === "model"
+      ? "Your purchases could not be read: some of these may be items you bought."
+      : "The model did not answer in time: popular items in the same categories instead.";
+  }
+  panel.dataset.state = body.degraded ? "degraded" : "ok";
+}
+
 // --- clicks -> events ---------------------------------------------------------------------------
 
 async function act(action, itemId, title, cardNode) {
@@ -206,6 +265,7 @@ async function act(action, itemId, title, cardNode) {
   };
   document.querySelectorAll(".acted").forEach((node) => node.classList.remove("acted"));
   if (cardNode) cardNode.classList.add("acted");
+  if (action === "view") showSimilar(itemId, title); // independent of the event's fate
   state.posting += 1;
   let accepted;
   try {

@@ -1,12 +1,16 @@
 """The live demo page in a real headless Chromium (Debian's, driven by Playwright) against a real
-gateway process, Triton and Kafka: load the page, click, watch the recommendations panel follow.
+gateway process, Triton and Kafka: load the page, click, watch the recommendations panel follow,
+and a view show the viewed item's similar items (or a short note when there are none to show).
 
 A screenshot is saved to build/test-artifacts/demo.png (also when the test fails)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,6 +29,8 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 # the panel got its answer is what is checked. The page's URL parameters lengthen them (still
 # within wait_for_click_shown's 15 s).
 PATIENT_BUDGETS = "push_wait_ms=10000&poll_for_ms=12000"
+SIMILAR_K = 6  # the page's
+SIMILAR_URL = re.compile(r"/v1/items/[^/]+/similar")
 
 
 def chromium_unavailable_reason() -> str | None:
@@ -53,6 +59,51 @@ def chromium() -> str:
 
 def panel_ids(page) -> list[str]:
     return page.eval_on_selector_all("#recs li", "nodes => nodes.map(n => n.dataset.itemId)")
+
+
+def similar_ids(page) -> list[str]:
+    return page.eval_on_selector_all("#similar li", "nodes => nodes.map(n => n.dataset.itemId)")
+
+
+def wait_for_similar(page, item_id: str, state: str) -> None:
+    """The similar panel has settled on ``item_id``'s answer (``state``: ok, degraded, not-served,
+    not-found, error)."""
+    page.wait_for_selector(f"#similar-panel[data-item-id='{item_id}'][data-state='{state}']",
+                           timeout=15_000)
+
+
+def rest_similar(gateway_url: str, item_id: str) -> dict:
+    url = f"{gateway_url}/v1/items/{item_id}/similar?k={SIMILAR_K}&user_id={USER}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def view_with_answer(page, nth: int, status: int, body: dict) -> str:
+    """View the grid's ``nth`` card with the similar-items request answered by ``status``/``body``
+    (what a gateway says for an old repository, an unknown item, a slow model)."""
+    page.route(SIMILAR_URL, lambda route: route.fulfill(status=status, content_type="application/json",
+                                                        body=json.dumps(body)))
+    item = page.get_attribute(f"#grid .card:nth-child({nth})", "data-item-id")
+    page.click(f"#grid .card[data-item-id='{item}'] [data-action=view]")
+    return item
+
+
+def check_similar_notes(page) -> None:
+    """501, 404 and a degraded answer: a one-line note, never a broken panel."""
+    for nth, status, state, words in ((5, 501, "not-served", "predates"),
+                                      (6, 404, "not-found", "not in the served model's catalog")):
+        item = view_with_answer(page, nth, status, {"error": {"code": "x", "message": "no"}})
+        wait_for_similar(page, item, state)
+        page.unroute(SIMILAR_URL)
+        assert similar_ids(page) == [] and words in page.inner_text("#similar-note")
+        assert page.is_visible("#similar-note")
+    fallback = [{"item_id": "1", "title": "Toy Story (1995)", "categories": ["Animation"], "score": None}]
+    item = view_with_answer(page, 7, 200, {"request_id": "r", "item_id": "x", "items": fallback,
+                                           "model_version": 1, "source": "popular", "degraded": True})
+    wait_for_similar(page, item, "degraded")
+    page.unroute(SIMILAR_URL)
+    assert similar_ids(page) == ["1"] and "popular items" in page.inner_text("#similar-note")
+    assert "degraded" in page.inner_text("#similar-meta")
 
 
 def wait_for_click_shown(page, event_type: str, item_id: str) -> dict:
@@ -94,10 +145,21 @@ def test_clicks_on_the_demo_page_change_the_recommendations_panel(chromium, expo
 
                 # a view pushes nothing: the page refetches until the features moved
                 viewed = page.get_attribute("#grid .card:nth-child(3)", "data-item-id")
+                title = page.get_attribute("#grid .card:nth-child(3)", "data-title")
                 page.click(f"#grid .card[data-item-id='{viewed}'] [data-action=view]")
                 shown = wait_for_click_shown(page, "view", viewed)
                 assert shown["origin"] == "refetch" and int(shown["ms"]) >= 0
                 assert viewed not in panel_ids(page)  # seen items are not recommended
+
+                # ... and shows the items like the viewed one, as the REST endpoint lists them
+                wait_for_similar(page, viewed, "ok")
+                similar = similar_ids(page)
+                assert len(similar) == SIMILAR_K and viewed not in similar
+                rest = rest_similar(gateway.url, viewed)
+                assert (rest["source"], rest["degraded"]) == ("model", False), rest
+                assert similar == [i["item_id"] for i in rest["items"]]
+                assert page.inner_text("#similar-panel h2") == f"Similar to {title}"
+                assert not page.is_visible("#similar-note")
 
                 # add the top recommendation to the cart: the SSE push brings the new panel
                 middle = panel_ids(page)
@@ -115,6 +177,10 @@ def test_clicks_on_the_demo_page_change_the_recommendations_panel(chromium, expo
                 assert page.get_attribute("#recs-panel", "data-origin") == "SSE push"
                 assert not elsewhere, f"the page loaded from other origins: {elsewhere}"
                 assert not errors, errors
+
+                check_similar_notes(page)
+                # Chromium logs every 4xx/5xx response; anything else is the page's fault
+                assert all(e.startswith("Failed to load resource") for e in errors), errors
             finally:
                 page.screenshot(path=str(SCREENSHOT), full_page=True)
         finally:
