@@ -109,7 +109,9 @@ def arm_totals(snapshot: dict, surface: str, arm: Arm) -> dict:
     counted = ("impressions", *PROPORTIONS.values(), "revenue")
     totals: dict = {"version": arm.version, "weight": arm.weight, **dict.fromkeys(counted, 0)}
     for key in snapshot.get("keys", []):
-        if (key.get("surface"), key.get("arm"), key.get("model_version")) == (surface, arm.name, arm.version):
+        # the service keys versions as text (a record's version is whatever the gateway wrote)
+        if (key.get("surface"), key.get("arm"), str(key.get("model_version"))) == \
+                (surface, arm.name, str(arm.version)):
             for name in counted:
                 totals[name] += key["totals"].get(name, 0)
     if totals["impressions"]:

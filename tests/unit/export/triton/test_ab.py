@@ -120,7 +120,7 @@ def test_status_without_metrics_names_the_arms_and_stop_without_an_experiment_is
 
 
 def _key(arm, version, impressions, clicked, surface="feed"):
-    return {"surface": surface, "model_version": version, "arm": arm,
+    return {"surface": surface, "model_version": str(version), "arm": arm,
             "totals": {"impressions": impressions, "clicked_at_k_lists": clicked, "carted_lists": 0,
                        "purchased_lists": 0, "revenue": 0.0}}
 
