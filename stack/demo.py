@@ -1,8 +1,9 @@
 """`make demo` / `make serve`: the whole data flow on MovieLens-100K, for real.
 
 Trains and exports the towers, starts Kafka and Triton, starts the gateway (with the embedded
-feature-service consumer), then shows one user's recommendations before and after a few posted
-events. ``--serve`` keeps everything up until Ctrl-C instead, with the live demo page
+feature-service consumer) and the online-metrics service, then shows one user's recommendations
+before and after a few posted events, and a click on the last list counted for it by the online
+metrics. ``--serve`` keeps everything up until Ctrl-C instead, with the live demo page
 (``/demo``, gateway/static/) opened in a browser when there is a display (``--no-browser``: not).
 """
 
@@ -30,10 +31,12 @@ from features.catalog import ItemCatalog
 from gateway.served_model import load_served_model
 from stack.gateway import GatewayProcess
 from stack.kafka import KafkaBroker
+from stack.online_metrics import OnlineMetricsProcess
 from stack.triton import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EVENTS_TOPIC = "user-events"
+IMPRESSIONS_TOPIC = "impressions"
 
 
 def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -82,7 +85,29 @@ def open_in_browser(url: str) -> bool:
     return True
 
 
-def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: str) -> None:
+def show_outcome(gateway_url: str, metrics: OnlineMetricsProcess, user: str, recs: dict) -> None:
+    """Click ``recs``' top item, naming the list, and wait for the online metrics to count it."""
+    top = recs["items"][0]["item_id"]
+    status, body = http("POST", f"{gateway_url}/v1/events", {
+        "user_id": user, "item_id": top, "event_type": "click",
+        "context": {"request_id": recs["request_id"], "position": "0"}})
+    assert status == 202, body
+    deadline = time.perf_counter() + 20
+    while time.perf_counter() < deadline:
+        keys = [k for k in metrics.get_json("/v1/online-metrics")["keys"] if k["surface"] == "feed"]
+        if sum(k["totals"]["clicks"] for k in keys):
+            break
+        time.sleep(0.2)
+    print(f"\nA click on the last list's top item, sent with its request_id -> online metrics "
+          f"({metrics.url}/):")
+    for key in keys:
+        totals, rates = key["totals"], key["rates"]
+        print(f"  {key['surface']} v{key['model_version']}: {totals['impressions']} lists, "
+              f"{totals['clicked_lists']} clicked (CTR {rates['ctr']:.0%}), {totals['clicks']} clicks")
+
+
+def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: str,
+         metrics: OnlineMetricsProcess) -> None:
     served = load_served_model(repository)
     catalog, popular = served.catalog, served.popular_items
     # snapshot rows are [event_id, item_id, event_type, ts_ms] (export.data.Dataset.snapshot_rows)
@@ -121,6 +146,7 @@ def demo(gateway_url: str, repository: Path, artifacts: Path, user: str, genre: 
     status, error = http("POST", f"{gateway_url}/v1/events",
                          {"user_id": user, "item_id": "no-such-item", "event_type": "view"})
     print(f"\nAn event for an unknown item -> HTTP {status}: {error['error']['message']}")
+    show_outcome(gateway_url, metrics, user, after)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,15 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + format_table(result.report) + "\n")
     with KafkaBroker(artifacts / "kafka") as kafka, \
             TritonServer(repository, log_path=artifacts / "logs" / "tritonserver.log") as triton:
-        kafka.create_topics([EVENTS_TOPIC, f"{EVENTS_TOPIC}.dlq"], partitions=3)
+        kafka.create_topics([EVENTS_TOPIC, f"{EVENTS_TOPIC}.dlq", IMPRESSIONS_TOPIC], partitions=3)
         settings = {
             "triton_grpc_url": triton.grpc_url,
             "kafka_bootstrap_servers": kafka.bootstrap_servers,
             "model_repository": str(repository),
             "snapshot_path": str(artifacts / SNAPSHOT_FILE),
         }
+        metrics = OnlineMetricsProcess({"kafka_bootstrap_servers": kafka.bootstrap_servers,
+                                        "impressions_topic": IMPRESSIONS_TOPIC, "events_topic": EVENTS_TOPIC},
+                                       log_path=artifacts / "logs" / "online_metrics.log")
         with GatewayProcess(settings, port=args.gateway_port,
-                            log_path=artifacts / "logs" / "gateway.log") as gateway:
+                            log_path=artifacts / "logs" / "gateway.log") as gateway, metrics:
             print(f"Kafka ready after {kafka.ready_after_s:.1f} s, Triton after "
                   f"{triton.ready_after_s:.1f} s, gateway after {gateway.ready_after_s:.1f} s")
             page = demo_page_url(gateway.url, args.user)
@@ -166,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                       "-d '{\"user_id\":\"1\",\"item_id\":\"50\",\"event_type\":\"click\"}'\n"
                       f"  Triton gRPC {triton.grpc_url}, HTTP {triton.http_url}; "
                       f"Kafka {kafka.bootstrap_servers}\n"
-                      f"  live demo page {page}\nCtrl-C to stop.")
+                      f"  live demo page {page}\n  online metrics {metrics.url}/ (JSON: "
+                      f"{metrics.url}/v1/online-metrics)\nCtrl-C to stop.")
                 if not args.no_browser and open_in_browser(page):
                     print(f"Opened {page} in a browser.")
                 stop = threading.Event()
@@ -176,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 except KeyboardInterrupt:
                     pass
             else:
-                demo(gateway.url, repository, artifacts, args.user, args.genre)
+                demo(gateway.url, repository, artifacts, args.user, args.genre, metrics)
     print(f"\nStack stopped cleanly. Total {time.perf_counter() - started:.0f} s.")
     return 0
 
