@@ -10,15 +10,17 @@ _TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 
 
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int,
-                  timeout_s: float = 30) -> None:
-    """Create topics (replication factor 1) and wait until every partition has a leader.
-    Topics that already exist are left as they are, whatever their partition count."""
+                  timeout_s: float = 30, configs: dict[str, str] | None = None) -> None:
+    """Create topics (replication factor 1, topic ``configs`` such as cleanup.policy) and wait
+    until every partition has a leader. Topics that already exist are left as they are, whatever
+    their partition count or configs."""
     names = list(names)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers,
                              request_timeout_ms=int(timeout_s * 1000))
     try:
         result = admin.create_topics(
-            {name: {"num_partitions": partitions, "replication_factor": 1} for name in names},
+            {name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}}
+             for name in names},
             raise_errors=False,
         )
         errors = [

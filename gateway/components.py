@@ -121,6 +121,9 @@ async def event_producer(settings: GatewaySettings,
     await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap_servers,
                             [settings.events_topic, features.dlq_topic,
                              settings.recommendations_topic], features.topic_partitions)
+    # Compacted: a table of every item's latest update (gateway/catalog_updates.py).
+    await asyncio.to_thread(ensure_topics, settings.kafka_bootstrap_servers, [settings.catalog_topic],
+                            features.topic_partitions, configs={"cleanup.policy": "compact"})
     producer = await asyncio.to_thread(EventProducer, settings.kafka_bootstrap_servers,
                                        settings.events_topic, settings.kafka_timeout_ms)
     try:

@@ -50,6 +50,9 @@ class GatewaySettings(BaseSettings):
     events_topic: str = "user-events"  # produced by POST /v1/events, keyed by user id
     # Refreshed recommendations for downstream notification systems (and this gateway's SSE).
     recommendations_topic: str = "recommendations"
+    # Item updates from PUT /v1/admin/items/{id}, keyed by item id; created compacted (the latest
+    # update of every item is kept), read by the refresh job and the cold-item path.
+    catalog_topic: str = "catalog"
     # An event not acknowledged by then: 503. Also the producer's delivery timeout: a record it has
     # not delivered by then is given up on, never delivered after the 503.
     kafka_timeout_ms: int = Field(default=5000, gt=0)

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field, StringConstraints
 
 from feature_service.store import StoreUnavailable
 from features.events import ID_PATTERN
+from gateway.catalog_updates import CatalogAccepted, CatalogPublisherDep, ItemUpdateBody
 from gateway.deps import AdminDep, ServiceDep
 from gateway.errors import UnknownItem, UpstreamUnavailable, documented
 from gateway.served_model import load_served_model
@@ -49,6 +51,26 @@ async def put_stock(update: StockUpdate, service: ServiceDep) -> StockState:
         raise UpstreamUnavailable("the stock store is unavailable; retry the update (setting the "
                                   "same quantities again is safe)") from None
     return StockState(out_of_stock=sorted(service.inventory.out_of_stock()))
+
+
+@router.put("/items/{item_id}", response_model=CatalogAccepted, status_code=202)
+async def put_item(item_id: Annotated[str, PathParam(pattern=ID_PATTERN)], body: ItemUpdateBody,
+                   service: ServiceDep, catalog: CatalogPublisherDep) -> CatalogAccepted:
+    """Add or change an item: its whole state goes to the catalog topic (202 once Kafka has it),
+    for the next refresh or cold-item run; a ``stock`` in it applies at once, as PUT /stock."""
+    update = body.for_item(item_id)
+    partition, offset = await catalog.publish(update)
+    if update.stock is not None:
+        # After the topic took it: the inventory never holds a stock level the catalog lacks. A new
+        # item's level is kept too (PUT /stock refuses it), so it is right when the item arrives.
+        try:
+            await asyncio.to_thread(service.inventory.set_quantities, {item_id: update.stock})
+        except StoreUnavailable as exc:
+            log.warning("stock of catalog update %s failed: %r", item_id, exc)
+            raise UpstreamUnavailable("the update is on the catalog topic, but the stock store is "
+                                      "unavailable; repeat the same PUT (a repeat is harmless)") from None
+    return CatalogAccepted(item_id=item_id, in_catalog=item_id in service.served.catalog,
+                           topic=catalog.topic, partition=partition, offset=offset)
 
 
 @router.get("/stock", response_model=StockState)
