@@ -8,6 +8,13 @@ extended catalog, so one version number always means one item index space.
 
     python -m export.triton.cold_items --repository model_repository \\
         --checkpoint build/checkpoints/seed0/best.pt --items new_items.csv
+
+or, from the catalog topic (the gateway's PUT /v1/admin/items/{id}), the items it has that the
+newest version's catalog lacks; changed attributes of known items are reported, not applied (they
+need a retrain):
+
+    python -m export.triton.cold_items --checkpoint build/checkpoints/seed0/best.pt \\
+        --catalog-topic catalog --kafka-bootstrap-servers 127.0.0.1:9092
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -27,6 +35,8 @@ from export.train import load_checkpoint, new_model
 from export.triton.repository import ServingConfig, export_repository
 from features import contract as sig
 from features.catalog import PAD_INDEX, Item, ItemCatalog
+from features.catalog_stream import read_catalog_topic
+from features.catalog_updates import ItemUpdate, attributes_differ, to_item
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,17 @@ def extend_catalog(catalog: ItemCatalog, new_items: list[Item]) -> ItemCatalog:
         raise ValueError(f"already in the catalog: {known[:5]}{' ...' if len(known) > 5 else ''}")
     extra = sorted({c for item in new_items for c in item.categories} - set(catalog.categories))
     return ItemCatalog(items=catalog.items + list(new_items), categories=catalog.categories + extra)
+
+
+def split_updates(catalog: ItemCatalog, updates: Iterable[ItemUpdate]) -> tuple[list[Item], list[str]]:
+    """(items ``catalog`` lacks, in id order; ids of its items whose attributes an update changes).
+    The second are not applied: a trained item's vector came from its old attributes and its
+    interactions together, and only a retrain can redo that."""
+    updates = sorted(updates, key=lambda u: u.item_id)
+    new = [to_item(u) for u in updates if u.item_id not in catalog]
+    changed = [u.item_id for u in updates if u.item_id in catalog
+               and attributes_differ(u, catalog.get(u.item_id))]
+    return new, changed
 
 
 @torch.no_grad()
@@ -99,10 +120,27 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--items", type=Path, required=True, help="items file (schema: docs/data.md)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--items", type=Path, help="items file (schema: docs/data.md)")
+    source.add_argument("--catalog-topic", help="Kafka topic of catalog updates (docs/data.md)")
+    parser.add_argument("--kafka-bootstrap-servers", default="127.0.0.1:9092")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    version = publish_cold_items(args.repository, args.checkpoint, items_from_frame(read_table(args.items)))
+    if args.items is not None:
+        new_items = items_from_frame(read_table(args.items))
+    else:
+        retrieve_dir = args.repository / sig.RETRIEVE
+        catalog = ItemCatalog.from_json(
+            retrieve_dir / str(sig.latest_version(retrieve_dir)) / sig.CATALOG_FILE)
+        feed = read_catalog_topic(args.kafka_bootstrap_servers, args.catalog_topic)
+        new_items, changed = split_updates(catalog, feed.updates.values())
+        if changed:
+            print(f"{len(changed)} known items changed attributes; not applied, they need a "
+                  f"retrain: {', '.join(changed[:10])}{' ...' if len(changed) > 10 else ''}")
+        if not new_items:
+            print(f"no new items on {args.catalog_topic} ({feed.summary()}); nothing published")
+            return 0
+    version = publish_cold_items(args.repository, args.checkpoint, new_items)
     print(f"published version {version} under {args.repository}")
     return 0
 
