@@ -291,16 +291,19 @@ def export_repository(
                         {"retrieval_index": index.kind, **(metadata or {})})
     if index.kind == "exact":  # an ANN index answers approximately: no exact reference to hold it to
         write_reference(modules[sig.RECOMMEND_FUSED], catalog, sequence_length,
-                        root / sig.RETRIEVE / str(version) / REFERENCE_FILE)
+                        root / sig.RETRIEVE / str(version) / REFERENCE_FILE,
+                        similar=modules[sig.SIMILAR_ITEMS])
     return root
 
 
 def write_reference(fused: torch.jit.ScriptModule, catalog: ItemCatalog, sequence_length: int,
-                    path: Path, users: int = 16, seed: int = 0) -> None:
+                    path: Path, users: int = 16, seed: int = 0,
+                    similar: torch.jit.ScriptModule | None = None) -> None:
     """What this version must answer, computed in PyTorch at export time: the rollout's smoke
     check replays these requests against Triton and compares (export/triton/rollout.py). Every
     step gets a random event type, so a server that dropped or misordered HISTORY_TYPES would
-    answer differently from the reference."""
+    answer differently from the reference. With ``similar``, the same for ``similar_items``: one
+    query item per user row, its last two history items excluded."""
     rng = np.random.default_rng(seed)
     k = min(10, catalog.num_items)
     codes = np.array([type_code(name) for name in STEP_TYPES], dtype=np.int64)
@@ -315,10 +318,19 @@ def write_reference(fused: torch.jit.ScriptModule, catalog: ItemCatalog, sequenc
     with torch.no_grad():
         items, scores = fused(torch.from_numpy(histories), torch.from_numpy(types),
                               torch.from_numpy(exclude), torch.full((users, 1), k, dtype=torch.int32))
-    path.write_text(json.dumps({
+    reference = {
         "k": k, "history": histories.tolist(), "history_types": types.tolist(),
         "exclude": exclude.tolist(), "item_index": items.tolist(), "score": scores.tolist(),
-    }))
+    }
+    if similar is not None:
+        query = rng.integers(FIRST_ITEM_INDEX, catalog.num_embeddings, size=(users, 1))
+        k_similar = min(10, catalog.num_items - 1)
+        with torch.no_grad():
+            items, scores = similar(torch.from_numpy(query), torch.from_numpy(exclude),
+                                    torch.full((users, 1), k_similar, dtype=torch.int32))
+        reference["similar"] = {"k": k_similar, "item": query.tolist(), "exclude": exclude.tolist(),
+                                "item_index": items.tolist(), "score": scores.tolist()}
+    path.write_text(json.dumps(reference))
 
 
 def write_serving_files(version_dir: Path, catalog: ItemCatalog, version: int, sequence_length: int,

@@ -53,7 +53,7 @@ from export.triton.rollout_state import (
 from features import contract as sig
 from features.behaviour import Step, steps_of
 from features.catalog import ItemCatalog
-from features.model_inputs import ModelInputs, build_inputs, ranked_items
+from features.model_inputs import ModelInputs, build_inputs, infer_input, ranked_items
 from features.user_state import snapshot_events
 
 log = logging.getLogger("export.triton.rollout")
@@ -233,16 +233,25 @@ class Rollout:
                              exclude=np.array(ref["exclude"], dtype=np.int64),
                              k=np.full((len(history), 1), ref["k"], dtype=np.int32))
         items, scores, _ = self._infer(version, inputs)
-        want_items, want_scores = np.array(ref["item_index"]), np.array(ref["score"])
-        overlap = np.mean([len(set(a) & set(b)) / ref["k"] for a, b in zip(items, want_items, strict=True)])
-        # Excluded items fill a top-k longer than what is left at -inf on both sides: equal, and
-        # inf - inf would be nan, which fails every comparison.
-        with np.errstate(invalid="ignore"):
-            diff = np.where(scores == want_scores, 0.0, np.abs(scores - want_scores))
-        report = SmokeReport(version, len(want_items), float(overlap), float(np.max(diff)))
+        report = SmokeReport(version, len(history), *_agreement(items, scores, ref))
+        if "similar" in ref and (self.repository / sig.SIMILAR_ITEMS).is_dir():
+            similar = self._smoke_similar(version, ref["similar"])
+            report.similar_overlap, report.similar_max_score_diff = similar
         self._record("smoke", version=version, ok=report.ok, id_overlap=report.id_overlap,
-                     max_score_diff=report.max_score_diff)
+                     max_score_diff=report.max_score_diff, similar_overlap=report.similar_overlap,
+                     similar_max_score_diff=report.similar_max_score_diff)
         return report
+
+    def _smoke_similar(self, version: int, ref: dict) -> tuple[float, float]:
+        """``similar_items``' answers to the exporter's item queries against its reference."""
+        names = sig.tensor_names(self.client.get_model_config(sig.SIMILAR_ITEMS))
+        arrays = {sig.ITEM: np.array(ref["item"], dtype=np.int64),
+                  sig.EXCLUDE: np.array(ref["exclude"], dtype=np.int64),
+                  sig.K: np.full((len(ref["item"]), 1), ref["k"], dtype=np.int32)}
+        result = self.client.infer(sig.SIMILAR_ITEMS, [infer_input(httpclient, names.inputs[n], a)
+                                                       for n, a in arrays.items()],
+                                   model_version=str(version))
+        return _agreement(*(result.as_numpy(names.outputs[n]) for n in (sig.ITEM_INDEX, sig.SCORE)), ref)
 
     @exclusive
     def shadow(self, version: int, histories: dict[str, list[str]], *, requests: int = 200,
@@ -344,6 +353,18 @@ class Rollout:
         else:
             self._record(action, version=winner, experiment=name, ended="experiment")
         return winner
+
+
+def _agreement(items: np.ndarray, scores: np.ndarray, ref: dict) -> tuple[float, float]:
+    """(mean share of the reference top-k returned, largest score difference) of an answer."""
+    want_items, want_scores = np.array(ref["item_index"]), np.array(ref["score"])
+    overlap = np.mean([len(set(a) & set(b)) / max(ref["k"], 1)
+                       for a, b in zip(items, want_items, strict=True)])
+    # Excluded items fill a top-k longer than what is left at -inf on both sides: equal, and
+    # inf - inf would be nan, which fails every comparison.
+    with np.errstate(invalid="ignore"):
+        diff = np.where(scores == want_scores, 0.0, np.abs(scores - want_scores))
+    return float(overlap), float(np.max(diff, initial=0.0))
 
 
 def read_shadow_requests(path: Path) -> dict[str, list[Step]]:

@@ -62,10 +62,15 @@ class SmokeReport:
     requests: int
     id_overlap: float  # mean fraction of the reference top-k that Triton returned
     max_score_diff: float
+    # The same for similar_items (None: a reference exported before it had one)
+    similar_overlap: float | None = None
+    similar_max_score_diff: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.id_overlap >= 0.9 and self.max_score_diff <= 1e-3
+        similar_ok = self.similar_overlap is None or (
+            self.similar_overlap >= 0.9 and (self.similar_max_score_diff or 0.0) <= 1e-3)
+        return self.id_overlap >= 0.9 and self.max_score_diff <= 1e-3 and similar_ok
 
 
 @dataclass

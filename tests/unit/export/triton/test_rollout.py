@@ -122,11 +122,38 @@ def test_smoke_replays_the_reference_with_its_types(live):
 
     r = rollout(live)
     r._infer = infer
-    assert r.smoke(1).ok
+    r.client = SimilarFromReference(ref["similar"])
+    report = r.smoke(1)
+    assert report.ok and report.similar_overlap == 1.0 and report.similar_max_score_diff == 0.0
     (inputs,) = sent
     assert list(inputs.tensors()) == [sig.HISTORY, sig.HISTORY_TYPES, sig.EXCLUDE, sig.K]
     assert inputs.history_types.tolist() == ref["history_types"]
     assert inputs.history_types.dtype == np.int64 and inputs.history.tolist() == ref["history"]
+    # similar_items was asked the reference's queries, and a wrong answer from it fails the check
+    assert r.client.asked == [ref["similar"]["item"]]
+    r.client = SimilarFromReference(ref["similar"], shift=0.01)
+    assert not r.smoke(1).ok
+
+
+class SimilarFromReference:
+    """Triton's HTTP client as far as the smoke check asks similar_items: answers the reference
+    (its scores moved by ``shift``), and records the query items."""
+
+    def __init__(self, ref: dict, shift: float = 0.0) -> None:
+        self.ref, self.shift, self.asked = ref, shift, []
+
+    def get_model_config(self, name: str) -> dict:
+        assert name == sig.SIMILAR_ITEMS
+        return {"input": [{"name": n} for n in (sig.ITEM, sig.EXCLUDE, sig.K)],
+                "output": [{"name": n} for n in (sig.ITEM_INDEX, sig.SCORE)]}
+
+    def infer(self, name, inputs, model_version=None):
+        item = inputs[0]  # ITEM first, as binary data
+        sent = np.frombuffer(item._get_binary_data(), dtype=np.int64)
+        self.asked.append(sent.reshape(item.shape()).tolist())
+        answers = {sig.ITEM_INDEX: np.array(self.ref["item_index"]),
+                   sig.SCORE: np.array(self.ref["score"], dtype=np.float32) + self.shift}
+        return type("Result", (), {"as_numpy": staticmethod(answers.__getitem__)})()
 
 
 def test_smoke_refuses_a_reference_from_before_history_types(live):
