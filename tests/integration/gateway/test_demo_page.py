@@ -7,9 +7,7 @@ A screenshot is saved to build/test-artifacts/demo.png (also when the test fails
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import urllib.request
 import uuid
 from pathlib import Path
@@ -18,12 +16,12 @@ import pytest
 
 from stack.gateway import GatewayProcess
 from stack.testing import require_service
+from tests.support.browser import chromium_path, chromium_unavailable_reason, headless_page
 from tests.support.gateway import gateway_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = REPO_ROOT / "build" / "test-artifacts" / "demo.png"
 USER = "7"
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 # The page gives a push 2 s before it refetches instead, and a view's refetch 5 s to see the
 # features move: budgets for a person watching, races for a test on a busy 2-core box, where *how*
 # the panel got its answer is what is checked. The page's URL parameters lengthen them (still
@@ -31,23 +29,6 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 PATIENT_BUDGETS = "push_wait_ms=10000&poll_for_ms=12000"
 SIMILAR_K = 6  # the page's
 SIMILAR_URL = re.compile(r"/v1/items/[^/]+/similar")
-
-
-def chromium_unavailable_reason() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (requirements.txt; scripts/setup.sh)"
-    if chromium_path() is None:
-        return "no Chromium binary (apt-get install chromium; or set RECSYS_CHROMIUM)"
-    return None
-
-
-def chromium_path() -> str | None:
-    explicit = os.environ.get("RECSYS_CHROMIUM")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
 
 
 @pytest.fixture(scope="session")
@@ -117,72 +98,56 @@ def wait_for_click_shown(page, event_type: str, item_id: str) -> dict:
 
 def test_clicks_on_the_demo_page_change_the_recommendations_panel(chromium, exported, triton, kafka,
                                                                    tmp_path):
-    from playwright.sync_api import sync_playwright
-
     topic = f"events-{uuid.uuid4().hex[:8]}"
     # (model-answer timeouts: the panel must show the model's answers, not a slow call's fallback)
     settings = gateway_settings(exported, triton, kafka, topic)
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    args = ["--disable-dev-shm-usage", "--disable-gpu"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
     with GatewayProcess(settings, log_path=tmp_path / "gateway.log") as gateway, \
-            sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 1000})
-            elsewhere, errors = [], []
-            page.on("request", lambda r: None if r.url.startswith((gateway.url, "data:"))
-                    else elsewhere.append(r.url))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            try:
-                page.goto(f"{gateway.url}/demo?user={USER}&{PATIENT_BUDGETS}")
-                page.wait_for_selector("#grid .card [data-action=view]")
-                page.wait_for_selector("#recs li")
-                page.wait_for_selector("#stream-status[data-state=connected]")
-                before = panel_ids(page)
-                assert len(before) == 10
-                assert page.inner_text("#rec-meta").startswith("model")  # a known user
+            headless_page(gateway.url, SCREENSHOT) as watched:
+        page, elsewhere, errors = watched.page, watched.elsewhere, watched.errors
+        page.goto(f"{gateway.url}/demo?user={USER}&{PATIENT_BUDGETS}")
+        page.wait_for_selector("#grid .card [data-action=view]")
+        page.wait_for_selector("#recs li")
+        page.wait_for_selector("#stream-status[data-state=connected]")
+        before = panel_ids(page)
+        assert len(before) == 10
+        assert page.inner_text("#rec-meta").startswith("model")  # a known user
 
-                # a view pushes nothing: the page refetches until the features moved
-                viewed = page.get_attribute("#grid .card:nth-child(3)", "data-item-id")
-                title = page.get_attribute("#grid .card:nth-child(3)", "data-title")
-                page.click(f"#grid .card[data-item-id='{viewed}'] [data-action=view]")
-                shown = wait_for_click_shown(page, "view", viewed)
-                assert shown["origin"] == "refetch" and int(shown["ms"]) >= 0
-                assert viewed not in panel_ids(page)  # seen items are not recommended
+        # a view pushes nothing: the page refetches until the features moved
+        viewed = page.get_attribute("#grid .card:nth-child(3)", "data-item-id")
+        title = page.get_attribute("#grid .card:nth-child(3)", "data-title")
+        page.click(f"#grid .card[data-item-id='{viewed}'] [data-action=view]")
+        shown = wait_for_click_shown(page, "view", viewed)
+        assert shown["origin"] == "refetch" and int(shown["ms"]) >= 0
+        assert viewed not in panel_ids(page)  # seen items are not recommended
 
-                # ... and shows the items like the viewed one, as the REST endpoint lists them
-                wait_for_similar(page, viewed, "ok")
-                similar = similar_ids(page)
-                assert len(similar) == SIMILAR_K and viewed not in similar
-                rest = rest_similar(gateway.url, viewed)
-                assert (rest["source"], rest["degraded"]) == ("model", False), rest
-                assert similar == [i["item_id"] for i in rest["items"]]
-                assert page.inner_text("#similar-panel h2") == f"Similar to {title}"
-                assert not page.is_visible("#similar-note")
+        # ... and shows the items like the viewed one, as the REST endpoint lists them
+        wait_for_similar(page, viewed, "ok")
+        similar = similar_ids(page)
+        assert len(similar) == SIMILAR_K and viewed not in similar
+        rest = rest_similar(gateway.url, viewed)
+        assert (rest["source"], rest["degraded"]) == ("model", False), rest
+        assert similar == [i["item_id"] for i in rest["items"]]
+        assert page.inner_text("#similar-panel h2") == f"Similar to {title}"
+        assert not page.is_visible("#similar-note")
 
-                # add the top recommendation to the cart: the SSE push brings the new panel
-                middle = panel_ids(page)
-                carted = middle[0]
-                page.click(f"#recs li[data-item-id='{carted}'] [data-action=cart]")
-                shown = wait_for_click_shown(page, "cart", carted)
-                after = panel_ids(page)
-                assert shown["origin"] == "SSE push", shown
-                assert carted not in after and after != middle and len(after) == 10
-                assert int(shown["ms"]) >= 0 and "features written +" in shown["text"]
-                assert "pushed +" in shown["text"]
-                changes = page.inner_text("#changes")
-                assert "−" in changes and "+" in changes  # what left and what entered
-                assert page.locator("#recs li.entered").count() >= 1
-                assert page.get_attribute("#recs-panel", "data-origin") == "SSE push"
-                assert not elsewhere, f"the page loaded from other origins: {elsewhere}"
-                assert not errors, errors
+        # add the top recommendation to the cart: the SSE push brings the new panel
+        middle = panel_ids(page)
+        carted = middle[0]
+        page.click(f"#recs li[data-item-id='{carted}'] [data-action=cart]")
+        shown = wait_for_click_shown(page, "cart", carted)
+        after = panel_ids(page)
+        assert shown["origin"] == "SSE push", shown
+        assert carted not in after and after != middle and len(after) == 10
+        assert int(shown["ms"]) >= 0 and "features written +" in shown["text"]
+        assert "pushed +" in shown["text"]
+        changes = page.inner_text("#changes")
+        assert "−" in changes and "+" in changes  # what left and what entered
+        assert page.locator("#recs li.entered").count() >= 1
+        assert page.get_attribute("#recs-panel", "data-origin") == "SSE push"
+        assert not elsewhere, f"the page loaded from other origins: {elsewhere}"
+        assert not errors, errors
 
-                check_similar_notes(page)
-                # Chromium logs every 4xx/5xx response; anything else is the page's fault
-                assert all(e.startswith("Failed to load resource") for e in errors), errors
-            finally:
-                page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+        check_similar_notes(page)
+        # Chromium logs every 4xx/5xx response; anything else is the page's fault
+        assert all(e.startswith("Failed to load resource") for e in errors), errors
     assert SCREENSHOT.stat().st_size > 10_000

@@ -7,8 +7,6 @@ the test fails)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,11 +18,11 @@ from kafka import KafkaProducer
 from features.events import Event
 from stack.online_metrics import OnlineMetricsProcess
 from stack.testing import require_service
+from tests.support.browser import chromium_unavailable_reason, headless_page
 from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCREENSHOT = REPO_ROOT / "build" / "test-artifacts" / "online_metrics.png"
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 LIVE, CANDIDATE = ("feed", 3, "live"), ("feed", 4, "candidate")
 
 
@@ -145,57 +143,22 @@ def test_the_numbers_of_replayed_and_followed_records_are_exact(service):
     assert (compare["b"]["successes"], compare["b"]["trials"], compare["difference"]) == (1, 1, 1.0)
 
 
-def chromium_path() -> str | None:
-    explicit = os.environ.get("RECSYS_CHROMIUM")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-
-
-def chromium_unavailable_reason() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (requirements.txt; scripts/setup.sh)"
-    if chromium_path() is None:
-        return "no Chromium binary (apt-get install chromium; or set RECSYS_CHROMIUM)"
-    return None
-
-
 def test_the_page_draws_a_plot_for_each_key(service):
     require_service(chromium_unavailable_reason())
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    args = ["--disable-dev-shm-usage", "--disable-gpu"] + (["--no-sandbox"] if os.geteuid() == 0 else [])
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True,
-                                             args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            elsewhere, errors = [], []
-            page.on("request", lambda r: None if r.url.startswith((service.url, "data:"))
-                    else elsewhere.append(r.url))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            try:
-                page.goto(f"{service.url}/?refresh_ms=500")
-                page.wait_for_selector("#status[data-state=ok]")
-                page.wait_for_function("document.querySelectorAll('svg.plot[data-points]').length == 2")
-                plots = page.eval_on_selector_all(
-                    "svg.plot", "ns => ns.map(n => ({key: n.dataset.key, points: +n.dataset.points,"
-                    " lines: n.querySelectorAll('polyline').length,"
-                    " dots: n.querySelectorAll('circle').length}))")
-                assert {p["key"] for p in plots} == {"feed/3/live", "feed/4/candidate"}
-                for plot in plots:
-                    assert plot["points"] >= 1 and plot["lines"] == 3
-                    assert plot["dots"] == 3 * plot["points"]  # one per rate and bucket
-                assert "arm candidate" in page.inner_text(".card[data-key='feed/4/candidate'] h2")
-                assert "unknown_request" in page.inner_text("#unattributed")
-                assert not elsewhere, f"the page loaded from other origins: {elsewhere}"
-                assert not errors, errors
-            finally:
-                page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+    with headless_page(service.url, SCREENSHOT, height=900) as watched:
+        page = watched.page
+        page.goto(f"{service.url}/?refresh_ms=500")
+        page.wait_for_selector("#status[data-state=ok]")
+        page.wait_for_function("document.querySelectorAll('svg.plot[data-points]').length == 2")
+        plots = page.eval_on_selector_all(
+            "svg.plot", "ns => ns.map(n => ({key: n.dataset.key, points: +n.dataset.points,"
+            " lines: n.querySelectorAll('polyline').length,"
+            " dots: n.querySelectorAll('circle').length}))")
+        assert {p["key"] for p in plots} == {"feed/3/live", "feed/4/candidate"}
+        for plot in plots:
+            assert plot["points"] >= 1 and plot["lines"] == 3
+            assert plot["dots"] == 3 * plot["points"]  # one per rate and bucket
+        assert "arm candidate" in page.inner_text(".card[data-key='feed/4/candidate'] h2")
+        assert "unknown_request" in page.inner_text("#unattributed")
+        watched.assert_clean()
     assert SCREENSHOT.stat().st_size > 10_000
