@@ -52,6 +52,7 @@ SETTINGS_CLASSES = (
     ("Gateway", "gateway.config:GatewaySettings"),
     ("Feature service", "feature_service.config:FeatureServiceSettings"),
     ("Online metrics", "online_metrics.config:OnlineMetricsSettings"),
+    ("Refresh job", "refresh.config:RefreshSettings"),
 )
 
 HEADER = """\

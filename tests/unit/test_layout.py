@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("features", "export", "feature_service", "gateway", "online_metrics", "stack", "perf")
+PACKAGES = ("features", "export", "feature_service", "gateway", "online_metrics", "refresh", "stack",
+            "perf")
 # What each stage may import from the project (itself included). features/ is the layer training
 # and serving share; the gateway reaches the feature store through feature_service/ and the
 # serving contract through features/, never through the offline package.
@@ -19,8 +20,10 @@ ALLOWED = {
     "feature_service": {"features", "feature_service"},
     "gateway": {"features", "feature_service", "gateway"},
     "online_metrics": {"features", "online_metrics"},
-    "stack": {"features", "export", "feature_service", "gateway", "online_metrics", "stack"},
-    "perf": {"features", "export", "feature_service", "gateway", "online_metrics", "stack", "perf"},
+    "refresh": {"features", "export", "refresh"},
+    "stack": {"features", "export", "feature_service", "gateway", "online_metrics", "refresh", "stack"},
+    "perf": {"features", "export", "feature_service", "gateway", "online_metrics", "refresh", "stack",
+             "perf"},
 }
 MAX_LINES = 450
 GENERATED = ("gateway/proto/recsys_pb2.py", "gateway/proto/recsys_pb2.pyi",

@@ -1,0 +1,117 @@
+"""The candidate starts where the live version is: its weights on the extended catalog.
+
+A new model is built on the candidate's catalog (old items first, at their old indices; new
+categories after the old ones) and every parameter of the live checkpoint is copied in. Tables
+that grew keep the live rows and columns; what is new is zero: a new item's id row (so, as with
+``export.triton.cold_items``, its vector starts from its categories, year and price alone), its
+"what follows" row, a new category's projection column, a new year or price bucket. Training then
+fine-tunes all of it (``finetune``), on the CPU or a GPU.
+
+Year buckets are counted from the live catalog's first year, so bucket ``b`` keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.data.loaders import InMemoryBatches
+from export.model.towers import TwoTower
+from export.train import (
+    TrainConfig,
+    build_examples,
+    new_model,
+    seed_everything,
+    target_log_frequencies,
+    train,
+)
+from features.behaviour import Step
+from features.catalog import ItemCatalog
+
+log = logging.getLogger(__name__)
+
+
+def load_live(checkpoint: Path, catalog: ItemCatalog) -> tuple[TwoTower, TrainConfig]:
+    """The live version's model (from its training checkpoint) and the config it was built with."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = as_config(state["config"])
+    model = new_model(catalog, config)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def as_config(values: dict) -> TrainConfig:
+    names = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+@torch.no_grad()
+def warm_start(live: TwoTower, live_catalog: ItemCatalog, catalog: ItemCatalog,
+               config: TrainConfig) -> TwoTower:
+    """A model on ``catalog`` (which extends ``live_catalog``) holding every live weight."""
+    head = catalog.items[:live_catalog.num_items]
+    if [i.item_id for i in head] != [i.item_id for i in live_catalog.items]:
+        raise ValueError("the candidate catalog must start with the live items, in their order")
+    if catalog.categories[:len(live_catalog.categories)] != live_catalog.categories:
+        raise ValueError("the candidate catalog must start with the live categories, in their order")
+    model = new_model(catalog, config)
+    encoder = model.item_tower.encoder
+    years = catalog.year_buckets(first_year=live_catalog.first_year())
+    grown_years = int(years.max()) + 1
+    if grown_years > encoder.year_embedding.num_embeddings:
+        encoder.year_embedding = torch.nn.Embedding(grown_years, config.dim)
+    encoder.years = torch.from_numpy(years)
+    target = model.state_dict()
+    for name, value in live.state_dict().items():
+        # The encoder is shared: its tables appear under both towers' prefixes.
+        if name == "all_items" or name.rpartition(".")[2] in ("categories", "years", "prices"):
+            continue  # the catalog's own attribute tables, built for the candidate above
+        target[name].copy_(grown(value, target[name].shape))
+    model.load_state_dict(target)
+    return model
+
+
+def grown(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``value`` in the leading corner of a zero tensor of ``shape`` (at least as large)."""
+    if value.shape == shape:
+        return value
+    if value.dim() != len(shape) or any(a > b for a, b in zip(value.shape, shape, strict=True)):
+        raise ValueError(f"cannot grow a {tuple(value.shape)} table into {tuple(shape)}")
+    out = torch.zeros(shape, dtype=value.dtype)
+    out[tuple(slice(0, n) for n in value.shape)] = value
+    return out
+
+
+def finetune(model: TwoTower, catalog: ItemCatalog, train_sequences: dict[str, list[Step]],
+             config: TrainConfig,
+             validate: Callable[[TwoTower], dict[str, float]] | None) -> list[dict]:
+    """Train ``model`` in place on every new-item position of ``train_sequences`` (export's
+    examples and losses); early stopping on ``validate`` when given. Returns the epoch records."""
+    histories, targets = build_examples(train_sequences, catalog, config.sequence_length)
+    if not len(targets):
+        raise ValueError("no training examples in the window")
+    log.info("fine-tuning on %d examples (%d users), %d epochs at most", len(targets),
+             len(train_sequences), config.epochs)
+    log_q = target_log_frequencies(targets, catalog.num_embeddings)
+    seed_everything(config.seed)
+    batches = InMemoryBatches(histories, targets, config.batch_size, seed=config.seed)
+    records = train(model, batches, config, log_q=log_q, validate=validate)
+    model.cpu()
+    return records
+
+
+def finetune_config(live: TrainConfig, *, epochs: int, patience: int, learning_rate: float,
+                    batch_size: int, device: str, seed: int) -> TrainConfig:
+    """The live architecture with the refresh's training knobs."""
+    return replace(live, epochs=epochs, patience=patience, learning_rate=learning_rate,
+                   batch_size=batch_size, device=device, seed=seed)
+
+
+def zero_rows(model: TwoTower, first: int) -> np.ndarray:
+    """The id rows from ``first`` on (new items), for checks."""
+    return model.item_tower.encoder.id_embedding.weight[first:].detach().numpy()

@@ -1,0 +1,62 @@
+"""The candidate starts as the live model: every live weight kept, new items' id rows zero."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from export.train import TrainConfig, new_model
+from features.catalog import FIRST_ITEM_INDEX, Item
+from refresh.catalog import extend
+from refresh.warm_start import grown, warm_start
+
+CONFIG = TrainConfig(dim=8, sequence_length=5, transition=True)
+
+
+@pytest.fixture
+def live(catalog):
+    torch.manual_seed(0)
+    return new_model(catalog, CONFIG).eval()
+
+
+def test_old_rows_are_kept_and_new_id_rows_are_zero(catalog, live):
+    change = extend(catalog, {}, [Item("new1", "N1", ("Horror",), 2001, 5.0),
+                                  Item("new2", "N2", ("Comedy",), None, None)])
+    model = warm_start(live, catalog, change.catalog, CONFIG).eval()
+    old_rows = catalog.num_embeddings
+    ids = model.item_tower.encoder.id_embedding.weight
+    assert torch.equal(ids[:old_rows], live.item_tower.encoder.id_embedding.weight)
+    assert torch.count_nonzero(ids[old_rows:]) == 0
+    assert torch.count_nonzero(model.user_tower.next_embedding.weight[old_rows:]) == 0
+    projection = model.item_tower.encoder.category_projection.weight  # [dim, categories]
+    assert torch.equal(projection[:, :len(catalog.categories)],
+                       live.item_tower.encoder.category_projection.weight)
+    assert torch.count_nonzero(projection[:, len(catalog.categories):]) == 0  # "Horror"
+    with torch.no_grad():
+        before, after = live.item_embeddings(), model.item_embeddings()
+    # The live items are exactly where they were; the new ones come from their attributes.
+    assert torch.allclose(after[FIRST_ITEM_INDEX:old_rows], before[FIRST_ITEM_INDEX:], atol=1e-6)
+    assert torch.isfinite(after[old_rows:]).all() and after[old_rows:].norm(dim=1).gt(0.99).all()
+    history = torch.tensor([[0, 2, 3, 4, 5]]), torch.ones(1, 5, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.allclose(model.user_tower(*history), live.user_tower(*history), atol=1e-6)
+
+
+def test_every_parameter_is_copied(catalog, live):
+    model = warm_start(live, catalog, extend(catalog).catalog, CONFIG)
+    for (name, a), b in zip(live.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_catalog_that_reorders_live_items_is_refused(catalog, live):
+    reordered = extend(catalog).catalog
+    reordered.items.reverse()
+    with pytest.raises(ValueError, match="live items"):
+        warm_start(live, catalog, type(catalog)(reordered.items, catalog.categories), CONFIG)
+
+
+def test_grown_pads_with_zeros():
+    out = grown(torch.ones(2, 3), torch.Size([4, 3]))
+    assert out.sum() == 6 and torch.count_nonzero(out[2:]) == 0
+    with pytest.raises(ValueError):
+        grown(torch.ones(4, 3), torch.Size([2, 3]))
