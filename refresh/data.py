@@ -55,10 +55,18 @@ class Merged:
                 "duplicates": self.duplicates}
 
 
+def event_row(event: Event) -> tuple[str, str, int, str, str]:
+    """An event as a row: (user_id, item_id, ts_ms, event_id, event_type)."""
+    return event.user_id, event.item_id, event.ts_ms, event.event_id, event.event_type.value
+
+
 def events_frame(events: Iterable[Event]) -> pd.DataFrame:
-    """Events as interaction rows (``value`` unknown: events carry none)."""
-    rows = [(e.user_id, e.item_id, e.ts_ms, e.event_id, e.event_type.value) for e in events]
-    frame = pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
+    return rows_frame(event_row(e) for e in events)
+
+
+def rows_frame(rows: Iterable[tuple]) -> pd.DataFrame:
+    """Event rows as interaction rows (``value`` unknown: events carry none)."""
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS[:-1]))
     frame["ts_ms"] = frame["ts_ms"].astype(np.int64)
     frame["value"] = np.nan
     return frame

@@ -122,11 +122,11 @@ class RefreshJob:
         try:
             with steps("read"):
                 read = source.read()
-            record.events = {"read": len(read.events), "messages": read.messages,
+            record.events = {"read": len(read.rows), "messages": read.messages,
                              "invalid": dict(read.invalid), "offsets": read.offsets()}
-            if len(read.events) < s.min_events:
+            if len(read.rows) < s.min_events:
                 record.outcome = history.NOOP
-                record.reason = (f"{len(read.events)} new events, fewer than min_events="
+                record.reason = (f"{len(read.rows)} new events, fewer than min_events="
                                  f"{s.min_events}: no new version, nothing committed")
                 log.info("%s", record.reason)
                 return
@@ -140,7 +140,7 @@ class RefreshJob:
             change = catalogs.extend(live_catalog, self.catalog_reader(), self._items_file())
             record.items_added, record.items_changed = change.added, len(change.changed)
             pending = data.read_pending(self.state_dir)
-            new = data.events_frame([*pending, *read.events])
+            new = data.rows_frame([*map(data.event_row, pending), *read.rows])
             merged = data.merge(data.load_base(self.state_dir, s.base_data), new, change.catalog,
                                 int(s.window_days * data.DAY_MS))
             record.window = merged.summary()
@@ -172,9 +172,10 @@ class RefreshJob:
             if split.valid:
                 def validate(m):
                     return ranking_metrics(m, change.catalog, split.train, split.valid, L)
-            epochs = finetune(candidate, change.catalog, split.train, config, validate)
+            epochs, examples = finetune(candidate, change.catalog, split.train, config, validate)
         with steps("evaluate_candidate"):
-            record.candidate = {**self._numbers(candidate, change.catalog, split, L), "epochs": epochs}
+            record.candidate = {**self._numbers(candidate, change.catalog, split, L), "epochs": epochs,
+                                "train_examples": examples}
         if self.hooks.after_training:
             self.hooks.after_training()
 

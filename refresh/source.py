@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from features.events import Event, InvalidEvent, parse_event
+from features.events import InvalidEvent, parse_event
+from refresh.data import event_row
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ class SourceTimeout(RuntimeError):
 
 @dataclass
 class ReadResult:
-    """What one read got: the valid events, invalid messages by reason, and the offsets read
-    (per partition ``[start, end)``; ``end`` is what ``commit`` records)."""
+    """What one read got: the valid events as (user, item, ts_ms, event id, type) tuples (a million
+    pydantic objects would hold about a gigabyte), invalid messages by reason, and the offsets
+    read (per partition ``[start, end)``; ``end`` is what ``commit`` records)."""
 
-    events: list[Event]
+    rows: list[tuple]
     invalid: Counter = field(default_factory=Counter)
     start: dict[int, int] = field(default_factory=dict)
     end: dict[int, int] = field(default_factory=dict)
@@ -94,7 +96,7 @@ class KafkaEventSource:
         now_ms = int(time.time() * 1000)
         while remaining:
             if self._clock() > deadline:
-                raise SourceTimeout(f"read {len(result.events)} events in {self.timeout_s:.0f} s but "
+                raise SourceTimeout(f"read {len(result.rows)} events in {self.timeout_s:.0f} s but "
                                     f"{len(remaining)} partition(s) are short of their end offsets")
             for tp, records in consumer.poll(timeout_ms=500).items():
                 end = ends[tp]
@@ -102,7 +104,7 @@ class KafkaEventSource:
                     if record.offset >= end:  # written after the read started: the next run's
                         break
                     try:
-                        result.events.append(parse_event(record.value, now_ms))
+                        result.rows.append(event_row(parse_event(record.value, now_ms)))
                     except InvalidEvent as exc:
                         result.invalid[exc.reason.split(":")[0]] += 1
                 if consumer.position(tp) >= end or (records and records[-1].offset >= end - 1):
@@ -111,7 +113,7 @@ class KafkaEventSource:
         if result.invalid:
             log.warning("%d invalid messages skipped: %s", sum(result.invalid.values()),
                         dict(result.invalid))
-        log.info("read %d events from %s, offsets %s", len(result.events), self.topic, result.offsets())
+        log.info("read %d events from %s, offsets %s", len(result.rows), self.topic, result.offsets())
         self._read = result
         return result
 

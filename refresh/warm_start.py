@@ -89,9 +89,10 @@ def grown(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def finetune(model: TwoTower, catalog: ItemCatalog, train_sequences: dict[str, list[Step]],
              config: TrainConfig,
-             validate: Callable[[TwoTower], dict[str, float]] | None) -> list[dict]:
+             validate: Callable[[TwoTower], dict[str, float]] | None) -> tuple[list[dict], int]:
     """Train ``model`` in place on every new-item position of ``train_sequences`` (export's
-    examples and losses); early stopping on ``validate`` when given. Returns the epoch records."""
+    examples and losses); early stopping on ``validate`` when given. Returns the epoch records
+    and the number of training examples."""
     histories, targets = build_examples(train_sequences, catalog, config.sequence_length)
     if not len(targets):
         raise ValueError("no training examples in the window")
@@ -102,7 +103,7 @@ def finetune(model: TwoTower, catalog: ItemCatalog, train_sequences: dict[str, l
     batches = InMemoryBatches(histories, targets, config.batch_size, seed=config.seed)
     records = train(model, batches, config, log_q=log_q, validate=validate)
     model.cpu()
-    return records
+    return records, len(targets)
 
 
 def finetune_config(live: TrainConfig, *, epochs: int, patience: int, learning_rate: float,

@@ -13,6 +13,7 @@ from export.data.synthetic import START_S, generate
 from export.train import TrainConfig, new_model
 from features.catalog import Item, ItemCatalog
 from features.events import Event
+from refresh.data import event_row
 from refresh.source import ReadResult
 
 CONFIG = TrainConfig(dim=16, sequence_length=8, epochs=1, batch_size=64)
@@ -58,7 +59,8 @@ class FakeSource:
         self.closed = False
 
     def read(self) -> ReadResult:
-        return ReadResult(list(self.events), start={0: 0}, end={0: len(self.events)})
+        return ReadResult([event_row(e) for e in self.events], start={0: 0},
+                          end={0: len(self.events)})
 
     def commit(self) -> None:
         self.commits += 1

@@ -79,7 +79,7 @@ def test_reads_from_the_committed_offsets_to_the_end_and_counts_invalid_messages
                             committed={0: 1})
     src = source(consumer)
     result = src.read()
-    assert sorted(e.event_id for e in result.events) == ["e1", "e10", "e3"]
+    assert sorted(row[3] for row in result.rows) == ["e1", "e10", "e3"]
     assert sum(result.invalid.values()) == 2  # the broken body and the tombstone
     assert result.offsets() == {"0": [1, 4], "1": [0, 2]} and result.messages == 5
     assert consumer.commits == []  # reading commits nothing
@@ -99,7 +99,7 @@ def test_messages_after_the_end_seen_at_start_are_left_for_the_next_run():
 
     consumer.end_offsets = later
     result = src.read()
-    assert [e.event_id for e in result.events] == ["e0", "e1"] and result.end == {0: 2}
+    assert [row[3] for row in result.rows] == ["e0", "e1"] and result.end == {0: 2}
 
 
 def test_a_read_that_cannot_reach_the_end_fails_without_committing():
@@ -116,6 +116,6 @@ def test_a_read_that_cannot_reach_the_end_fails_without_committing():
 def test_an_absent_topic_is_no_events():
     consumer = FakeConsumer({})
     src = source(consumer)
-    assert src.read().events == []
+    assert src.read().rows == []
     src.commit()
     assert consumer.commits == []
