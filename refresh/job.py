@@ -12,7 +12,8 @@ Guarantees (docs/refresh.md):
   events still count as consumed: the offsets are committed and the events join the saved data,
   so the next run trains on them with whatever arrives next, instead of re-reading them forever.
 * Too few new events (``min_events``) is a no-op: a log line and a history line, no version,
-  nothing committed.
+  nothing committed. So is a read with no new event for a known item inside the window, except
+  that its offsets are committed: what it read is already in the data, too old, or pending.
 * Events for unknown items are counted and kept in the pending file, never trained on or dropped.
 """
 
@@ -55,6 +56,7 @@ class Hooks:
     """Test seams: called between the steps they are named after."""
 
     after_training: Callable[[], None] | None = None
+    before_publish: Callable[[], None] | None = None  # only when the candidate is to be published
 
 
 class RefreshJob:
@@ -150,10 +152,16 @@ class RefreshJob:
                 log.warning("%d events for %d unknown items kept pending (e.g. %s)", len(merged.unknown),
                             merged.unknown["item_id"].nunique(), _top(merged.unknown["item_id"]))
         if merged.new.empty:
+            # Every event read is already in the data (a run that crashed after saving it),
+            # older than the window, or kept pending: reading them again would change nothing,
+            # so they are committed (not committing would re-read them forever).
             data.write_pending(self.state_dir, merged.unknown)
+            source.commit()
             record.outcome = history.NOOP
-            record.reason = ("no new events for known items inside the window: no new version, "
-                             "nothing committed")
+            record.reason = (f"no new events for known items inside the window ({merged.duplicates} "
+                             f"already in the data, {merged.outside_window} rows outside it, "
+                             f"{len(merged.unknown)} for unknown items kept pending): no new "
+                             "version; offsets committed")
             log.info("%s", record.reason)
             return
 
@@ -182,6 +190,8 @@ class RefreshJob:
         decision = decide(record.live["holdout"], record.candidate["holdout"], s.margin)
         record.gain, record.reason = decision.gain, decision.reason
         if decision.promote:
+            if self.hooks.before_publish:
+                self.hooks.before_publish()
             with steps("publish"):
                 self._publish(record, candidate, change.catalog, merged.data, split, L, config)
         else:

@@ -1,20 +1,24 @@
 """The model follows the stream (issue 17): a shop whose tastes shift half-way while a block of new
 items arrives. The stale model is exported and served by a real Triton; the second half's events
 go to a real Kafka topic and the new items to the catalog topic. One refresh cycle publishes and
-promotes a version that recommends the new items to the users of their categories and is at least
-10 % better on the post-drift holdout, measured through Triton. A refresh that crashes after
+promotes a version (while a gateway serves traffic: no failed request) that recommends the new items
+to the users of their categories and is at least 10 % better on the post-drift holdout, measured
+through Triton. A refresh that crashes after
 training leaves the live version serving and the offsets uncommitted; the next run completes it.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from export.data.cleaning import items_from_frame
@@ -25,6 +29,8 @@ from features.catalog import ItemCatalog
 from features.catalog_updates import ItemUpdate
 from features.events import Event
 from features.model_inputs import build_inputs
+from gateway.app import create_app
+from gateway.config import GatewaySettings
 from refresh import catalog as catalogs
 from refresh import data, history
 from refresh.config import RefreshSettings
@@ -34,6 +40,8 @@ from refresh.metrics import RefreshMetrics
 from stack.testing import require_service
 from stack.triton import TritonServer, triton_unavailable_reason
 from tests.integration.refresh.drift_shop import drift_shop
+from tests.support.gateway import gateway_settings, wait_ready
+from tests.support.waiting import wait_for
 
 GROUP = "recsys-refresh-test"
 
@@ -68,6 +76,50 @@ def recommend(client, catalog: ItemCatalog, version: int, history, length: int, 
     return [catalog.item_at(int(i)).item_id
             for i, s in zip(result.as_numpy(sig.ITEM_INDEX)[0], result.as_numpy(sig.SCORE)[0], strict=True)
             if np.isfinite(s)]
+
+
+class Traffic:
+    """A gateway on the repository (in-process, polling the rollout pointer every 100 ms) and a
+    thread asking it for recommendations from ``start`` on."""
+
+    USERS = [f"u{u:05d}" for u in range(20)]
+
+    def __init__(self, kafka, triton, repo: Path, artifacts: Path) -> None:
+        topic = f"gateway-{uuid.uuid4().hex[:8]}"
+        kafka.create_topics([topic, f"{topic}.dlq"], partitions=1)
+        exported = SimpleNamespace(repository=repo, artifacts=artifacts)
+        self.settings = GatewaySettings(**gateway_settings(exported, triton, kafka, topic,
+                                                           model_poll_ms=100))
+        self.answers: list[tuple[int, str, dict]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._client = TestClient(create_app(self.settings)).__enter__()
+        wait_ready(self._client, timeout_s=60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(60)
+        self._client.__exit__(*exc)
+
+    def start(self) -> None:
+        self._thread.start()
+        wait_for(lambda: len(self.answers) >= len(self.USERS), "traffic before the publish", 60)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for user in self.USERS:
+                r = self._client.get(f"/v1/users/{user}/recommendations", params={"k": 10})
+                self.answers.append((r.status_code, user, r.json()))
+
+    def until_every_user_is_served(self, version: int) -> None:
+        since = len(self.answers)
+        wait_for(lambda: set(self.USERS) <= {u for _, u, a in self.answers[since:]
+                                             if a.get("model_version") == version},
+                 f"version {version} to answer every user", timeout_s=60)
 
 
 def test_one_refresh_follows_the_drift_and_a_crash_changes_nothing(kafka, tmp_path):
@@ -113,8 +165,16 @@ def test_one_refresh_follows_the_drift_and_a_crash_changes_nothing(kafka, tmp_pa
         assert committed(kafka, topic) == {}
 
         metrics = RefreshMetrics()
-        record = RefreshJob(settings, metrics=metrics).run_once()
-        assert record.outcome == history.PROMOTED, record.reason
+        with Traffic(kafka, triton, repo, artifacts) as traffic:
+            record = RefreshJob(settings, metrics=metrics,
+                                hooks=Hooks(before_publish=traffic.start)).run_once()
+            assert record.outcome == history.PROMOTED, record.reason
+            traffic.until_every_user_is_served(2)
+        # Through the gateway during the automatic promotion: every answer a 200 from the model,
+        # from one version or the other.
+        assert traffic.answers and all(status == 200 for status, _, _ in traffic.answers)
+        assert not [a for _, _, a in traffic.answers if a["degraded"] or a["source"] != "model"]
+        assert {a["model_version"] for _, _, a in traffic.answers} == {1, 2}
         assert record.version == 2 and sig.live_version(repo) == 2
         assert triton.is_model_ready(sig.RECOMMEND_FUSED, "2")
         ends = {int(p): end for p, (_, end) in record.events["offsets"].items()}

@@ -49,7 +49,7 @@ def test_only_unknown_items_is_a_no_op_that_keeps_them(shop, tmp_path):
     refresh, publisher = job(shop, tmp_path, source)
     record = refresh.run_once()
     assert record.outcome == history.NOOP and record.events["unknown_item"] == 3
-    assert source.commits == 0 and publisher.published == []
+    assert source.commits == 1 and publisher.published == []  # kept in the pending file
     assert [e.event_id for e in data.read_pending(tmp_path / "state")] == ["x0", "x1", "x2"]
 
 
@@ -93,3 +93,21 @@ def test_a_candidate_below_the_margin_is_not_promoted_but_its_events_are_consume
     assert publisher.published == [] and source.commits == 1
     assert (tmp_path / "state" / data.DATA_FILE).is_file()
     assert record.candidate["epochs"] and record.live["valid"]["users"] > 0
+
+
+class CommitFails(FakeSource):
+    def commit(self) -> None:
+        raise ConnectionError("broker gone")
+
+
+def test_a_crash_between_saving_the_data_and_committing_is_completed_by_the_next_run(shop, tmp_path):
+    publisher = FakePublisher({1: shop.catalog})
+    refresh, _ = job(shop, tmp_path, CommitFails(shop.events), publisher)
+    with pytest.raises(ConnectionError):
+        refresh.run_once()
+    assert publisher.live == 2  # published and promoted before the commit failed
+    source = FakeSource(shop.events)  # the same events again: all already in the saved data
+    again, _ = job(shop, tmp_path, source, publisher)
+    record = again.run_once()
+    assert record.outcome == history.NOOP and record.window["duplicates"] == len(shop.events)
+    assert source.commits == 1 and publisher.promoted == [2]  # no second version
