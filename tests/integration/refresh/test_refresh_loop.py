@@ -175,6 +175,7 @@ def test_one_refresh_follows_the_drift_and_a_crash_changes_nothing(kafka, tmp_pa
         assert traffic.answers and all(status == 200 for status, _, _ in traffic.answers)
         assert not [a for _, _, a in traffic.answers if a["degraded"] or a["source"] != "model"]
         assert {a["model_version"] for _, _, a in traffic.answers} == {1, 2}
+        print(f"{len(traffic.answers)} gateway answers from the publish on, all 200s from the model")
         assert record.version == 2 and sig.live_version(repo) == 2
         assert triton.is_model_ready(sig.RECOMMEND_FUSED, "2")
         ends = {int(p): end for p, (_, end) in record.events["offsets"].items()}
@@ -223,7 +224,9 @@ def test_one_refresh_follows_the_drift_and_a_crash_changes_nothing(kafka, tmp_pa
         assert [r.outcome for r in records] == ["failed", "promoted"]
         assert "InjectedCrash" in records[0].reason
         assert records[0].events["offsets"] == records[1].events["offsets"]  # read again, whole
-        assert "promoted" in history.table(records)
+        table = history.table(records)
+        assert "promoted" in table
+        print(table)
 
 
 def _merged(settings: RefreshSettings, shop) -> data.Merged:
