@@ -19,12 +19,14 @@ Guarantees (docs/refresh.md):
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STAGING = "staging"
+LOCK_FILE = ".refresh.lock"
 POPULAR_ITEMS_KEPT = 200  # the gateway's fallback list, as export.pipeline writes it
 
 
@@ -89,11 +92,31 @@ class RefreshJob:
     def checkpoint_path(self, version: int) -> Path:
         return self.state_dir / CHECKPOINTS / f"v{version}.pt"
 
+    def live_checkpoint(self, live: int) -> Path:
+        """The live version's checkpoint; for a version this job did not publish (cold items
+        added by ``export.triton.cold_items``), the newest older one this job published, else
+        ``base_checkpoint``: ``load_live`` extends it to the live catalog as cold_items did."""
+        if (path := self.checkpoint_path(live)).is_file():
+            return path
+        older = sorted((int(p.stem[1:]), p) for p in (self.state_dir / CHECKPOINTS).glob("v*.pt")
+                       if p.stem[1:].isdigit() and int(p.stem[1:]) < live)
+        if older:
+            return older[-1][1]
+        if self.settings.base_checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint of live version {live} in {self.state_dir}: the "
+                                    "first refresh needs --base-checkpoint")
+        return Path(self.settings.base_checkpoint)
+
     # --- the cycle ----------------------------------------------------------------------------
 
     def run_once(self) -> RunRecord:
         """One cycle; its record is appended to the history whatever happens. An error is
-        recorded as a failed run and raised again."""
+        recorded as a failed run and raised again. ``RefreshBusy`` (nothing recorded) while
+        another run holds the state directory."""
+        with exclusive(self.state_dir):
+            return self._run_once()
+
+    def _run_once(self) -> RunRecord:
         record = RunRecord()
         started = time.perf_counter()
         try:
@@ -113,12 +136,7 @@ class RefreshJob:
         s, steps = self.settings, Timer(record)
         live = record.live_version = self.publisher.live_version()
         live_catalog = self.publisher.catalog(live)
-        checkpoint = self.checkpoint_path(live)
-        if not checkpoint.is_file():
-            if s.base_checkpoint is None:
-                raise FileNotFoundError(f"no checkpoint of live version {live} ({checkpoint}): the "
-                                        "first refresh needs --base-checkpoint")
-            checkpoint = Path(s.base_checkpoint)
+        checkpoint = self.live_checkpoint(live)
 
         source = self.source_factory()
         try:
@@ -255,6 +273,25 @@ class RefreshJob:
             m.live_version.set(record.version)
         elif record.live_version is not None:
             m.live_version.set(record.live_version)
+
+
+class RefreshBusy(RuntimeError):
+    """Another refresh run holds the state directory: runs must not overlap (they would read and
+    publish the same events)."""
+
+
+@contextmanager
+def exclusive(state_dir: Path) -> Iterator[None]:
+    """An ``flock`` on the state directory for a whole run; the kernel drops it when the holder
+    exits, crashed or not, so it never goes stale."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_FILE
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefreshBusy(f"another refresh run holds {path}") from None
+        yield
 
 
 class Timer:

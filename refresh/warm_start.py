@@ -31,18 +31,37 @@ from export.train import (
     train,
 )
 from features.behaviour import Step
-from features.catalog import ItemCatalog
+from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 
 log = logging.getLogger(__name__)
 
 
 def load_live(checkpoint: Path, catalog: ItemCatalog) -> tuple[TwoTower, TrainConfig]:
-    """The live version's model (from its training checkpoint) and the config it was built with."""
+    """The live version's model (from its training checkpoint) and the config it was built with.
+
+    A checkpoint with fewer item rows or categories than ``catalog`` was trained on a prefix of
+    it: the live version added cold items (``export.triton.cold_items`` appends items and
+    categories). It is extended the way that path extends it, new rows zero."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     config = as_config(state["config"])
-    model = new_model(catalog, config)
-    model.load_state_dict(state["model"])
-    return model.eval(), config
+    weights = state["model"]
+    rows = weights["item_tower.encoder.id_embedding.weight"].shape[0]
+    columns = weights["item_tower.encoder.category_projection.weight"].shape[1]
+    if (rows, columns) == (catalog.num_embeddings, max(len(catalog.categories), 1)):
+        model = new_model(catalog, config)
+        model.load_state_dict(weights)
+        return model.eval(), config
+    if rows > catalog.num_embeddings or columns > max(len(catalog.categories), 1):
+        raise ValueError(f"{checkpoint} has {rows - 2} items and {columns} categories, more than "
+                         f"the live catalog ({catalog.num_items}, {len(catalog.categories)}): it is "
+                         "not this version's checkpoint")
+    trained_on = ItemCatalog(items=catalog.items[:rows - FIRST_ITEM_INDEX],
+                             categories=catalog.categories[:columns])
+    model = new_model(trained_on, config)
+    model.load_state_dict(weights)
+    log.info("%s: trained on %d of the live version's %d items; extended as cold items",
+             checkpoint, trained_on.num_items, catalog.num_items)
+    return warm_start(model, trained_on, catalog, config).eval(), config
 
 
 def as_config(values: dict) -> TrainConfig:

@@ -41,3 +41,34 @@ def test_history_prints_a_table(tmp_path, capsys):
     assert "not_promoted" in out and "gain too small" in out
     assert main(["history", "--state-dir", str(tmp_path), "--json"]) == 0
     assert '"outcome": "not_promoted"' in capsys.readouterr().out
+
+
+def test_run_once_exits_1_on_a_failed_run_and_serves_metrics(monkeypatch, tmp_path, capsys):
+    import urllib.request
+
+    from refresh import __main__ as cli
+    from refresh import job as job_module
+    from refresh.config import RefreshSettings
+    from stack.ports import free_ports
+
+    outcomes = iter([RunRecord(outcome=history.PROMOTED, reason="better"), RuntimeError("boom")])
+
+    class FakeJob:
+        def __init__(self, settings, metrics):
+            self.metrics = metrics
+
+        def run_once(self):
+            outcome = next(outcomes)
+            if isinstance(outcome, Exception):
+                raise outcome
+            self.metrics.runs.labels(outcome.outcome).inc()
+            return outcome
+
+    monkeypatch.setattr(job_module, "RefreshJob", FakeJob)
+    port = free_ports(1)[0]
+    settings = RefreshSettings(state_dir=str(tmp_path), metrics_port=port)
+    assert cli.run(settings, every_s=None) == 0
+    assert "promoted: better" in capsys.readouterr().out
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'refresh_runs_total{outcome="promoted"} 1.0' in body
+    assert cli.run(RefreshSettings(state_dir=str(tmp_path)), every_s=None) == 1

@@ -8,7 +8,7 @@ import pytest
 from features.events import Event
 from refresh import data, history
 from refresh.config import RefreshSettings
-from refresh.job import Hooks, RefreshJob
+from refresh.job import Hooks, RefreshBusy, RefreshJob, exclusive
 from refresh.metrics import RefreshMetrics
 from tests.unit.refresh.conftest import FakePublisher, FakeSource
 
@@ -111,3 +111,23 @@ def test_a_crash_between_saving_the_data_and_committing_is_completed_by_the_next
     record = again.run_once()
     assert record.outcome == history.NOOP and record.window["duplicates"] == len(shop.events)
     assert source.commits == 1 and publisher.promoted == [2]  # no second version
+
+
+def test_runs_do_not_overlap(tmp_path):
+    with exclusive(tmp_path):
+        with pytest.raises(RefreshBusy):
+            with exclusive(tmp_path):
+                pass
+    with exclusive(tmp_path):  # released with its holder
+        pass
+
+
+def test_the_live_checkpoint_falls_back_to_the_newest_older_one_then_the_base(shop, tmp_path):
+    refresh, _ = job(shop, tmp_path, FakeSource([]))
+    for version in (2, 5):
+        path = refresh.checkpoint_path(version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert refresh.live_checkpoint(5).name == "v5.pt"
+    assert refresh.live_checkpoint(7).name == "v5.pt"  # 6 and 7 added cold items to 5
+    assert refresh.live_checkpoint(1) == shop.checkpoint

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from export.train import TrainConfig, new_model
+from export.triton.cold_items import extend_catalog, extend_model
 from features.catalog import FIRST_ITEM_INDEX, Item
 from refresh.catalog import extend
-from refresh.warm_start import grown, warm_start
+from refresh.warm_start import grown, load_live, warm_start
 
 CONFIG = TrainConfig(dim=8, sequence_length=5, transition=True)
 
@@ -60,3 +63,24 @@ def test_grown_pads_with_zeros():
     assert out.sum() == 6 and torch.count_nonzero(out[2:]) == 0
     with pytest.raises(ValueError):
         grown(torch.ones(4, 3), torch.Size([2, 3]))
+
+
+def test_a_live_version_with_cold_items_loads_from_the_older_checkpoint(catalog, live, tmp_path):
+    """cold_items published a version with two more items: its checkpoint is the older one."""
+    checkpoint = tmp_path / "older.pt"
+    torch.save({"model": live.state_dict(), "config": CONFIG.as_dict()}, checkpoint)
+    new = [Item("cold1", "C1", ("Comedy",), 1995, None), Item("cold2", "C2", ("Horror",), None, None)]
+    served = extend_catalog(catalog, new)
+    model, config = load_live(checkpoint, served)
+    cold = extend_model(copy.deepcopy(live), catalog, served)  # what cold_items serves
+    with torch.no_grad():
+        assert torch.allclose(model.item_embeddings(), cold.item_embeddings(), atol=1e-6)
+    assert config == CONFIG
+
+
+def test_a_checkpoint_larger_than_the_live_catalog_is_refused(catalog, live, tmp_path):
+    checkpoint = tmp_path / "bigger.pt"
+    bigger = extend(catalog, {}, [Item("x", "X", ("Action",))]).catalog
+    torch.save({"model": new_model(bigger, CONFIG).state_dict(), "config": CONFIG.as_dict()}, checkpoint)
+    with pytest.raises(ValueError, match="not this version's checkpoint"):
+        load_live(checkpoint, catalog)
