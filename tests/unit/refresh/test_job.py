@@ -131,3 +131,12 @@ def test_the_live_checkpoint_falls_back_to_the_newest_older_one_then_the_base(sh
     assert refresh.live_checkpoint(5).name == "v5.pt"
     assert refresh.live_checkpoint(7).name == "v5.pt"  # 6 and 7 added cold items to 5
     assert refresh.live_checkpoint(1) == shop.checkpoint
+
+
+def test_an_ab_weight_starts_an_experiment_instead_of_promoting(shop, tmp_path):
+    source = FakeSource(shop.events)
+    refresh, publisher = job(shop, tmp_path, source, ab_weight=0.2)
+    record = refresh.run_once()
+    assert record.outcome == history.AB_STARTED, record.reason
+    assert publisher.promoted == [] and record.version == 2 and record.checks == {"experiment": "x"}
+    assert source.commits == 1
