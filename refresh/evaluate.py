@@ -89,8 +89,8 @@ def ranking_metrics(model: TwoTower, catalog: ItemCatalog, histories: dict[str, 
             continue
         hist = [histories[batch[i]] for i in rows]
         tgt = np.array([catalog.index_of(targets[batch[i]]) for i in rows], dtype=np.int64)
-        # The target itself is never excluded: a user may re-meet an item first seen long ago
-        # only if it is in the history, and then it is not a "first new" target.
+        # The history is excluded, as serving excludes it; a target never is (it is an item the
+        # user had not met before the cut).
         ranks[[start + i for i in rows]] = target_ranks(score(hist), tgt,
                                                         [catalog.indices_of(h) for h in hist])
     out = {k: round(v, 5) for k, v in metrics_from_ranks(ranks, KS).items()}
