@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from export.data.interactions import steps_by_user
-from export.data.split import cutoff_timestamp
+from export.data.split import cutoff_timestamp, first_new_items
 from export.evaluation.metrics import metrics_from_ranks, target_ranks
 from export.model.towers import TwoTower
 from export.train import score_histories
@@ -59,17 +59,6 @@ def time_split(data: pd.DataFrame, new: pd.DataFrame, holdout_fraction: float,
     after = steps_by_user(new[new_ts >= test_cut])
     return Split(train, first_new_items(train, band), before_test, first_new_items(before_test, after),
                  valid_cut, test_cut)
-
-
-def first_new_items(before: dict[str, list[Step]], after: dict[str, list[Step]]) -> dict[str, str]:
-    """Per user with a history: the first item of ``after`` not already in it."""
-    targets = {}
-    for user, history in before.items():
-        seen = set(history)
-        new = next((item for item in after.get(user, ()) if item not in seen), None)
-        if new is not None:
-            targets[user] = str(new)
-    return targets
 
 
 def ranking_metrics(model: TwoTower, catalog: ItemCatalog, histories: dict[str, Sequence[str]],

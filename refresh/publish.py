@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from export.triton.rollout_state import RolloutError
 from features import contract as sig
 from features.catalog import ItemCatalog
 
@@ -28,22 +29,7 @@ class Publisher(Protocol):
     def promote(self, version: int, shadow_histories: dict[str, Sequence[str]] | None,
                 min_overlap: float | None) -> dict:
         """Shadow (when histories are given), then the rollout's promote: load, smoke, switch."""
-        from export.triton.rollout_state import RolloutError
-
-        rollout = self._rollout()
-        checks: dict = {}
-        if shadow_histories and self.shadow_requests:
-            rollout.load(version)
-            report = rollout.shadow(version, dict(shadow_histories), requests=self.shadow_requests)
-            checks["shadow_overlap_at_10"] = round(report.overlap_at_k, 4)
-            checks["shadow_p50_ms"] = {"live": report.live_ms.get("p50"),
-                                       "candidate": report.candidate_ms.get("p50")}
-            if min_overlap is not None and report.overlap_at_k < min_overlap:
-                raise RolloutError(f"shadow overlap@10 {report.overlap_at_k:.3f} is below "
-                                   f"{min_overlap}: version {rollout.state.live} stays live")
-        rollout.promote(version)
-        checks["smoke"] = "ok"
-        return checks
+        ...
 
     def start_ab(self, version: int, candidate_weight: float) -> dict: ...
 
@@ -73,16 +59,19 @@ class RolloutPublisher:
 
     def promote(self, version: int, shadow_histories: dict[str, Sequence[str]] | None,
                 min_overlap: float | None) -> dict:
+        """Shadow (when histories are given), then the rollout's promote: load, smoke, switch."""
         rollout = self._rollout()
         checks: dict = {}
         if shadow_histories and self.shadow_requests:
             rollout.load(version)
             report = rollout.shadow(version, dict(shadow_histories), requests=self.shadow_requests)
             checks["shadow_overlap_at_10"] = round(report.overlap_at_k, 4)
-            checks["shadow_ms"] = {"live": report.live_ms, "candidate": report.candidate_ms}
-        # promote loads, smoke-checks (and, given histories, shadows again) before switching.
-        rollout.promote(version, shadow_histories=dict(shadow_histories or {}) or None,
-                        min_overlap=min_overlap)
+            checks["shadow_p50_ms"] = {"live": report.live_ms.get("p50"),
+                                       "candidate": report.candidate_ms.get("p50")}
+            if min_overlap is not None and report.overlap_at_k < min_overlap:
+                raise RolloutError(f"shadow overlap@10 {report.overlap_at_k:.3f} is below "
+                                   f"{min_overlap}: version {rollout.state.live} stays live")
+        rollout.promote(version)  # load, smoke, switch: the shadow above was its gate
         checks["smoke"] = "ok"
         return checks
 

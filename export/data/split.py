@@ -126,7 +126,7 @@ class TemporalSplit:
         raise ValueError(f"unknown stage {stage!r}")
 
 
-def _first_new_items(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, str]:
+def first_new_items(before: dict[str, list[str]], after: dict[str, list[str]]) -> dict[str, str]:
     """Per user with a history in ``before``: the first item of ``after`` not already in it."""
     targets = {}
     for user, history in before.items():
@@ -163,7 +163,7 @@ def temporal_split(
     band = _sequences(frame[(ts >= valid_cut) & (ts < test_cut)])
     after_test = _sequences(frame[ts >= test_cut])
 
-    test = _first_new_items(before_test, after_test)
+    test = first_new_items(before_test, after_test)
     users = set(frame["user_id"])
     left_out = {
         NO_HISTORY: len(users - set(before_test)),
@@ -172,7 +172,7 @@ def temporal_split(
     }
     return TemporalSplit(
         train=before_valid,
-        valid=_first_new_items(before_valid, band),
+        valid=first_new_items(before_valid, band),
         before_cut=before_test,
         test=test,
         valid_cutoff=valid_cut,
