@@ -83,5 +83,7 @@ async def reload_model(service: ServiceDep, request: Request) -> Reloaded:
     """Re-read the live version's catalog now (the gateway also notices a new live version by
     itself within RECSYS_GATEWAY_MODEL_POLL_MS)."""
     served = await asyncio.to_thread(load_served_model, Path(request.app.state.settings.model_repository))
-    service.reload(served)
+    # A running experiment's arms stay while the live version does (the watcher moves them with
+    # the rollout pointer); a new live version starts without them until the watcher's next look.
+    service.reload(served, service.arms if served.version == service.served.version else None)
     return Reloaded(model_version=served.version, items=served.catalog.num_items)

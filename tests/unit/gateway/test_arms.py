@@ -110,3 +110,20 @@ def test_the_watcher_switches_arms_in_only_once_triton_serves_every_version_and_
     asyncio.run(components._follow_pointer(svc, triton, tmp_path))
     assert svc.arms is None and svc.served.version == 4 and svc.served.arm is None
     assert dataclasses.replace(svc.served, arm=None) == models(catalog)[4]
+
+
+def test_an_admin_reload_keeps_the_arms_while_the_live_version_stays(catalog, monkeypatch):
+    from gateway.routes import admin
+    from tests.unit.gateway.test_api import TOKEN, make_parts
+
+    parts = make_parts(catalog, admin_token=TOKEN)
+    arms = ServedArms.build(EXPERIMENT, models(catalog))
+    parts.service.reload(models(catalog)[3], arms)
+    live = {"version": 3}
+    monkeypatch.setattr(admin, "load_served_model", lambda repository: models(catalog)[live["version"]])
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert parts.client.post("/v1/admin/reload", headers=headers).status_code == 200
+    assert parts.service.arms is arms
+    live["version"] = 4  # promoted meanwhile: the old arms are not kept with the new live version
+    assert parts.client.post("/v1/admin/reload", headers=headers).status_code == 200
+    assert parts.service.arms is None and parts.service.served.version == 4
