@@ -119,6 +119,13 @@ def arm_totals(snapshot: dict, surface: str, arm: Arm) -> dict:
     return totals
 
 
+def _open_unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     ab = sub.add_parser("ab", help="A/B experiment: the live version against a candidate")
     steps = ab.add_subparsers(dest="ab_step", required=True)
@@ -132,7 +139,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     report = steps.add_parser("status", help="the arms, and their metrics with --metrics-url")
     report.add_argument("--metrics-url", help="the online-metrics service, e.g. http://127.0.0.1:8090")
     report.add_argument("--surface", default="feed")
-    report.add_argument("--confidence", type=float, default=0.95)
+    report.add_argument("--confidence", type=_open_unit_interval, default=0.95,
+                        help="of the difference's interval, in (0, 1)")
     end = steps.add_parser("stop", help="end the experiment (everyone on the live version)")
     end.add_argument("--promote", metavar="ARM", help="make this arm's version live (e.g. candidate)")
 

@@ -164,3 +164,9 @@ def test_status_says_when_the_online_metrics_service_does_not_answer(repo):
     ab.start(rollout(repo), 2, live_weight=0.5, candidate_weight=0.5, skip_checks=True)
     report = ab.status(rollout(repo), f"http://127.0.0.1:{free_port()}", timeout_s=2)
     assert "did not answer" in report["metrics_error"] and report["experiment"]["name"]
+
+
+def test_status_refuses_a_confidence_outside_the_open_unit_interval(repo, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--repository", str(repo), "ab", "status", "--confidence", "1.5"])
+    assert exit_.value.code == 2 and "1.5 is not between 0 and 1" in capsys.readouterr().err
