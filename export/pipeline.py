@@ -69,6 +69,12 @@ class PipelineResult:
     repository: Path | None
 
 
+def popular_items(item_ids: Iterable[str]) -> list[str]:
+    """The gateway's last-resort fallback list (serving.json "popular_items"): the most frequent
+    items of the data a version was built from, most frequent first."""
+    return [item for item, _ in Counter(item_ids).most_common(POPULAR_ITEMS_KEPT)]
+
+
 def load_dataset(spec: str, items_path: Path | None = None) -> Dataset:
     """``ml-100k`` (bundled), ``synthetic`` (seeded generator) or a path to an interactions file."""
     if spec == "ml-100k":
@@ -164,7 +170,7 @@ def run(
         report["cleaning"] = dataset.cleaning.summary()
 
     if repository is not None:
-        popular = [i for i, _ in Counter(dataset.interactions["item_id"]).most_common(POPULAR_ITEMS_KEPT)]
+        popular = popular_items(dataset.interactions["item_id"])
         # CPU TorchScript, whatever it trained on (train_seeds already moved it; this says so)
         export_repository(
             best.model.cpu(), catalog, repository, sequence_length=L, version=version, serving=serving,

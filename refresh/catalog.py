@@ -11,19 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from features.catalog import Item, ItemCatalog
-
-
-class ItemUpdateLike(Protocol):
-    """What is read of ``features.catalog_updates.ItemUpdate`` (stock is not a model attribute)."""
-
-    item_id: str
-    title: str
-    categories: Iterable[str]
-    price: float | None
-    year: int | None
+from features.catalog_updates import ItemUpdate, to_item
 
 
 @dataclass
@@ -33,17 +23,12 @@ class CatalogChange:
     changed: list[str] = field(default_factory=list)  # live items whose attributes changed
 
 
-def item_of(update: ItemUpdateLike) -> Item:
-    return Item(update.item_id, update.title or update.item_id, tuple(update.categories),
-                update.year, update.price)
-
-
-def extend(live: ItemCatalog, updates: Mapping[str, ItemUpdateLike] | None = None,
+def extend(live: ItemCatalog, updates: Mapping[str, ItemUpdate] | None = None,
            items: Iterable[Item] = ()) -> CatalogChange:
     """``live`` with ``items`` and then ``updates`` applied (later wins): changed attributes in
     place, unknown ids appended in id order (the same catalog from the same inputs)."""
     incoming: dict[str, Item] = {item.item_id: item for item in items}
-    incoming.update({item_id: item_of(u) for item_id, u in (updates or {}).items()})
+    incoming.update({item_id: to_item(u) for item_id, u in (updates or {}).items()})
     changed = []
     kept = []
     for item in live.items:

@@ -13,11 +13,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from features.catalog_stream import CatalogRead, read_catalog_topic
+from features.catalog_stream import read_catalog_topic
 from features.catalog_updates import CATEGORY_SEPARATOR, ItemUpdate
 
-__all__ = ["ITEMS_COLUMNS", "CatalogRead", "read_catalog_updates", "read_catalog_updates_with_stats",
-           "write_items_csv"]
+__all__ = ["ITEMS_COLUMNS", "read_catalog_updates", "write_items_csv"]
 
 # The items file's columns (docs/data.md; read by export.data.cleaning.items_from_frame). Stock is
 # not a model attribute: the gateway's inventory holds it.
@@ -27,16 +26,10 @@ ITEMS_COLUMNS = ("item_id", "title", "categories", "year", "price")
 def read_catalog_updates(bootstrap_servers: str, topic: str,
                          timeout_s: float = 30) -> dict[str, ItemUpdate]:
     """item id -> its latest update on ``topic``, read from the beginning to the end offsets at the
-    time of the call; invalid records are logged, counted and skipped (their count:
-    ``read_catalog_updates_with_stats``). An absent topic: no updates. TimeoutError when the end
-    is not reached within ``timeout_s``."""
+    time of the call; invalid records are logged, counted and skipped (with the counts:
+    ``features.catalog_stream.read_catalog_topic``). An absent topic: no updates. TimeoutError
+    when the end is not reached within ``timeout_s``."""
     return read_catalog_topic(bootstrap_servers, topic, timeout_s).updates
-
-
-def read_catalog_updates_with_stats(bootstrap_servers: str, topic: str,
-                                    timeout_s: float = 30) -> CatalogRead:
-    """As ``read_catalog_updates``, with the counts (records, invalid, tombstones) beside them."""
-    return read_catalog_topic(bootstrap_servers, topic, timeout_s)
 
 
 def write_items_csv(updates: Mapping[str, ItemUpdate] | Iterable[ItemUpdate], path: Path | str) -> int:

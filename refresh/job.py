@@ -34,6 +34,7 @@ import torch
 
 from export.data.cleaning import items_from_frame
 from export.data.interactions import read_table
+from export.pipeline import popular_items
 from export.triton.repository import export_repository
 from features.catalog import Item
 from refresh import catalog as catalogs
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STAGING = "staging"
 LOCK_FILE = ".refresh.lock"
-POPULAR_ITEMS_KEPT = 200  # the gateway's fallback list, as export.pipeline writes it
 
 
 @dataclass
@@ -234,8 +234,7 @@ class RefreshJob:
         s = self.settings
         staging = self.state_dir / STAGING
         shutil.rmtree(staging, ignore_errors=True)
-        popular = [i for i, _ in Counter(frame["item_id"]).most_common(POPULAR_ITEMS_KEPT)]
-        metadata = {"dataset": "refresh", "popular_items": popular,
+        metadata = {"dataset": "refresh", "popular_items": popular_items(frame["item_id"]),
                     "metrics": record.candidate["holdout"],
                     "refresh": {"from_version": record.live_version, "started_ms": record.started_ms,
                                 "items_added": len(record.items_added)}}

@@ -11,10 +11,11 @@ from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from features.catalog_stream import read_catalog_topic
 from features.catalog_updates import ItemUpdate
 from gateway.app import create_app
 from gateway.config import GatewaySettings
-from refresh.catalog_feed import read_catalog_updates, read_catalog_updates_with_stats
+from refresh.catalog_feed import read_catalog_updates
 from tests.support.gateway import gateway_settings, wait_ready
 
 TOKEN = "catalog-admin-token"
@@ -78,12 +79,11 @@ def test_the_latest_update_of_each_item_is_read_back_and_garbage_skipped(catalog
         ("Kettle 2", ("Home", "Kitchen"), 18.5, 2025)
     assert updates[known].stock == 0 and updates[known].title == "Known item"
 
-    read = read_catalog_updates_with_stats(kafka.bootstrap_servers, catalog_topic)
+    read = read_catalog_topic(kafka.bootstrap_servers, catalog_topic)
     assert (read.records, read.invalid, read.deleted) == (4, 1, 0)
     assert read.updates == updates
 
 
 def test_a_topic_that_does_not_exist_holds_no_updates(kafka, topic):
-    read = read_catalog_updates_with_stats(kafka.bootstrap_servers, f"{topic}.no-such-catalog",
-                                           timeout_s=10)
+    read = read_catalog_topic(kafka.bootstrap_servers, f"{topic}.no-such-catalog", timeout_s=10)
     assert read.updates == {} and not read.topic_exists
