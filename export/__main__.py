@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ignore event types (the id-only ablation)")
     parser.add_argument("--transition", action=argparse.BooleanOptionalAction, default=d.transition,
                         help="the learned 'what follows' vector of the last step (off by default)")
+    parser.add_argument("--members", type=int, default=d.members,
+                        help="two-tower models trained side by side and served as one (1: a single model)")
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory",
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                                 instance_kind=f"KIND_{args.instance_kind.upper()}")
     except ValueError as error:
         parser.error(f"--instances: {error}")
+    if args.members < 1:
+        parser.error(f"--members: at least 1, not {args.members}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                          uniform_negatives=args.uniform_negatives,
                          sequence_length=args.sequence_length, user_tower=args.user_tower,
                          use_types=not args.no_event_types, transition=args.transition,
-                         device=args.device, amp=args.amp)
+                         members=args.members, device=args.device, amp=args.amp)
     tuning = None
     if args.tune > 0:
         # Trials train with the first seed; the search never reads the test split.

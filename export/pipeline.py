@@ -25,7 +25,7 @@ from export.evaluation.baselines import evaluate_baselines
 from export.evaluation.metrics import evaluate
 from export.evaluation.report import aggregate_seeds, write_report
 from export.evaluation.temporal import MODEL_OFF, temporal_section, untrainable
-from export.model.towers import TwoTower
+from export.model.ensemble import Towers
 from export.train import (
     TrainConfig,
     build_examples,
@@ -54,7 +54,7 @@ MODEL_NAME = "two_tower"
 @dataclass
 class SeedRun:
     seed: int
-    model: TwoTower
+    model: Towers
     epochs: list[dict]
     best_valid_recall: float
     test: dict[str, float]
@@ -63,7 +63,7 @@ class SeedRun:
 
 @dataclass
 class PipelineResult:
-    model: TwoTower  # the exported one: the seed with the best validation Recall@10
+    model: Towers  # the exported one: the seed with the best validation Recall@10
     dataset: Dataset
     report: dict
     repository: Path | None
@@ -219,7 +219,7 @@ def train_seeds(
             return DaliBatches(artifacts / "shards", config.batch_size, seed=seed, device=dali_on)
         return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
 
-    def validate(m: TwoTower) -> dict:
+    def validate(m: Towers) -> dict:
         metrics = evaluate(score_histories(m, catalog, L), train_sequences, valid_targets, catalog)
         return {k: metrics[k] for k in ("recall@10", "ndcg@10")}
 

@@ -34,7 +34,7 @@ from export.data.interactions import Dataset
 from export.data.loaders import InMemoryBatches
 from export.data.split import leave_last_out
 from export.evaluation.metrics import evaluate
-from export.model.towers import TwoTower
+from export.model.ensemble import Towers
 from export.train import (
     TrainConfig,
     build_examples,
@@ -237,7 +237,7 @@ def tune(
         log_q = target_log_frequencies(targets, log_q_size)
         records: list[dict] = []
 
-        def validate(model: TwoTower) -> dict:
+        def validate(model: Towers) -> dict:
             metrics = evaluate(score_histories(model, catalog, L), split.train, split.valid, catalog)
             out = {k: metrics[k] for k in (METRIC, "ndcg@10")}
             step = len(records) + 1

@@ -23,7 +23,7 @@ import pandas as pd
 from export.data.interactions import steps_by_user
 from export.data.split import cutoff_timestamp, first_new_items
 from export.evaluation.metrics import metrics_from_ranks, target_ranks
-from export.model.towers import TwoTower
+from export.model.ensemble import Towers
 from export.train import score_histories
 from features.behaviour import Step
 from features.catalog import ItemCatalog
@@ -61,7 +61,7 @@ def time_split(data: pd.DataFrame, new: pd.DataFrame, holdout_fraction: float,
                  valid_cut, test_cut)
 
 
-def ranking_metrics(model: TwoTower, catalog: ItemCatalog, histories: dict[str, Sequence[str]],
+def ranking_metrics(model: Towers, catalog: ItemCatalog, histories: dict[str, Sequence[str]],
                     targets: dict[str, str], sequence_length: int, batch_users: int = 256
                     ) -> dict[str, float]:
     """Recall@10, NDCG@10 and MRR over every user in ``targets``; targets outside ``catalog``

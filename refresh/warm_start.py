@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from export.data.loaders import InMemoryBatches
-from export.model.towers import TwoTower
+from export.model.ensemble import Towers, members_of
 from export.train import (
     TrainConfig,
     build_examples,
+    config_from_dict,
     new_model,
     seed_everything,
     target_log_frequencies,
@@ -36,17 +37,18 @@ from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 log = logging.getLogger(__name__)
 
 
-def load_live(checkpoint: Path, catalog: ItemCatalog) -> tuple[TwoTower, TrainConfig]:
+def load_live(checkpoint: Path, catalog: ItemCatalog) -> tuple[Towers, TrainConfig]:
     """The live version's model (from its training checkpoint) and the config it was built with.
 
     A checkpoint with fewer item rows or categories than ``catalog`` was trained on a prefix of
     it: the live version added cold items (``export.triton.cold_items`` appends items and
     categories). It is extended the way that path extends it, new rows zero."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = as_config(state["config"])
+    config = config_from_dict(state["config"])
     weights = state["model"]
-    rows = weights["item_tower.encoder.id_embedding.weight"].shape[0]
-    columns = weights["item_tower.encoder.category_projection.weight"].shape[1]
+    # The first member's tables (an ensemble's members all have the same shapes)
+    rows = _first(weights, "item_tower.encoder.id_embedding.weight").shape[0]
+    columns = _first(weights, "item_tower.encoder.category_projection.weight").shape[1]
     if (rows, columns) == (catalog.num_embeddings, max(len(catalog.categories), 1)):
         model = new_model(catalog, config)
         model.load_state_dict(weights)
@@ -64,14 +66,13 @@ def load_live(checkpoint: Path, catalog: ItemCatalog) -> tuple[TwoTower, TrainCo
     return warm_start(model, trained_on, catalog, config).eval(), config
 
 
-def as_config(values: dict) -> TrainConfig:
-    names = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+def _first(weights: dict[str, torch.Tensor], suffix: str) -> torch.Tensor:
+    return next(value for name, value in weights.items() if name.endswith(suffix))
 
 
 @torch.no_grad()
-def warm_start(live: TwoTower, live_catalog: ItemCatalog, catalog: ItemCatalog,
-               config: TrainConfig) -> TwoTower:
+def warm_start(live: Towers, live_catalog: ItemCatalog, catalog: ItemCatalog,
+               config: TrainConfig) -> Towers:
     """A model on ``catalog`` (which extends ``live_catalog``) holding every live weight."""
     head = catalog.items[:live_catalog.num_items]
     if [i.item_id for i in head] != [i.item_id for i in live_catalog.items]:
@@ -79,16 +80,17 @@ def warm_start(live: TwoTower, live_catalog: ItemCatalog, catalog: ItemCatalog,
     if catalog.categories[:len(live_catalog.categories)] != live_catalog.categories:
         raise ValueError("the candidate catalog must start with the live categories, in their order")
     model = new_model(catalog, config)
-    encoder = model.item_tower.encoder
     years = catalog.year_buckets(first_year=live_catalog.first_year())
     grown_years = int(years.max()) + 1
-    if grown_years > encoder.year_embedding.num_embeddings:
-        encoder.year_embedding = torch.nn.Embedding(grown_years, config.dim)
-    encoder.years = torch.from_numpy(years)
+    for member in members_of(model):
+        encoder = member.item_tower.encoder
+        if grown_years > encoder.year_embedding.num_embeddings:
+            encoder.year_embedding = torch.nn.Embedding(grown_years, config.dim)
+        encoder.years = torch.from_numpy(years)
     target = model.state_dict()
     for name, value in live.state_dict().items():
         # The encoder is shared: its tables appear under both towers' prefixes.
-        if name == "all_items" or name.rpartition(".")[2] in ("categories", "years", "prices"):
+        if name.rpartition(".")[2] in ("all_items", "categories", "years", "prices"):
             continue  # the catalog's own attribute tables, built for the candidate above
         target[name].copy_(grown(value, target[name].shape))
     model.load_state_dict(target)
@@ -106,9 +108,9 @@ def grown(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out
 
 
-def finetune(model: TwoTower, catalog: ItemCatalog, train_sequences: dict[str, list[Step]],
+def finetune(model: Towers, catalog: ItemCatalog, train_sequences: dict[str, list[Step]],
              config: TrainConfig,
-             validate: Callable[[TwoTower], dict[str, float]] | None) -> tuple[list[dict], int]:
+             validate: Callable[[Towers], dict[str, float]] | None) -> tuple[list[dict], int]:
     """Train ``model`` in place on every new-item position of ``train_sequences`` (export's
     examples and losses); early stopping on ``validate`` when given. Returns the epoch records
     and the number of training examples."""
@@ -132,6 +134,7 @@ def finetune_config(live: TrainConfig, *, epochs: int, patience: int, learning_r
                    batch_size=batch_size, device=device, seed=seed)
 
 
-def zero_rows(model: TwoTower, first: int) -> np.ndarray:
-    """The id rows from ``first`` on (new items), for checks."""
-    return model.item_tower.encoder.id_embedding.weight[first:].detach().numpy()
+def zero_rows(model: Towers, first: int) -> np.ndarray:
+    """The id rows from ``first`` on (new items) of every member, side by side, for checks."""
+    return np.concatenate([m.item_tower.encoder.id_embedding.weight[first:].detach().numpy()
+                           for m in members_of(model)], axis=1)

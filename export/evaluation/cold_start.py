@@ -38,7 +38,7 @@ from export.data.interactions import Dataset
 from export.data.split import leave_last_out
 from export.evaluation.metrics import ScoreFn, evaluate
 from export.evaluation.report import aggregate_seeds
-from export.model.towers import TwoTower
+from export.model.ensemble import Towers, members_of
 from export.pipeline import load_dataset, train_seeds
 from export.train import TrainConfig, score_histories
 from features.catalog import ItemCatalog
@@ -113,10 +113,12 @@ def user_category(histories: dict[str, list[str]], catalog: ItemCatalog) -> Scor
 
 
 @torch.no_grad()
-def forget_ids(model: TwoTower, catalog: ItemCatalog, cold: set[str]) -> None:
-    """Zero the id rows of ``cold`` items: their vectors come from their attributes alone."""
+def forget_ids(model: Towers, catalog: ItemCatalog, cold: set[str]) -> None:
+    """Zero the id rows of ``cold`` items (in every member): their vectors come from their
+    attributes alone."""
     rows = torch.as_tensor(catalog.indices_of(sorted(cold)))
-    model.item_tower.encoder.id_embedding.weight[rows] = 0.0
+    for member in members_of(model):
+        member.item_tower.encoder.id_embedding.weight[rows] = 0.0
 
 
 def run(dataset: Dataset, config: TrainConfig, seeds: Sequence[int],

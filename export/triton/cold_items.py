@@ -30,7 +30,7 @@ from torch import nn
 
 from export.data.cleaning import items_from_frame
 from export.data.interactions import read_table
-from export.model.towers import TwoTower
+from export.model.ensemble import TowerEnsemble, Towers
 from export.train import load_checkpoint, new_model
 from export.triton.repository import ServingConfig, export_repository
 from features import contract as sig
@@ -62,8 +62,13 @@ def split_updates(catalog: ItemCatalog, updates: Iterable[ItemUpdate]) -> tuple[
 
 
 @torch.no_grad()
-def extend_model(model: TwoTower, catalog: ItemCatalog, extended: ItemCatalog) -> TwoTower:
-    """Grow the (shared) item encoder's tables to ``extended`` in place; trained rows unchanged."""
+def extend_model(model: Towers, catalog: ItemCatalog, extended: ItemCatalog) -> Towers:
+    """Grow the (shared) item encoder's tables to ``extended`` in place, in every member of an
+    ensemble; trained rows unchanged."""
+    if isinstance(model, TowerEnsemble):
+        for member in model.members:
+            extend_model(member, catalog, extended)
+        return model
     encoder = model.item_tower.encoder
     old_rows, dim = encoder.id_embedding.weight.shape
     ids = nn.Embedding(extended.num_embeddings, dim, padding_idx=PAD_INDEX)

@@ -36,8 +36,8 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.model.ann import RetrievalIndexConfig, build_index, choose_index
+from export.model.ensemble import Towers
 from export.model.retrieval import FusedRecommender, SimilarItems, TopKRetrieval
-from export.model.towers import TwoTower
 from export.triton.config_files import REFERENCE_FILE, read_config, write_config  # noqa: F401 (callers)
 from features import contract as sig
 from features.behaviour import STEP_TYPES, type_code
@@ -229,8 +229,9 @@ def model_configs(sequence_length: int, dim: int, serving: ServingConfig,
     return configs
 
 
-def scripted_modules(model: TwoTower) -> dict[str, torch.jit.ScriptModule]:
-    """TorchScript of every model that has weights, from one trained TwoTower."""
+def scripted_modules(model: Towers) -> dict[str, torch.jit.ScriptModule]:
+    """TorchScript of every model that has weights, from one trained model (a TwoTower or an
+    ensemble of them: the same inputs, wider vectors)."""
     model = model.eval()
     with torch.no_grad():
         retrieval = TopKRetrieval(model.item_embeddings())
@@ -243,7 +244,7 @@ def scripted_modules(model: TwoTower) -> dict[str, torch.jit.ScriptModule]:
 
 
 def export_repository(
-    model: TwoTower,
+    model: Towers,
     catalog: ItemCatalog,
     root: Path,
     *,

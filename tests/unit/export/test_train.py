@@ -1,7 +1,20 @@
+import copy
+
 import numpy as np
 import torch
 
-from export.train import TrainConfig, build_examples, encode_histories, new_model, user_vectors
+from export.data.loaders import InMemoryBatches
+from export.model.ensemble import TowerEnsemble
+from export.model.towers import TwoTower
+from export.train import (
+    TrainConfig,
+    build_examples,
+    encode_histories,
+    new_model,
+    target_log_frequencies,
+    train,
+    user_vectors,
+)
 from features.behaviour import Step, type_code
 from features.catalog import Item, ItemCatalog
 from features.model_inputs import build_inputs
@@ -51,7 +64,7 @@ def test_ablations_change_what_the_user_tower_reads():
                                            ("attention", False, False)):
         torch.manual_seed(0)
         model = new_model(cat, TrainConfig(dim=8, sequence_length=4, user_tower=user_tower,
-                                           use_types=use_types)).eval()
+                                           use_types=use_types, members=1)).eval()
         with torch.no_grad():  # give the zero-initialised type tables something to say
             model.user_tower.type_embedding.weight.normal_()
             a, b = user_vectors(model, rows), user_vectors(model, retyped)
@@ -62,12 +75,49 @@ def test_new_model_reads_a_checkpoint_config_dict():
     cat = catalog()
     config = TrainConfig(dim=8, sequence_length=6, user_tower="pooled").as_dict() | {"extra": 1}
     model = new_model(cat, config)
-    assert model.user_tower.positions.shape == (6, 8) and not model.user_tower.attention
+    assert isinstance(model, TowerEnsemble) and len(model.members) == config["members"]
+    assert all(m.user_tower.positions.shape == (6, 8) and not m.user_tower.attention
+               for m in model.members)
+    del config["members"]  # a checkpoint from before ensembles: one model
+    assert isinstance(new_model(cat, config), TwoTower)
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_cosines_and_scripts():
+    cat = catalog()
+    torch.manual_seed(0)
+    model = new_model(cat, TrainConfig(dim=8, sequence_length=4, members=3)).eval()
+    rows = encode_histories([SHOP["u"][:3], SHOP["u"][:5]], cat, 4)
+    with torch.no_grad():
+        users, items = user_vectors(model, rows), model.item_embeddings()
+        mean_cosine = torch.stack([user_vectors(m, rows) @ m.item_embeddings().T
+                                   for m in model.members]).mean(0)
+        assert users.shape == (2, 24) and items.shape == (cat.num_embeddings, 24)
+        torch.testing.assert_close(users @ items.T, mean_cosine)
+        torch.testing.assert_close(model.item_tower(model.members[0].all_items), items)
+        scripted = torch.jit.script(model.user_tower)
+        torch.testing.assert_close(scripted(rows[:, :4], rows[:, 4:]), users)
+    # the weights are stored once, under members.<i>.
+    assert all(name.startswith("members.") for name in model.state_dict())
+
+
+def test_members_are_trained_together_each_on_its_own_loss():
+    cat = catalog()
+    histories, targets = build_examples(SHOP, cat, 4)
+    config = TrainConfig(dim=8, sequence_length=4, epochs=2, batch_size=4, members=2)
+    torch.manual_seed(0)
+    model = new_model(cat, config)
+    before = [copy.deepcopy(m.state_dict()) for m in model.members]
+    records = train(model, InMemoryBatches(histories, targets, 4, seed=0), config,
+                    log_q=target_log_frequencies(targets, cat.num_embeddings))
+    assert len(records) == 2 and np.isfinite(records[-1]["loss"])
+    for member, start in zip(model.members, before, strict=True):
+        moved = [n for n, v in member.state_dict().items() if not torch.equal(v, start[n])]
+        assert "item_tower.encoder.id_embedding.weight" in moved
 
 
 def test_transition_view_reads_the_last_steps_own_successor_vector_and_scripts():
     cat = catalog()
-    model = new_model(cat, TrainConfig(dim=8, sequence_length=4, transition=True)).eval()
+    model = new_model(cat, TrainConfig(dim=8, sequence_length=4, transition=True, members=1)).eval()
     rows = encode_histories([SHOP["u"][:3]], cat, 4)
     before = user_vectors(model, rows)
     with torch.no_grad():

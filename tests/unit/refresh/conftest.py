@@ -16,7 +16,9 @@ from features.events import Event
 from refresh.data import event_row
 from refresh.source import ReadResult
 
-CONFIG = TrainConfig(dim=16, sequence_length=8, epochs=1, batch_size=64)
+# One model: the job's decisions are what these tests check (warm starts of an ensemble are
+# checked in test_warm_start.py)
+CONFIG = TrainConfig(dim=16, sequence_length=8, epochs=1, batch_size=64, members=1)
 DAY_S = 86_400
 
 

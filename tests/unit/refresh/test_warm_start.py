@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,9 +12,9 @@ from export.train import TrainConfig, new_model
 from export.triton.cold_items import extend_catalog, extend_model
 from features.catalog import FIRST_ITEM_INDEX, Item
 from refresh.catalog import extend
-from refresh.warm_start import grown, load_live, warm_start
+from refresh.warm_start import grown, load_live, warm_start, zero_rows
 
-CONFIG = TrainConfig(dim=8, sequence_length=5, transition=True)
+CONFIG = TrainConfig(dim=8, sequence_length=5, transition=True, members=1)
 
 
 @pytest.fixture
@@ -84,3 +85,25 @@ def test_a_checkpoint_larger_than_the_live_catalog_is_refused(catalog, live, tmp
     torch.save({"model": new_model(bigger, CONFIG).state_dict(), "config": CONFIG.as_dict()}, checkpoint)
     with pytest.raises(ValueError, match="not this version's checkpoint"):
         load_live(checkpoint, catalog)
+
+
+def test_an_ensemble_is_warm_started_and_loaded_member_by_member(catalog, tmp_path):
+    config = replace(CONFIG, members=2)
+    torch.manual_seed(0)
+    live = new_model(catalog, config).eval()
+    change = extend(catalog, {}, [Item("new1", "N1", ("Horror",), 2031, 5.0)])
+    model = warm_start(live, catalog, change.catalog, config).eval()
+    old_rows = catalog.num_embeddings
+    for old, new in zip(live.members, model.members, strict=True):
+        ids = new.item_tower.encoder.id_embedding.weight
+        assert torch.equal(ids[:old_rows], old.item_tower.encoder.id_embedding.weight)
+        assert torch.count_nonzero(ids[old_rows:]) == 0
+    assert zero_rows(model, old_rows).shape == (1, 16) and not zero_rows(model, old_rows).any()
+    checkpoint = tmp_path / "ensemble.pt"
+    torch.save({"model": live.state_dict(), "config": config.as_dict()}, checkpoint)
+    served = extend_catalog(catalog, [Item("cold1", "C1", ("Comedy",), 1995, None)])
+    loaded, loaded_config = load_live(checkpoint, served)
+    cold = extend_model(copy.deepcopy(live), catalog, served)
+    with torch.no_grad():
+        assert torch.allclose(loaded.item_embeddings(), cold.item_embeddings(), atol=1e-6)
+    assert loaded_config == config and loaded.item_embeddings().shape[1] == 16

@@ -16,7 +16,7 @@ def published(tmp_path, catalog):
     torch.manual_seed(0)
     model = TwoTower(catalog, dim=8).eval()
     checkpoint = tmp_path / "best.pt"
-    config = TrainConfig(dim=8)
+    config = TrainConfig(dim=8, members=1)
     save_checkpoint(model, torch.optim.Adam(model.parameters()), config, [], checkpoint)
     repo = tmp_path / "repo"
     serving = ServingConfig(warmup=False)
