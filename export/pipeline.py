@@ -235,8 +235,9 @@ def train_seeds(
         seconds = time.perf_counter() - t0
         test = {} if test_targets is None else evaluate(
             score_histories(model, catalog, L), test_histories, test_targets, catalog)
+        # The model as it is now: every member at its best epoch (for one model, its best epoch's)
+        best_valid = validate(model)["recall@10"]
         model.cpu()  # off the GPU: the next seed's model needs the room, and callers expect CPU
-        best_valid = max(e["valid_recall@10"] for e in epochs)
         runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
         log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
     return runs

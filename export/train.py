@@ -32,7 +32,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +50,7 @@ from features.sequence import encode_history, pad_left
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (histories [B, 2L], targets [B])
+MEMBER_SEED_STRIDE = 1000  # member i of seed s trains with seed s + 1000 i: distinct for s < 1000
 LOSS_SHOWN_EVERY = 50  # steps between progress-bar loss updates off the CPU (each one syncs)
 
 
@@ -74,9 +75,9 @@ class TrainConfig:
     # A learned "what follows" vector per item (UserTower). Off: side by side on three datasets
     # (torch 2.13) it lost on validation and test everywhere (docs/model.md).
     transition: bool = False
-    # Independently initialised two-tower models trained side by side and served as one
-    # (export.model.ensemble). 3: the mean of three members beat every single member on both
-    # validation and test, on every dataset measured (docs/model.md), at 3x the training time.
+    # Two-tower models trained one after another with their own seeds and served as one
+    # (export.model.ensemble). 3: the mean of three beat one model on validation and test on
+    # every dataset measured (docs/model.md), for 3x the training time.
     members: int = 3
     loss: Literal["full", "sampled"] = "sampled"
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
@@ -267,7 +268,7 @@ def sampled_softmax_loss(model: TwoTower, users: torch.Tensor, targets: torch.Te
     return F.cross_entropy(logits, torch.arange(batch, device=device))
 
 
-def train_step(model: Towers, optimizer: torch.optim.Optimizer,
+def train_step(model: TwoTower, optimizer: torch.optim.Optimizer,
                batch: tuple[torch.Tensor, torch.Tensor], config: TrainConfig,
                device: torch.device, *, log_q: torch.Tensor | None,
                generator: torch.Generator | None, amp: bool) -> torch.Tensor:
@@ -275,22 +276,21 @@ def train_step(model: Towers, optimizer: torch.optim.Optimizer,
     loader feeding a GPU, or DALI's CUDA batches a CPU run); returns the loss, detached, still on
     ``device`` (reading it as a number would wait for the GPU every step)."""
     histories, targets = (t.to(device, non_blocking=device.type == "cuda") for t in batch)
-    members = members_of(model)
-    loss = torch.zeros((), device=device)
     with _autocast(device, amp):
-        # Each member on its own loss, as if trained alone: members share no weights, so the
-        # mean only averages the numbers shown (Adam's steps do not depend on the scale).
-        for member in members:
-            users = user_vectors(member, histories)
-            if config.loss == "full":
-                loss = loss + full_softmax_loss(member, users, targets, config)
-            else:
-                loss = loss + sampled_softmax_loss(member, users, targets, config, log_q, generator)
-        loss = loss / len(members)
+        users = user_vectors(model, histories)
+        if config.loss == "full":
+            loss = full_softmax_loss(model, users, targets, config)
+        else:
+            loss = sampled_softmax_loss(model, users, targets, config, log_q, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def member_seed(seed: int, index: int) -> int:
+    """The seed member ``index`` of an ensemble trains with (member 0: the run's own seed)."""
+    return seed + MEMBER_SEED_STRIDE * index
 
 
 def train(
@@ -302,7 +302,42 @@ def train(
     validate: Callable[[Towers], dict[str, float]] | None = None,
     checkpoint_dir: Path | None = None,
 ) -> list[dict]:
-    """Train in place; returns one record per epoch.
+    """Train in place; returns one record per epoch (an ensemble's carry their "member").
+
+    An ensemble's members are trained one after another, each exactly as one model is trained:
+    its own seed (``member_seed``), the loader's next epochs (so its own batch order), its own
+    early stopping on ``validate(member)``. Trained side by side on the same batches, three
+    members learned nearly the same ranking and the ensemble gained nothing over one model (on
+    MovieLens latest-small, docs/model.md); trained apart, they differ, and their mean gains.
+    Members' checkpoints go to ``checkpoint_dir/member<i>/``, the ensemble's to ``checkpoint_dir``.
+    """
+    members = members_of(model)
+    if len(members) == 1:
+        return _train_one(model, batches, config, log_q=log_q, validate=validate,
+                          checkpoint_dir=checkpoint_dir)
+    records: list[dict] = []
+    for index, member in enumerate(members):
+        log.info("ensemble member %d of %d", index + 1, len(members))
+        member_config = replace(config, seed=member_seed(config.seed, index))
+        directory = None if checkpoint_dir is None else checkpoint_dir / f"member{index}"
+        records += [{"member": index, **r} for r in _train_one(
+            member, batches, member_config, log_q=log_q, validate=validate, checkpoint_dir=directory)]
+    if checkpoint_dir is not None:
+        for name in ("best.pt", "last.pt"):  # every member at its best epoch: the ensemble's best
+            save_checkpoint(model, None, config, records, checkpoint_dir / name)
+    return records
+
+
+def _train_one(
+    model: TwoTower,
+    batches: Batches,
+    config: TrainConfig,
+    *,
+    log_q: torch.Tensor | None = None,
+    validate: Callable[[TwoTower], dict[str, float]] | None = None,
+    checkpoint_dir: Path | None = None,
+) -> list[dict]:
+    """Train one model in place; returns one record per epoch.
 
     ``batches`` is iterated once per epoch (``export.data.loaders.InMemoryBatches`` or ``DaliBatches``).
     The model, ``log_q`` and each batch are moved to ``config.device`` (resolved); the model is
@@ -364,10 +399,12 @@ def train(
     return records
 
 
-def save_checkpoint(model: Towers, optimizer: torch.optim.Optimizer, config: TrainConfig,
+def save_checkpoint(model: Towers, optimizer: torch.optim.Optimizer | None, config: TrainConfig,
                     records: list[dict], path: Path) -> None:
+    """``optimizer`` None: an ensemble's (each member's optimiser is in its own checkpoint)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": model.state_dict(),
+                "optimizer": {} if optimizer is None else optimizer.state_dict(),
                 "config": config.as_dict(), "epochs": records}, path)
 
 

@@ -229,7 +229,9 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: p.suggest(trial, name) for name, p in space.items()}
-        config = replace(base, **params, epochs=epochs, patience=patience, seed=seed)
+        # One model per trial: the search is over one model's settings; an ensemble's members
+        # are trained the same way (best_config keeps base's members).
+        config = replace(base, **params, epochs=epochs, patience=patience, seed=seed, members=1)
         L = config.sequence_length
         if L not in examples:
             examples[L] = build_examples(split.train, catalog, L)

@@ -7,9 +7,8 @@ item matrix ranks by the ensemble's score with no other change (the vectors are 
 
 Why: on small or sparse data a single model's ranking moves a lot with its random start (on
 MovieLens latest-small three seeds scored .082–.100 Recall@10), and averaging members removes
-much of that noise (docs/model.md has the measurements). Members are trained together on the
-same batches, each on its own loss (``export.train``), and stop together on the ensemble's
-validation score.
+much of that noise (docs/model.md has the measurements). Members are trained one after another,
+each as one model is, with its own seed (``export.train.train``).
 """
 
 from __future__ import annotations

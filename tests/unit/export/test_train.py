@@ -1,4 +1,4 @@
-import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from export.train import (
     TrainConfig,
     build_examples,
     encode_histories,
+    member_seed,
     new_model,
     target_log_frequencies,
     train,
@@ -100,19 +101,30 @@ def test_an_ensemble_scores_the_mean_of_its_members_cosines_and_scripts():
     assert all(name.startswith("members.") for name in model.state_dict())
 
 
-def test_members_are_trained_together_each_on_its_own_loss():
+def test_members_are_trained_one_after_another_each_as_one_model(tmp_path):
     cat = catalog()
     histories, targets = build_examples(SHOP, cat, 4)
     config = TrainConfig(dim=8, sequence_length=4, epochs=2, batch_size=4, members=2)
+    log_q = target_log_frequencies(targets, cat.num_embeddings)
     torch.manual_seed(0)
     model = new_model(cat, config)
-    before = [copy.deepcopy(m.state_dict()) for m in model.members]
-    records = train(model, InMemoryBatches(histories, targets, 4, seed=0), config,
-                    log_q=target_log_frequencies(targets, cat.num_embeddings))
-    assert len(records) == 2 and np.isfinite(records[-1]["loss"])
-    for member, start in zip(model.members, before, strict=True):
-        moved = [n for n, v in member.state_dict().items() if not torch.equal(v, start[n])]
-        assert "item_tower.encoder.id_embedding.weight" in moved
+    torch.manual_seed(0)
+    alone = new_model(cat, replace(config, members=1))  # the same weights as member 0
+    records = train(model, InMemoryBatches(histories, targets, 4, seed=0), config, log_q=log_q,
+                    checkpoint_dir=tmp_path)
+    assert [(r["member"], r["epoch"]) for r in records] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    # member 0 is the run's seed's own model; member 1 has its own seed and batch order
+    train(alone, InMemoryBatches(histories, targets, 4, seed=0), replace(config, members=1),
+          log_q=log_q)
+    for name, value in alone.state_dict().items():
+        assert torch.equal(model.members[0].state_dict()[name], value), name
+    assert member_seed(0, 1) != member_seed(0, 0) and member_seed(1, 1) != member_seed(0, 1)
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert saved["config"]["members"] == 2 and (tmp_path / "member1" / "last.pt").is_file()
+    reloaded = new_model(cat, saved["config"])
+    reloaded.load_state_dict(saved["model"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.item_embeddings(), model.item_embeddings())
 
 
 def test_transition_view_reads_the_last_steps_own_successor_vector_and_scripts():
