@@ -30,7 +30,9 @@ def test_report_lists_every_protocol_with_per_seed_numbers(exported):
 
 
 def test_temporal_run_trains_a_separate_model_per_seed_on_pre_cut_data(tmp_path):
-    result = run("ml-100k", None, tmp_path, TrainConfig(epochs=1), baselines=False, temporal=True)
+    # one model, not an ensemble: the protocol is what is checked here, and this is two trainings
+    result = run("ml-100k", None, tmp_path, TrainConfig(epochs=1, members=1), baselines=False,
+                 temporal=True)
     temporal = result.report["protocols"]["temporal"]
     assert set(temporal["models"]) == {"two_tower"} and "model_skipped" not in temporal
     assert [s["seed"] for s in temporal["seeds"]] == [0] and len(temporal["seeds"][0]["epochs"]) == 1
