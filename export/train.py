@@ -318,7 +318,8 @@ def train(
     records: list[dict] = []
     for index, member in enumerate(members):
         log.info("ensemble member %d of %d", index + 1, len(members))
-        member_config = replace(config, seed=member_seed(config.seed, index))
+        # members=1: a member's own checkpoint is one model's
+        member_config = replace(config, seed=member_seed(config.seed, index), members=1)
         directory = None if checkpoint_dir is None else checkpoint_dir / f"member{index}"
         records += [{"member": index, **r} for r in _train_one(
             member, batches, member_config, log_q=log_q, validate=validate, checkpoint_dir=directory)]

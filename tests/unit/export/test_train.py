@@ -120,7 +120,10 @@ def test_members_are_trained_one_after_another_each_as_one_model(tmp_path):
         assert torch.equal(model.members[0].state_dict()[name], value), name
     assert member_seed(0, 1) != member_seed(0, 0) and member_seed(1, 1) != member_seed(0, 1)
     saved = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert saved["config"]["members"] == 2 and (tmp_path / "member1" / "last.pt").is_file()
+    assert saved["config"]["members"] == 2
+    member = torch.load(tmp_path / "member1" / "last.pt", weights_only=True)
+    assert member["config"]["members"] == 1 and member["config"]["seed"] == member_seed(0, 1)
+    new_model(cat, member["config"]).load_state_dict(member["model"])  # one model's checkpoint
     reloaded = new_model(cat, saved["config"])
     reloaded.load_state_dict(saved["model"])
     with torch.no_grad():
