@@ -51,7 +51,7 @@ from stack.kafka import KafkaBroker  # noqa: E402
 DAY_S = 86_400
 EVENTS_PER_USER = 25  # about what generate() makes per user with its defaults (checked below)
 STEPS = ("read", "merge", "evaluate_live", "train", "evaluate_candidate", "publish", "commit")
-CSV_COLUMNS = ["events", "total_s", *[f"{s}_s" for s in STEPS], "produce_s", "window_interactions",
+CSV_COLUMNS = ["events", "members", "total_s", *[f"{s}_s" for s in STEPS], "produce_s", "window_interactions",
                "examples_per_epoch",
                "epochs", "train_s_per_epoch", "outcome", "rss_mb"]
 
@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=5_000, help="users of the live version's data")
     p.add_argument("--items", type=int, default=2_000)
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per refresh")
+    p.add_argument("--members", type=int, default=TrainConfig.members,
+                   help="members of the live model (an ensemble's are fine-tuned one after another)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--target-s", type=float, default=600.0, help="limit for the largest N")
     p.add_argument("--out", type=Path, default=Path("perf/results/refresh"))
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         base.interactions[["user_id", "item_id", "timestamp", "event_type", "value"]].to_csv(base_file,
                                                                                            index=False)
         catalog = base.to_dataset().catalog
-        config = TrainConfig()
+        config = TrainConfig(members=args.members)
         torch.manual_seed(0)
         live = new_model(catalog, config).eval()
         checkpoint = work / "live.pt"
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                     problems.append(f"{n} events: {type(exc).__name__}: {exc}")
                     continue
                 epochs = record.candidate.get("epochs", [])
-                row = {"events": n, "total_s": record.seconds, "produce_s": round(produce_s, 1),
+                row = {"events": n, "members": args.members, "total_s": record.seconds,
+                       "produce_s": round(produce_s, 1),
                        "epochs": len(epochs), "outcome": record.outcome, "rss_mb": round(rss_mb()),
                        "train_s_per_epoch": round(record.seconds_by_step.get("train", 0) /
                                                   max(1, len(epochs)), 1),

@@ -58,7 +58,9 @@ def shop(tmp_path_factory):
     root = tmp_path_factory.mktemp("shop")
     truth = generate(**SHOP)
     interactions, items = write_files(truth, root / "data")
-    result = run(str(interactions), root / "repo", root / "artifacts", TrainConfig(epochs=10),
+    # One model, not the 3-member default: the A/B loop is the subject, and an ensemble triples the
+    # training (the session's model in tests/integration/conftest.py serves the default)
+    result = run(str(interactions), root / "repo", root / "artifacts", TrainConfig(epochs=10, members=1),
                  items_path=items, baselines=False)
     repo = root / "repo"
     info = json.loads((repo / sig.RETRIEVE / "1" / sig.SERVING_FILE).read_text())
