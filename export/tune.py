@@ -229,8 +229,8 @@ def tune(
 
     def objective(trial: optuna.Trial) -> float:
         params = {name: p.suggest(trial, name) for name, p in space.items()}
-        # One model per trial: the search is over one model's settings; an ensemble's members
-        # are trained the same way (best_config keeps base's members).
+        # One model per trial: the search is over one model's settings, which every member of
+        # an ensemble shares (best_config keeps base's members).
         config = replace(base, **params, epochs=epochs, patience=patience, seed=seed, members=1)
         L = config.sequence_length
         if L not in examples:
