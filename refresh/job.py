@@ -19,7 +19,6 @@ Guarantees (docs/refresh.md):
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -35,6 +34,7 @@ import torch
 from export.data.cleaning import items_from_frame
 from export.data.interactions import read_table
 from export.pipeline import popular_items
+from export.triton.locking import LockTimeout, RepositoryLock
 from export.triton.repository import export_repository
 from features.catalog import Item
 from refresh import catalog as catalogs
@@ -281,16 +281,18 @@ class RefreshBusy(RuntimeError):
 
 @contextmanager
 def exclusive(state_dir: Path) -> Iterator[None]:
-    """An ``flock`` on the state directory for a whole run; the kernel drops it when the holder
-    exits, crashed or not, so it never goes stale."""
+    """The rollout's ``flock`` (``export.triton.locking``) on the state directory for a whole run,
+    one try: the kernel drops it when the holder exits, crashed or not, so it never goes stale."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOCK_FILE
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RefreshBusy(f"another refresh run holds {path}") from None
+    try:
+        lock = RepositoryLock(state_dir, "refresh run", timeout_s=0, lock_file=LOCK_FILE)
+        lock.acquire()
+    except LockTimeout as busy:
+        raise RefreshBusy(f"another refresh run holds {state_dir / LOCK_FILE}: {busy}") from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 class Timer:

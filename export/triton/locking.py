@@ -59,10 +59,10 @@ def write_atomic(path: Path, text: str) -> None:
         os.close(directory)
 
 
-def read_holder(repository: Path) -> dict | None:
+def read_holder(repository: Path, lock_file: str = LOCK_FILE) -> dict | None:
     """Who holds the lock, as its holder wrote it (None: nobody, or not written yet)."""
     try:
-        return json.loads((Path(repository) / LOCK_FILE).read_text())
+        return json.loads((Path(repository) / lock_file).read_text())
     except (OSError, ValueError):
         return None
 
@@ -77,11 +77,12 @@ def describe_holder(holder: dict | None) -> str:
 class RepositoryLock:
     """``with RepositoryLock(repo, "promote 3", timeout_s=60): ...`` - exclusive across processes
     (and across lock objects within one process). Waits at most ``timeout_s`` (0: one try), then
-    raises ``LockTimeout`` naming the holder."""
+    raises ``LockTimeout`` naming the holder. ``lock_file``: another lock in the same folder (the
+    refresh job's on its state directory)."""
 
     def __init__(self, repository: Path, command: str, *, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
-                 on_wait=None) -> None:
-        self.path = Path(repository) / LOCK_FILE
+                 on_wait=None, lock_file: str = LOCK_FILE) -> None:
+        self.path = Path(repository) / lock_file
         self.command = command
         self.timeout_s = timeout_s
         self.on_wait = on_wait  # called once with the holder when we have to wait (tests, logs)
@@ -97,7 +98,7 @@ class RepositoryLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    holder = read_holder(self.path.parent)
+                    holder = read_holder(self.path.parent, self.path.name)
                     if not waited:
                         waited = True
                         log.info("waiting up to %.0f s for the rollout lock, held by %s",
