@@ -323,9 +323,8 @@ def train(
         directory = None if checkpoint_dir is None else checkpoint_dir / f"member{index}"
         records += [{"member": index, **r} for r in _train_one(
             member, batches, member_config, log_q=log_q, validate=validate, checkpoint_dir=directory)]
-    if checkpoint_dir is not None:
-        for name in ("best.pt", "last.pt"):  # every member at its best epoch: the ensemble's best
-            save_checkpoint(model, None, config, records, checkpoint_dir / name)
+    if checkpoint_dir is not None:  # every member at its best epoch (each has its own last.pt)
+        save_checkpoint(model, None, config, records, checkpoint_dir / "best.pt")
     return records
 
 
