@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transition", action=argparse.BooleanOptionalAction, default=d.transition,
                         help="the learned 'what follows' vector of the last step (off by default)")
     parser.add_argument("--members", type=int, default=d.members,
-                        help="two-tower models trained side by side and served as one (1: a single model)")
+                        help="two-tower models trained one after another, each with its own seed, "
+                             "and served as one (1: a single model)")
     parser.add_argument("--loss", choices=["full", "sampled"], default=d.loss)
     parser.add_argument("--uniform-negatives", type=int, default=d.uniform_negatives)
     parser.add_argument("--loader", choices=["memory", "dali"], default="memory",
