@@ -138,11 +138,14 @@ class UserTower(nn.Module):
         last = items[:, -1] * present[:, -1:]
         views = [pooled, last]
         if self.attention:
-            keys = self.key(items + self.positions[-length:])
-            logits = (keys @ self.query(last).unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
+            # key(x)·q = x·(Wkᵀq) and Σ a·value(x) = value(Σ a·x) (no biases): the same read-out
+            # with the projections applied once per user instead of once per step
+            query = self.query(last) @ self.key.weight  # [B, D]
+            steps = items + self.positions[-length:]
+            logits = torch.bmm(steps, query.unsqueeze(-1)).squeeze(-1) * self.scale  # [B, L]
             logits = logits.masked_fill(present == 0, -1e9)
-            read = (torch.softmax(logits, dim=-1) * present).unsqueeze(-1) * self.value(items)
-            views.append(read.sum(1))
+            attention = torch.softmax(logits, dim=-1) * present
+            views.append(self.value(torch.bmm(attention.unsqueeze(1), items).squeeze(1)))
         if self.transition:
             last_index = history[:, -1]
             in_range = (last_index >= 0) & (last_index < self.next_embedding.num_embeddings)

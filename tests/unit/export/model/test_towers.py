@@ -30,6 +30,30 @@ def test_torchscript_matches_eager(catalog):
     torch.testing.assert_close(scripted(history, types), model.user_tower(history, types))
 
 
+def test_attention_read_out_is_the_per_step_key_and_value_form(catalog):
+    # The tower projects the query onto the key space and the weighted mean into the value
+    # space once per user; the textbook form projects every step. Both are the same function.
+    torch.manual_seed(0)
+    tower = TwoTower(catalog, dim=8, sequence_length=5).eval().user_tower
+    with torch.no_grad():
+        for parameter in tower.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)  # away from the zero-initialised tables
+        history = torch.tensor([[PAD_INDEX, PAD_INDEX, 2, 3, 4], [5, 6, 7, 2, 3]])
+        types = views(history)
+        items = tower.encoder(history) + tower.type_embedding(types)
+        present = (history != PAD_INDEX).float()
+        last = items[:, -1] * present[:, -1:]
+        keys = tower.key(items + tower.positions)  # every step projected
+        logits = (keys @ tower.query(last).unsqueeze(-1)).squeeze(-1) * tower.scale
+        weights = torch.softmax(logits.masked_fill(present == 0, -1e9), dim=-1) * present
+        per_step = (weights.unsqueeze(-1) * tower.value(items)).sum(1)
+        captured = []
+        handle = tower.head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+        tower(history, types)
+        handle.remove()
+        torch.testing.assert_close(captured[0][:, -8:], per_step, atol=1e-6, rtol=1e-5)
+
+
 def test_retrieval_never_returns_excluded_or_reserved_rows(catalog):
     model = TwoTower(catalog, dim=8).eval()
     with torch.no_grad():
