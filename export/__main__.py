@@ -70,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temporal", action="store_true",
                         help="also train one model per seed on the temporal split's pre-cut data "
                              "and evaluate it there (doubles training; docs/evaluation.md)")
-    parser.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
-                        help="after validation picks each member's epochs, train again on the "
-                             "validation targets too and test/export that model (default: on)")
     parser.add_argument("--tune", type=int, default=0, metavar="N",
                         help="first search N configs on the validation split (export/tune.py), then "
                              "train the best one as usual; overrides the searched flags")
@@ -109,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.dataset, None if args.no_export else args.repository, args.artifacts, config,
                  seeds=args.seeds, items_path=args.items, loader=args.loader,
                  baselines=not args.no_baselines, version=args.version,
-                 target=args.target, temporal=args.temporal, refit=args.refit,
+                 target=args.target, temporal=args.temporal,
                  serving=serving)
     if tuning is not None:
         print(format_tuning(tuning.record))

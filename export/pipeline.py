@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from export.evaluation.temporal import MODEL_OFF, temporal_section, untrainable
 from export.model.ensemble import Towers
 from export.train import (
     TrainConfig,
-    best_epochs,
     build_examples,
     new_model,
     resolve_amp,
@@ -60,7 +59,6 @@ class SeedRun:
     best_valid_recall: float
     test: dict[str, float]
     seconds: float
-    refit_epochs: list[int] | None = None  # per member, when the model was refitted (train_seeds)
 
 
 @dataclass
@@ -103,14 +101,8 @@ def run(
     serving: ServingConfig = ServingConfig(),
     target: str = "python",
     temporal: bool = False,
-    refit: bool = True,
 ) -> PipelineResult:
     """The whole offline job; ``repository=None`` evaluates without exporting.
-
-    ``refit`` (default): once validation has chosen each member's number of epochs, the model is
-    trained again from the same seed on everything before the test targets (the histories the
-    baselines are fitted on, validation targets included) for exactly that many epochs, and that
-    model is tested and exported (``train_seeds``).
 
     ``temporal=True`` also trains one model per seed on the temporal split's pre-cut data and
     evaluates it there (doubles training time); the leave-last-out numbers do not change.
@@ -135,7 +127,7 @@ def run(
              temporal_report["cutoff_utc"], len(temporal_data.test), temporal_data.left_out)
 
     runs = train_seeds(split.train, split.valid, test_histories, split.test, catalog, config,
-                        seeds, loader, artifacts, refit=refit)
+                        seeds, loader, artifacts)
     models[MODEL_NAME] = aggregate_seeds([r.test for r in runs])
     # Which model to ship is decided on validation data only, never on the test split.
     best = max(runs, key=lambda r: r.best_valid_recall)
@@ -154,7 +146,6 @@ def run(
             "amp": resolve_amp(config.amp, device),
             "seeds": [_seed_entry(r) for r in runs],
             "exported_seed": best.seed,
-            "refit": refit,
         },
     }
     if temporal:
@@ -162,8 +153,7 @@ def run(
         if reason is None:
             temporal_runs = train_seeds(temporal_data.train, temporal_data.valid,
                                          temporal_data.history_for("test"), temporal_data.test,
-                                         catalog, config, seeds, loader, artifacts / "temporal",
-                                         refit=refit)
+                                         catalog, config, seeds, loader, artifacts / "temporal")
             temporal_report["models"][MODEL_NAME] = aggregate_seeds([r.test for r in temporal_runs])
             temporal_report["seeds"] = [_seed_entry(r) for r in temporal_runs]
         else:
@@ -195,11 +185,8 @@ def run(
 
 
 def _seed_entry(r: SeedRun) -> dict:
-    entry = {"seed": r.seed, "seconds": round(r.seconds, 1), "best_valid_recall@10": r.best_valid_recall,
-             "test": r.test, "epochs": r.epochs}
-    if r.refit_epochs is not None:
-        entry["refit_epochs"] = r.refit_epochs
-    return entry
+    return {"seed": r.seed, "seconds": round(r.seconds, 1), "best_valid_recall@10": r.best_valid_recall,
+            "test": r.test, "epochs": r.epochs}
 
 
 def train_seeds(
@@ -212,42 +199,25 @@ def train_seeds(
     seeds: Sequence[int],
     loader: str = "memory",
     artifacts: Path | None = None,
-    *,
-    refit: bool = False,
 ) -> list[SeedRun]:
     """One model per seed on ``train_sequences``; early stopping on the validation targets (with
     the training sequences as histories), then test metrics (none when ``test_targets`` is None:
     the caller evaluates). Shards and checkpoints go under ``artifacts`` (none without it; the
     DALI loader needs it). Trains on ``config.device``; the DALI loader then reads on the GPU
-    too (``dali_device``). The models come back on the CPU.
-
-    ``refit``: the run above only chooses each member's number of epochs (its best validation
-    epoch; checkpoints in ``seed<N>/selection/``); a model from the same seed is then trained on
-    ``test_histories`` — the training sequences plus each validation target — for exactly those
-    epochs, without validation, and that is the seed's model (``seed<N>/best.pt``). Without it
-    the model never sees the validation interactions, the most recent one of every user, which
-    the baselines (fitted on ``test_histories``) do see."""
+    too (``dali_device``). The models come back on the CPU."""
     L = config.sequence_length
+    histories, targets = build_examples(train_sequences, catalog, L)
+    log_q = target_log_frequencies(targets, catalog.num_embeddings)
     if loader == "dali" and artifacts is None:
         raise ValueError("the DALI loader reads shards from the artifacts folder: pass artifacts")
+    shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
+
     dali_on = dali_device(resolve_device(config.device))
 
-    def examples(sequences: dict[str, list[str]], shard_dir: str
-                 ) -> tuple[Callable[[int], Iterable], torch.Tensor]:
-        """A seed -> batches factory over ``sequences``' examples, and their logQ table."""
-        histories, targets = build_examples(sequences, catalog, L)
-        if loader == "dali":
-            write_shards(histories, targets, artifacts / shard_dir)
-
-        def batches(seed: int) -> Iterable:
-            if loader == "dali":
-                return DaliBatches(artifacts / shard_dir, config.batch_size, seed=seed, device=dali_on)
-            return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
-        return batches, target_log_frequencies(targets, catalog.num_embeddings)
-
-    batches, log_q = examples(train_sequences, "shards")
-    if refit:
-        refit_batches, refit_log_q = examples(test_histories, "shards_refit")
+    def batches(seed: int) -> Iterable:
+        if shards is not None:
+            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed, device=dali_on)
+        return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
 
     def validate(m: Towers) -> dict:
         metrics = evaluate(score_histories(m, catalog, L), train_sequences, valid_targets, catalog)
@@ -261,22 +231,14 @@ def train_seeds(
         checkpoints = None if artifacts is None else artifacts / "checkpoints" / f"seed{seed}"
         t0 = time.perf_counter()
         epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
-                       checkpoint_dir=checkpoints / "selection" if refit and checkpoints else checkpoints)
-        # The model as it is now: every member at its best epoch (for one model, its best epoch's)
-        best_valid = validate(model)["recall@10"]
-        refit_epochs = None
-        if refit:
-            refit_epochs = best_epochs(epochs)
-            log.info("seed %d: refit on the validation targets too, %s epochs", seed, refit_epochs)
-            seed_everything(seed)
-            model = new_model(catalog, config)
-            train(model, refit_batches(seed), seed_config, log_q=refit_log_q,
-                  checkpoint_dir=checkpoints, member_epochs=refit_epochs)
+                       checkpoint_dir=checkpoints)
         seconds = time.perf_counter() - t0
         test = {} if test_targets is None else evaluate(
             score_histories(model, catalog, L), test_histories, test_targets, catalog)
+        # The model as it is now: every member at its best epoch (for one model, its best epoch's)
+        best_valid = validate(model)["recall@10"]
         model.cpu()  # off the GPU: the next seed's model needs the room, and callers expect CPU
-        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds, refit_epochs))
+        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
         log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
     return runs
 

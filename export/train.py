@@ -301,12 +301,8 @@ def train(
     log_q: torch.Tensor | None = None,
     validate: Callable[[Towers], dict[str, float]] | None = None,
     checkpoint_dir: Path | None = None,
-    member_epochs: Sequence[int] | None = None,
 ) -> list[dict]:
     """Train in place; returns one record per epoch (an ensemble's carry their "member").
-
-    ``member_epochs`` (one count per member, e.g. ``best_epochs`` of an earlier run): each member
-    trains exactly that many epochs instead of ``config.epochs``, without validation (a refit).
 
     An ensemble's members are trained one after another, each exactly as one model is trained:
     its own seed (``member_seed``), the loader's next epochs (so its own batch order), its own
@@ -316,13 +312,7 @@ def train(
     Members' checkpoints go to ``checkpoint_dir/member<i>/``, the ensemble's to ``checkpoint_dir``.
     """
     members = members_of(model)
-    if member_epochs is not None:
-        if validate is not None or len(member_epochs) != len(members) or min(member_epochs) < 1:
-            raise ValueError(f"member_epochs needs one count >= 1 per member ({len(members)}) "
-                             "and no validate")
     if len(members) == 1:
-        if member_epochs is not None:
-            config = replace(config, epochs=member_epochs[0])
         return _train_one(model, batches, config, log_q=log_q, validate=validate,
                           checkpoint_dir=checkpoint_dir)
     records: list[dict] = []
@@ -330,8 +320,6 @@ def train(
         log.info("ensemble member %d of %d", index + 1, len(members))
         # members=1: a member's own checkpoint is one model's
         member_config = replace(config, seed=member_seed(config.seed, index), members=1)
-        if member_epochs is not None:
-            member_config = replace(member_config, epochs=member_epochs[index])
         directory = None if checkpoint_dir is None else checkpoint_dir / f"member{index}"
         records += [{"member": index, **r} for r in _train_one(
             member, batches, member_config, log_q=log_q, validate=validate, checkpoint_dir=directory)]
@@ -407,23 +395,8 @@ def _train_one(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    elif checkpoint_dir is not None and records:  # no validation: best.pt is what is returned
-        save_checkpoint(model, optimizer, config, records, checkpoint_dir / "best.pt")
     model.eval()
     return records
-
-
-def best_epochs(records: Sequence[dict]) -> list[int]:
-    """Each member's best validation epoch in ``train``'s records, in member order (one model:
-    one count); a member without a validated epoch counts all it ran."""
-    best: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for record in records:
-        member = record.get("member", 0)
-        last[member] = record["epoch"]
-        if record.get("best"):
-            best[member] = record["epoch"]
-    return [best.get(member, last[member]) for member in sorted(last)]
 
 
 def save_checkpoint(model: Towers, optimizer: torch.optim.Optimizer | None, config: TrainConfig,

@@ -1,7 +1,6 @@
 from dataclasses import replace
 
 import numpy as np
-import pytest
 import torch
 
 from export.data.loaders import InMemoryBatches
@@ -9,7 +8,6 @@ from export.model.ensemble import TowerEnsemble
 from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
-    best_epochs,
     build_examples,
     encode_histories,
     member_seed,
@@ -146,34 +144,3 @@ def test_transition_view_reads_the_last_steps_own_successor_vector_and_scripts()
     assert not torch.allclose(after, before)
     scripted = torch.jit.script(model.user_tower)
     torch.testing.assert_close(scripted(rows[:, :4], rows[:, 4:]), after)
-
-
-def test_best_epochs_are_each_members_last_best_epoch():
-    records = [{"member": 0, "epoch": 1, "best": True}, {"member": 0, "epoch": 2, "best": True},
-               {"member": 0, "epoch": 3}, {"member": 1, "epoch": 1, "best": True},
-               {"member": 1, "epoch": 2}, {"member": 2, "epoch": 1}, {"member": 2, "epoch": 2}]
-    # member 2 was never validated better than nothing: it counts every epoch it ran
-    assert best_epochs(records) == [2, 1, 2]
-    assert best_epochs([{"epoch": 1}, {"epoch": 2, "best": True}, {"epoch": 3}]) == [2]
-
-
-def test_member_epochs_train_each_member_exactly_that_long_without_validation(tmp_path):
-    cat = catalog()
-    histories, targets = build_examples(SHOP, cat, 4)
-    config = TrainConfig(dim=8, sequence_length=4, epochs=9, batch_size=4, members=2)
-    log_q = target_log_frequencies(targets, cat.num_embeddings)
-    batches = InMemoryBatches(histories, targets, 4, seed=0)
-    model = new_model(cat, config)
-    records = train(model, batches, config, log_q=log_q, checkpoint_dir=tmp_path, member_epochs=[1, 2])
-    assert [(r["member"], r["epoch"]) for r in records] == [(0, 1), (1, 1), (1, 2)]
-    assert not any("valid_recall@10" in r for r in records)
-    # with no validation, best.pt is the model train returns, for the ensemble and each member
-    for path in (tmp_path / "best.pt", tmp_path / "member0" / "best.pt", tmp_path / "member1" / "best.pt"):
-        assert path.is_file(), path
-    single = new_model(cat, replace(config, members=1))
-    assert len(train(single, batches, replace(config, members=1), log_q=log_q, member_epochs=[3])) == 3
-    for wrong in ([1], [1, 0]):
-        with pytest.raises(ValueError, match="member_epochs"):
-            train(model, batches, config, log_q=log_q, member_epochs=wrong)
-    with pytest.raises(ValueError, match="no validate"):
-        train(model, batches, config, log_q=log_q, member_epochs=[1, 1], validate=lambda m: {})
