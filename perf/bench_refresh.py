@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, nargs="+", default=[100_000, 300_000])
     p.add_argument("--users", type=int, default=5_000, help="users of the live version's data")
     p.add_argument("--items", type=int, default=2_000)
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per refresh")
+    p.add_argument("--epochs", type=int, default=RefreshSettings.model_fields["epochs"].default,
+                   help="fine-tuning epochs per member per refresh (default: the refresh job's)")
     p.add_argument("--members", type=int, default=TrainConfig.members,
                    help="members of the live model (an ensemble's are fine-tuned one after another)")
     p.add_argument("--device", default="cpu")

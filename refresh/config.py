@@ -53,7 +53,7 @@ class RefreshSettings(BaseSettings):
 
     # Fine-tuning from the live weights: a few epochs with early stopping on the validation band
     # (on the drifting synthetic shop 2e-3 learnt the new items where 1e-3 had not yet).
-    epochs: int = Field(default=5, ge=1)  # at most; early stopping ends sooner
+    epochs: int = Field(default=3, ge=1)  # at most, per ensemble member; early stopping ends sooner
     patience: int = Field(default=2, ge=1)  # epochs without a better validation Recall@10
     learning_rate: float = Field(default=2e-3, gt=0)  # Adam, fresh optimiser state
     batch_size: int = Field(default=256, ge=1)  # examples per step (in-batch negatives)
