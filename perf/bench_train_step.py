@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ def measure(items: int, batches: list[int], steps: int) -> dict[str, float]:
     import torch
 
     from export.train import TrainConfig, new_model, target_log_frequencies, train_step
+    from features.catalog import FIRST_ITEM_INDEX as first
     from features.catalog import Item, ItemCatalog
 
     torch.set_num_threads(1)
@@ -46,7 +46,6 @@ def measure(items: int, batches: list[int], steps: int) -> dict[str, float]:
     catalog = ItemCatalog(items=[Item(str(i), str(i), (f"c{i % 20}",), price=10.0) for i in range(items)],
                           categories=[f"c{j}" for j in range(20)])
     rng = np.random.default_rng(0)
-    first = 2  # PAD and OOV come first
     log_q = target_log_frequencies(rng.integers(first, items + first, 10 * items), catalog.num_embeddings)
     out: dict[str, float] = {}
     for size in batches:
@@ -77,11 +76,12 @@ def measure(items: int, batches: list[int], steps: int) -> dict[str, float]:
 
 
 def run_side(root: Path, args: argparse.Namespace) -> dict[str, float]:
+    from perf.harness import side_env
+
     command = [sys.executable, str(Path(__file__).resolve()), "--measure", str(root),
                "--items", str(args.items), "--steps", str(args.steps),
                "--batch", *map(str, args.batch)]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(command, capture_output=True, text=True, env=side_env(root))
     if done.returncode != 0:
         raise RuntimeError(f"{root}: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.items, args.batch, args.steps)))
         return 0
 
-    from perf.compare_versions import worktree
-    from perf.harness import REPO_ROOT, environment, finish, write_csv, write_json
+    from perf.harness import REPO_ROOT, environment, finish, ratio, spread, worktree, write_csv, write_json
 
     started = time.perf_counter()
     rows, problems = [], []
@@ -122,15 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     summary = {}
     for name in sorted({r["measurement"] for r in rows}):
-        per_side = {s: [r["ms"] for r in rows if r["side"] == s and r["measurement"] == name] for s in SIDES}
-        if all(per_side.values()):
-            medians = {s: statistics.median(v) for s, v in per_side.items()}
-            summary[name] = {**{f"{s}_median_ms": m for s, m in medians.items()},
-                             **{f"{s}_range_ms": [min(v), max(v)] for s, v in per_side.items()},
-                             "ratio_new_over_base": round(medians["new"] / medians["base"], 3)}
-            print(f"{name}: base {medians['base']:.3f} ms ({min(per_side['base']):.3f}-"
-                  f"{max(per_side['base']):.3f}), new {medians['new']:.3f} ms ({min(per_side['new']):.3f}-"
-                  f"{max(per_side['new']):.3f}), new/base {summary[name]['ratio_new_over_base']}")
+        sides = {s: spread([r["ms"] for r in rows if r["side"] == s and r["measurement"] == name])
+                 for s in SIDES}
+        summary[name] = {**sides,
+                         "ratio_new_over_base": ratio(sides["new"]["median"], sides["base"]["median"])}
+        print(f"{name}: " + ", ".join(f"{s} {v['median']} ms ({v['min']}-{v['max']})"
+                                      for s, v in sides.items())
+              + f", new/base {summary[name]['ratio_new_over_base']}")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "train_step.json", {"base": args.base, "rounds": rows, "summary": summary,
                                               "environment": environment(items=args.items)})

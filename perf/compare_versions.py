@@ -27,13 +27,11 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the repository importable
@@ -47,6 +45,10 @@ from perf.harness import (  # noqa: E402
     environment,
     figure,
     finish,
+    ratio,
+    side_env,
+    spread,
+    worktree,
     write_csv,
     write_json,
 )
@@ -76,31 +78,12 @@ print(json.dumps({"module": perf.input_data.__file__, "paths": {m: str(p) for m,
 # --- pure logic --------------------------------------------------------------------------------
 
 
-def side_env(root: Path, base_env: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment whose PYTHONPATH is ``root`` alone: the side's code, never the other's."""
-    env = dict(os.environ if base_env is None else base_env)
-    env["PYTHONPATH"] = str(root)
-    return env
-
-
 def measured_row(raw: dict, rnd: int, side: str, load_1m: float | None) -> dict:
     """A perf_analyzer row (analyzer.run_perf_analyzer, microseconds) as one CSV/JSON row (ms)."""
     return {"round": rnd, "side": side, "model": raw["model"], "concurrency": raw["concurrency"],
             **{f"p{p}_ms": round(raw[f"p{p}_us"] / 1000, 3) for p in (50, 90, 99)},
             "throughput": round(raw["throughput"], 1), "requests": raw.get("requests"),
             "load_1m": load_1m, "steps": raw.get("steps", {})}
-
-
-def spread(values: Sequence[float]) -> dict:
-    """Median, min and max of one metric over rounds (None when nothing was measured)."""
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values),
-            "n": len(values)}
-
-
-def ratio(new: float | None, base: float | None) -> float | None:
-    return round(new / base, 3) if new is not None and base else None
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
@@ -151,19 +134,6 @@ def format_summary(summary: Sequence[dict]) -> list[str]:
 
 
 # --- the two sides -----------------------------------------------------------------------------
-
-
-@contextmanager
-def worktree(revision: str, path: Path) -> Iterator[Path]:
-    """``revision`` checked out (detached) at ``path``; removed again however the block ends."""
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO_ROOT,
-                   check=True, capture_output=True, text=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO_ROOT,
-                       capture_output=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=REPO_ROOT, capture_output=True)
 
 
 def prepare(side: str, root: Path, work: Path, args: argparse.Namespace, logs: Path) -> dict:

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -144,3 +145,38 @@ def finish(written: str, problems: Sequence[str], seconds: float | None = None) 
         print("FAILED:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     return 0
+
+
+# --- side by side: a base git revision vs the working tree ---------------------------------
+
+
+@contextlib.contextmanager
+def worktree(revision: str, path: Path) -> Iterator[Path]:
+    """``revision`` checked out (detached) at ``path``; removed again however the block ends."""
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO_ROOT,
+                   check=True, capture_output=True, text=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO_ROOT,
+                       capture_output=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO_ROOT, capture_output=True)
+
+
+def side_env(root: Path, base_env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment whose PYTHONPATH is ``root`` alone: the side's code, never the other's."""
+    env = dict(os.environ if base_env is None else base_env)
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def spread(values: Sequence[float]) -> dict:
+    """Median, min and max of one metric over rounds (None when nothing was measured)."""
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def ratio(new: float | None, base: float | None) -> float | None:
+    return round(new / base, 3) if new is not None and base else None
