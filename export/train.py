@@ -172,7 +172,15 @@ def build_examples(
     """(histories [N, 2L], targets [N]) for every new-item position of every sequence (steps or
     plain item ids, oldest first); rows laid out as ``encode_histories`` lays them out.
     ``target="purchase"``: every first purchase of an item instead, viewed or carted before or not
-    (the next-purchase task of export.evaluation.next_purchase)."""
+    (the next-purchase task of export.evaluation.next_purchase).
+
+    A target's history is every step before it **plus the other steps that share its timestamp**
+    (``Step.ts_ms``; steps without a time share it with nothing), minus the target item's own
+    steps. Events logged at the same moment have no known order (a day-resolution log, ratings
+    saved in one batch): their file order is arbitrary. The evaluated target, the last new item,
+    always sees the rest of its moment in its history, so a training target sees it too rather
+    than an arbitrary part of it. See docs/model.md for what this changed.
+    """
     L = sequence_length
     rows, targets = [], []
     for user in sorted(sequences):
@@ -180,14 +188,21 @@ def build_examples(
         # Encoded once per user, then sliced: the same as encoding each prefix on its own.
         items = catalog.indices_of(sequence)
         types = encode_types(sequence, len(sequence))
+        moment_end = _moment_ends(sequence)
         seen: set[str] = set()
         bought: set[str] = set()
         for t, item in enumerate(sequence):
             purchase = step_type_of(item) == "purchase"
             is_target = item not in seen if target == "new_item" else purchase and item not in bought
             if t and is_target:
-                start = max(0, t - L)
-                rows.append(np.concatenate([pad_left(items[start:t], L), pad_left(types[start:t], L)]))
+                start, end = max(0, t - L), moment_end[t]
+                # steps after t in its moment; the target item's own steps there are its future
+                after = [j for j in range(t + 1, end) if items[j] != items[t]]
+                history, history_types = items[start:t], types[start:t]
+                if after:
+                    history = np.concatenate([history, items[after]])[-L:]
+                    history_types = np.concatenate([history_types, types[after]])[-L:]
+                rows.append(np.concatenate([pad_left(history, L), pad_left(history_types, L)]))
                 targets.append(items[t])
             seen.add(item)
             if purchase:
@@ -195,6 +210,17 @@ def build_examples(
     if not targets:
         return np.zeros((0, 2 * L), np.int64), np.zeros(0, np.int64)
     return np.stack(rows), np.asarray(targets, np.int64)
+
+
+def _moment_ends(sequence: Sequence[str]) -> list[int]:
+    """For each position, one past the last step with the same ``ts_ms`` (a sequence is in time
+    order, so a moment is a run of equal times); a step without a time is a moment of its own."""
+    ends = list(range(1, len(sequence) + 1))
+    for j in range(len(sequence) - 2, -1, -1):
+        here = getattr(sequence[j], "ts_ms", None)
+        if here is not None and here == getattr(sequence[j + 1], "ts_ms", None):
+            ends[j] = ends[j + 1]
+    return ends
 
 
 def encode_histories(histories: Sequence[Sequence[str]], catalog: ItemCatalog, length: int) -> torch.Tensor:

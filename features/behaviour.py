@@ -53,20 +53,25 @@ def type_code(event_type: object) -> int:
 
 class Step(str):
     """One event as the user tower reads it: the item id (this object *is* that string) plus its
-    event type (a name from ``STEP_TYPES``)."""
+    event type (a name from ``STEP_TYPES``) and, when known, its time (``ts_ms``, epoch ms).
+
+    The model never reads the time; training uses it to tell which steps happened at the same
+    moment (``export.train.build_examples``)."""
 
     event_type: str
+    ts_ms: int | None
 
-    def __new__(cls, item_id: str, event_type: object = UNKNOWN) -> Step:
+    def __new__(cls, item_id: str, event_type: object = UNKNOWN, ts_ms: int | None = None) -> Step:
         step = super().__new__(cls, item_id)
         step.event_type = type_name(event_type)
+        step.ts_ms = None if ts_ms is None else int(ts_ms)
         return step
 
-    def __reduce__(self):  # pickle (worker processes) keeps the type
-        return Step, (str(self), self.event_type)
+    def __reduce__(self):  # pickle (worker processes) keeps the type and time
+        return Step, (str(self), self.event_type, self.ts_ms)
 
     def __repr__(self) -> str:
-        return f"Step({str(self)!r}, {self.event_type!r})"
+        return f"Step({str(self)!r}, {self.event_type!r}, {self.ts_ms!r})"
 
 
 class BehaviourEvent(Protocol):
@@ -86,7 +91,7 @@ def event_order(event: BehaviourEvent) -> tuple[int, str]:
 
 def steps_of(events: Iterable[BehaviourEvent]) -> list[Step]:
     """A user's events as steps, oldest first (the order of ``event_order``)."""
-    return [Step(e.item_id, e.event_type) for e in sorted(events, key=event_order)]
+    return [Step(e.item_id, e.event_type, e.ts_ms) for e in sorted(events, key=event_order)]
 
 
 def step_type_of(item: str) -> str:

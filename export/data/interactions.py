@@ -67,9 +67,9 @@ def steps_by_user(frame: pd.DataFrame) -> dict[str, list[Step]]:
     """Steps per user of a frame sorted by (user, time, event id), e.g. any slice of
     ``Dataset.interactions``."""
     out: dict[str, list[Step]] = {}
-    for user, item, event_type in zip(frame["user_id"], frame["item_id"], frame["event_type"],
-                                      strict=True):
-        out.setdefault(user, []).append(Step(item, event_type))
+    for user, item, event_type, ts_ms in zip(frame["user_id"], frame["item_id"], frame["event_type"],
+                                             frame["ts_ms"], strict=True):
+        out.setdefault(user, []).append(Step(item, event_type, ts_ms))
     return out
 
 

@@ -47,6 +47,29 @@ def test_purchase_targets_are_first_purchases_of_seen_items_too():
     _, targets = build_examples(SHOP, cat, 4, target="purchase")
     assert targets.tolist() == cat.indices_of(["1", "3", "2"]).tolist()
 
+def test_a_target_sees_the_other_steps_of_its_moment_but_not_its_own_or_later_ones():
+    cat = catalog()
+    # one day's tags, logged with the day's timestamp: "1", "2", "3" in arbitrary file order,
+    # then a repeat of "2" at the same moment and "4" a day later
+    day, later = 86_400_000, 2 * 86_400_000
+    steps = [Step("0", "view", 0), Step("1", "view", day), Step("2", "view", day),
+             Step("3", "view", day), Step("2", "cart", day), Step("4", "view", later)]
+    histories, targets = build_examples({"u": steps}, cat, 4)
+    rows = {int(t): (h[:4].tolist(), h[4:].tolist()) for h, t in zip(histories, targets, strict=True)}
+    ix = cat.index_of
+    assert list(rows) == [ix("1"), ix("2"), ix("3"), ix("4")]
+    # "2" sees "0", "1" and "3" (its moment), but not its own later cart
+    assert rows[ix("2")][0] == [0, ix("0"), ix("1"), ix("3")]
+    assert rows[ix("1")][0] == [ix("0"), ix("2"), ix("3"), ix("2")]
+    assert rows[ix("1")][1][-1] == type_code("cart")
+    # nothing from a later moment; the last four steps, as served
+    assert rows[ix("4")][0] == [ix("1"), ix("2"), ix("3"), ix("2")]
+    # without times every step is its own moment: the plain prefix
+    plain = [Step(str(s), s.event_type) for s in steps]
+    plain_histories, _ = build_examples({"u": plain}, cat, 4)
+    assert plain_histories[1, :4].tolist() == [0, 0, ix("0"), ix("1")]
+
+
 
 def test_training_rows_encode_exactly_what_the_gateway_sends():
     cat = catalog()
