@@ -13,7 +13,8 @@ not disagree. The rules (docs/features.md, "From events to model inputs"):
 * **The input is the last ``sequence_length`` steps**, left-padded, most recent last. The stores
   keep at least that many events per user (``FeatureRules.history_items``).
 * **What the model predicts is the next new item** (full ranking excludes what the user has
-  seen); repeats are history, never targets.
+  seen); repeats are history, never targets. In training, a target also sees the other steps that
+  share its timestamp, whose order is unknown (``export.train.build_examples``).
 
 A ``Step`` *is* its item id (a ``str``), with the event type attached, so every consumer that only
 needs items (catalog lookups, exclusions, the classical baselines) works on steps unchanged.
