@@ -196,8 +196,15 @@ def build_examples(
             is_target = item not in seen if target == "new_item" else purchase and item not in bought
             if t and is_target:
                 start, end = max(0, t - L), moment_end[t]
-                # steps after t in its moment; the target item's own steps there are its future
-                after = [j for j in range(t + 1, end) if items[j] != items[t]]
+                # steps after t in its moment, the last L at most (a log whose times are all
+                # equal is one moment per user); the target item's own steps there are its future
+                after: list[int] = []
+                for j in range(end - 1, t, -1):
+                    if len(after) == L:
+                        break
+                    if items[j] != items[t]:
+                        after.append(j)
+                after.reverse()
                 history, history_types = items[start:t], types[start:t]
                 if after:
                     history = np.concatenate([history, items[after]])[-L:]

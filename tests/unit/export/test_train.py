@@ -42,6 +42,16 @@ def test_targets_are_new_items_and_the_history_keeps_repeats_with_their_types():
     assert first_types.tolist() == [0, 0, type_code("view"), type_code("cart")]
 
 
+def test_a_log_whose_times_are_all_equal_gives_each_target_the_last_steps_of_the_others():
+    cat = catalog()
+    steps = [Step(str(i), "view", 0) for i in range(6)]
+    histories, targets = build_examples({"u": steps}, cat, 3)
+    ix = cat.index_of
+    assert targets.tolist() == cat.indices_of([str(i) for i in range(1, 6)]).tolist()
+    assert histories[1, :3].tolist() == cat.indices_of(["3", "4", "5"]).tolist()  # target "2"
+    assert histories[4, :3].tolist() == [ix("2"), ix("3"), ix("4")]  # target "5": the prefix
+
+
 def test_purchase_targets_are_first_purchases_of_seen_items_too():
     cat = catalog()
     _, targets = build_examples(SHOP, cat, 4, target="purchase")
