@@ -192,6 +192,15 @@ def test_custom_stop_signal(tmp_path: Path) -> None:
     assert "graceful shutdown" in proc.log_tail()
 
 
+def test_custom_stop_signal_reaches_a_child_of_a_launcher_that_ignores_it(tmp_path: Path) -> None:
+    # what a launcher started in the background (`nohup make test &`) looks like
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        test_custom_stop_signal(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_child_dies_when_python_parent_is_sigkilled(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG: no orphan even if the parent gets no chance to clean up."""
     pid_file = tmp_path / "service.pid"
