@@ -38,14 +38,14 @@ def measure(items: int, batches: list[int], steps: int) -> dict[str, float]:
     import torch
 
     from export.train import TrainConfig, new_model, target_log_frequencies, train_step
-    from features.catalog import FIRST_ITEM_INDEX as first
-    from features.catalog import Item, ItemCatalog
+    from features.catalog import FIRST_ITEM_INDEX, Item, ItemCatalog
 
     torch.set_num_threads(1)
     length = 50
     catalog = ItemCatalog(items=[Item(str(i), str(i), (f"c{i % 20}",), price=10.0) for i in range(items)],
                           categories=[f"c{j}" for j in range(20)])
     rng = np.random.default_rng(0)
+    first = FIRST_ITEM_INDEX
     log_q = target_log_frequencies(rng.integers(first, items + first, 10 * items), catalog.num_embeddings)
     out: dict[str, float] = {}
     for size in batches:

@@ -25,7 +25,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-_SIG_DFL = 0  # signal(2)'s "default action" handler
 _LOG_TAIL_LINES = 40
 
 _live: set[ManagedProcess] = set()
@@ -57,7 +56,7 @@ def _make_preexec(parent_pid: int, libc: ctypes.CDLL) -> Callable[[], None]:
         # A launcher run in the background (`nohup make demo &`) ignores SIGINT, and an ignored
         # signal stays ignored across exec: a Python service would then install no
         # KeyboardInterrupt handler, and a SIGINT stop would wait out its timeout and SIGKILL.
-        libc.signal(int(signal.SIGINT), _SIG_DFL)
+        libc.signal(int(signal.SIGINT), int(signal.SIG_DFL))
 
     return preexec
 
