@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="ignore event types (the id-only ablation)")
     parser.add_argument("--transition", action=argparse.BooleanOptionalAction, default=d.transition,
                         help="the learned 'what follows' vector of the last step (off by default)")
+    parser.add_argument("--whole-history", action=argparse.BooleanOptionalAction,
+                        default=d.whole_history,
+                        help="also train each target from all the user's other steps (set "
+                             "completion); default: decided on validation by a pilot that trains "
+                             "the first member both ways (one extra member's training)")
     parser.add_argument("--members", type=int, default=d.members,
                         help="two-tower models trained one after another, each with its own seed, "
                              "and served as one (1: a single model)")
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                          uniform_negatives=args.uniform_negatives,
                          sequence_length=args.sequence_length, user_tower=args.user_tower,
                          use_types=not args.no_event_types, transition=args.transition,
-                         members=args.members, device=args.device, amp=args.amp)
+                         whole_history=args.whole_history, members=args.members,
+                         device=args.device, amp=args.amp)
     tuning = None
     if args.tune > 0:
         # Trials train with the first seed; the search never reads the test split.

@@ -7,11 +7,13 @@ is exported) and a global temporal split, whose baselines are always evaluated a
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,10 +27,12 @@ from export.evaluation.baselines import evaluate_baselines
 from export.evaluation.metrics import evaluate
 from export.evaluation.report import aggregate_seeds, write_report
 from export.evaluation.temporal import MODEL_OFF, temporal_section, untrainable
-from export.model.ensemble import Towers
+from export.model.ensemble import TowerEnsemble, Towers, members_of
+from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
     build_examples,
+    member_seed,
     new_model,
     resolve_amp,
     resolve_device,
@@ -59,6 +63,8 @@ class SeedRun:
     best_valid_recall: float
     test: dict[str, float]
     seconds: float
+    whole_history: bool  # trained with whole-history examples (TrainConfig.whole_history)
+    pilot: dict | None = None  # how the run chose whole_history, on this seed (choose_whole_history)
 
 
 @dataclass
@@ -144,6 +150,7 @@ def run(
             "loader": loader,
             "device": str(device),
             "amp": resolve_amp(config.amp, device),
+            "whole_history": whole_history_entry(runs),
             "seeds": [_seed_entry(r) for r in runs],
             "exported_seed": best.seed,
         },
@@ -156,6 +163,7 @@ def run(
                                          catalog, config, seeds, loader, artifacts / "temporal")
             temporal_report["models"][MODEL_NAME] = aggregate_seeds([r.test for r in temporal_runs])
             temporal_report["seeds"] = [_seed_entry(r) for r in temporal_runs]
+            temporal_report["whole_history"] = whole_history_entry(temporal_runs)
         else:
             log.warning("temporal protocol: no model trained (%s)", reason)
             temporal_report["model_skipped"] = reason
@@ -186,7 +194,14 @@ def run(
 
 def _seed_entry(r: SeedRun) -> dict:
     return {"seed": r.seed, "seconds": round(r.seconds, 1), "best_valid_recall@10": r.best_valid_recall,
-            "test": r.test, "epochs": r.epochs}
+            "test": r.test, "whole_history": r.whole_history, "epochs": r.epochs}
+
+
+def whole_history_entry(runs: Sequence[SeedRun]) -> dict:
+    """The report's account of ``TrainConfig.whole_history``: set, or chosen by a pilot."""
+    pilot = next((r.pilot for r in runs if r.pilot is not None), None)
+    return {"used": runs[0].whole_history if runs else None,
+            "chosen_on": "validation" if pilot else "config", **({"pilot": pilot} if pilot else {})}
 
 
 def train_seeds(
@@ -206,17 +221,27 @@ def train_seeds(
     DALI loader needs it). Trains on ``config.device``; the DALI loader then reads on the GPU
     too (``dali_device``). The models come back on the CPU."""
     L = config.sequence_length
-    histories, targets = build_examples(train_sequences, catalog, L)
-    log_q = target_log_frequencies(targets, catalog.num_embeddings)
     if loader == "dali" and artifacts is None:
         raise ValueError("the DALI loader reads shards from the artifacts folder: pass artifacts")
-    shards = write_shards(histories, targets, artifacts / "shards") if loader == "dali" else None
-
     dali_on = dali_device(resolve_device(config.device))
+    prepared: dict[bool, tuple] = {}
 
-    def batches(seed: int) -> Iterable:
+    def examples(whole: bool) -> tuple:
+        """(histories, targets, log_q, shards) with or without whole-history rows, built once."""
+        if whole not in prepared:
+            histories, targets = build_examples(train_sequences, catalog, L, whole_history=whole)
+            shards = None
+            if loader == "dali":
+                shards = artifacts / ("shards-whole-history" if whole else "shards")
+                write_shards(histories, targets, shards)
+            prepared[whole] = (histories, targets,
+                               target_log_frequencies(targets, catalog.num_embeddings), shards)
+        return prepared[whole]
+
+    def batches(whole: bool, seed: int) -> Iterable:
+        histories, targets, _, shards = examples(whole)
         if shards is not None:
-            return DaliBatches(artifacts / "shards", config.batch_size, seed=seed, device=dali_on)
+            return DaliBatches(shards, config.batch_size, seed=seed, device=dali_on)
         return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
 
     def validate(m: Towers) -> dict:
@@ -224,23 +249,85 @@ def train_seeds(
         return {k: metrics[k] for k in ("recall@10", "ndcg@10")}
 
     runs = []
+    whole = config.whole_history
     for seed in seeds:
-        seed_config = replace(config, seed=seed)
         seed_everything(seed)  # before the model exists: its initial weights are random too
         model = new_model(catalog, config)
         checkpoints = None if artifacts is None else artifacts / "checkpoints" / f"seed{seed}"
         t0 = time.perf_counter()
-        epochs = train(model, batches(seed), seed_config, log_q=log_q, validate=validate,
-                       checkpoint_dir=checkpoints)
+        pilot, trained, loader_used = None, (), None
+        if whole is None:  # the first seed decides for every seed
+            whole, model, trained, loader_used, pilot = choose_whole_history(
+                model, replace(config, seed=seed), batches, lambda w: examples(w)[2], validate,
+                checkpoints)
+            prepared.pop(not whole, None)  # the losing examples: no longer needed
+        seed_config = replace(config, seed=seed, whole_history=whole)
+        epochs = train(model, loader_used or batches(whole, seed), seed_config,
+                       log_q=examples(whole)[2], validate=validate, checkpoint_dir=checkpoints,
+                       trained=trained)
         seconds = time.perf_counter() - t0
         test = {} if test_targets is None else evaluate(
             score_histories(model, catalog, L), test_histories, test_targets, catalog)
         # The model as it is now: every member at its best epoch (for one model, its best epoch's)
         best_valid = validate(model)["recall@10"]
         model.cpu()  # off the GPU: the next seed's model needs the room, and callers expect CPU
-        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds))
+        runs.append(SeedRun(seed, model, epochs, best_valid, test, seconds, whole, pilot))
         log.info("seed %d: test %s (%.0f s)", seed, {k: round(v, 4) for k, v in test.items()}, seconds)
     return runs
+
+
+def choose_whole_history(
+    model: Towers, config: TrainConfig, batches: Callable[[bool, int], Iterable],
+    log_q: Callable[[bool], torch.Tensor], validate: Callable[[Towers], dict],
+    checkpoint_dir: Path | None,
+) -> tuple[bool, Towers, list[list[dict]], Iterable, dict]:
+    """Decide ``TrainConfig.whole_history`` on validation: ``model``'s first member is trained
+    twice from the same initial weights, as ``train`` would train it, without and then with
+    whole-history examples; the one with the higher best validation Recall@10 wins (a tie keeps
+    them out: the plain examples are what serving sees).
+
+    Nothing is trained twice for nothing: the winner *is* the first member, and its loader (with
+    the epochs it used) goes on to the other members, so the run is exactly the run of
+    ``whole_history`` set to the choice. The cost is one extra member on the first seed.
+
+    Returns (choice, the model with the winner as first member, [its epoch records], its loader,
+    the pilot's report entry).
+    """
+    first = members_of(model)[0]
+    member_config = replace(config, seed=member_seed(config.seed, 0), members=1)
+    member_dir = None
+    if checkpoint_dir is not None:
+        member_dir = checkpoint_dir if isinstance(model, TwoTower) else checkpoint_dir / "member0"
+    outcomes = {}
+    for whole in (False, True):
+        candidate = copy.deepcopy(first)  # both start from the same weights
+        loader = batches(whole, config.seed)
+        log.info("choosing whole_history on validation: first member %s whole-history examples",
+                 "with" if whole else "without")
+        records = train(candidate, loader, replace(member_config, whole_history=whole),
+                        log_q=log_q(whole), validate=validate,
+                        checkpoint_dir=None if member_dir is None else member_dir / _pilot_dir(whole))
+        outcomes[whole] = (candidate, records, loader)
+    best = {whole: max(r["valid_recall@10"] for r in records)
+            for whole, (_, records, _) in outcomes.items()}
+    choice = best[True] > best[False]
+    candidate, records, loader = outcomes[choice]
+    log.info("whole_history=%s: best validation Recall@10 %.4f without, %.4f with",
+             choice, best[False], best[True])
+    if member_dir is not None:  # the winner's checkpoints where the first member's belong
+        shutil.copytree(member_dir / _pilot_dir(choice), member_dir, dirs_exist_ok=True)
+    if isinstance(model, TowerEnsemble):
+        model.members[0] = candidate
+    else:
+        model = candidate
+    pilot = {"seed": config.seed, "chosen": choice,
+             "best_valid_recall@10": {"without": best[False], "with": best[True]},
+             "epochs": {"without": len(outcomes[False][1]), "with": len(outcomes[True][1])}}
+    return choice, model, [records], loader, pilot
+
+
+def _pilot_dir(whole: bool) -> str:
+    return f"pilot-{'with' if whole else 'without'}-whole-history"
 
 
 def dali_device(device: torch.device) -> str:

@@ -75,6 +75,12 @@ class TrainConfig:
     # A learned "what follows" vector per item (UserTower). Off: side by side on three datasets
     # (torch 2.13) it lost on validation and test everywhere (docs/model.md).
     transition: bool = False
+    # Also train on "whole history" examples: each target predicted from every other step of the
+    # user's training history, later ones included (set completion, what EASE learns). They helped
+    # where order says little (a day-resolution tagging log) and hurt badly where it says much
+    # (docs/model.md), so None, the default, decides on validation, once per run
+    # (export.pipeline.train_seeds); True/False force it. Serving is the same either way.
+    whole_history: bool | None = None
     # Two-tower models trained one after another with their own seeds and served as one
     # (export.model.ensemble). 3: the mean of three beat one model on validation and test on
     # every dataset measured (docs/model.md), for 3x the training time.
@@ -94,7 +100,9 @@ def config_from_dict(values: dict) -> TrainConfig:
     """A checkpoint's or serving.json's config dict as a TrainConfig (unknown keys ignored). One
     saved before ensembles existed has no "members": it was one model."""
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{"members": 1} | {k: v for k, v in values.items() if k in names})
+    # Saved before the option existed: trained without whole-history examples.
+    return TrainConfig(**{"members": 1, "whole_history": False}
+                       | {k: v for k, v in values.items() if k in names})
 
 
 def new_model(catalog: ItemCatalog, config: TrainConfig | dict) -> Towers:
@@ -167,7 +175,7 @@ def seed_everything(seed: int) -> None:
 
 def build_examples(
     sequences: dict[str, list[str]], catalog: ItemCatalog, sequence_length: int,
-    target: Literal["new_item", "purchase"] = "new_item",
+    target: Literal["new_item", "purchase"] = "new_item", whole_history: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(histories [N, 2L], targets [N]) for every new-item position of every sequence (steps or
     plain item ids, oldest first); rows laid out as ``encode_histories`` lays them out.
@@ -180,6 +188,10 @@ def build_examples(
     saved in one batch): their file order is arbitrary. The evaluated target, the last new item,
     always sees the rest of its moment in its history, so a training target sees it too rather
     than an arbitrary part of it. See docs/model.md for what this changed.
+
+    ``whole_history=True`` adds a second row per target (the user's first step included): the
+    last L of **all** the user's other steps, later ones too, the target item's own left out
+    (``TrainConfig.whole_history``).
     """
     L = sequence_length
     rows, targets = [], []
@@ -195,28 +207,40 @@ def build_examples(
             purchase = step_type_of(item) == "purchase"
             is_target = item not in seen if target == "new_item" else purchase and item not in bought
             if t and is_target:
-                start, end = max(0, t - L), moment_end[t]
-                # steps after t in its moment, the last L at most (a log whose times are all
-                # equal is one moment per user); the target item's own steps there are its future
-                after: list[int] = []
-                for j in range(end - 1, t, -1):
-                    if len(after) == L:
-                        break
-                    if items[j] != items[t]:
-                        after.append(j)
-                after.reverse()
-                history, history_types = items[start:t], types[start:t]
+                # steps after t in its moment (a log whose times are all equal is one moment per
+                # user); the target item's own steps there are its future
+                after = _last_steps_except(items, items[t], t + 1, moment_end[t], L)
+                history, history_types = items[max(0, t - L):t], types[max(0, t - L):t]
                 if after:
                     history = np.concatenate([history, items[after]])[-L:]
                     history_types = np.concatenate([history_types, types[after]])[-L:]
                 rows.append(np.concatenate([pad_left(history, L), pad_left(history_types, L)]))
                 targets.append(items[t])
+            if whole_history and is_target:
+                others = _last_steps_except(items, items[t], 0, len(sequence), L)
+                if others:
+                    rows.append(np.concatenate([pad_left(items[others], L),
+                                                pad_left(types[others], L)]))
+                    targets.append(items[t])
             seen.add(item)
             if purchase:
                 bought.add(item)
     if not targets:
         return np.zeros((0, 2 * L), np.int64), np.zeros(0, np.int64)
     return np.stack(rows), np.asarray(targets, np.int64)
+
+
+def _last_steps_except(items: np.ndarray, item: int, start: int, stop: int, limit: int) -> list[int]:
+    """The last ``limit`` positions in [start, stop) whose item is not ``item``, oldest first
+    (a backward scan: linear in ``limit`` plus the skipped steps, however long the range)."""
+    found: list[int] = []
+    for j in range(stop - 1, start - 1, -1):
+        if len(found) == limit:
+            break
+        if items[j] != item:
+            found.append(j)
+    found.reverse()
+    return found
 
 
 def _moment_ends(sequence: Sequence[str]) -> list[int]:
@@ -334,6 +358,7 @@ def train(
     log_q: torch.Tensor | None = None,
     validate: Callable[[Towers], dict[str, float]] | None = None,
     checkpoint_dir: Path | None = None,
+    trained: Sequence[list[dict]] = (),
 ) -> list[dict]:
     """Train in place; returns one record per epoch (an ensemble's carry their "member").
 
@@ -343,13 +368,20 @@ def train(
     members learned nearly the same ranking and the ensemble gained nothing over one model (on
     MovieLens latest-small, docs/model.md); trained apart, they differ, and their mean gains.
     Members' checkpoints go to ``checkpoint_dir/member<i>/``, the ensemble's to ``checkpoint_dir``.
+
+    ``trained``: the epoch records of the first members, already trained this way (a pilot,
+    export.pipeline); they are kept as they are and the rest trained after them.
     """
     members = members_of(model)
+    if len(trained) > len(members):
+        raise ValueError(f"{len(trained)} members trained, but the model has {len(members)}")
     if len(members) == 1:
-        return _train_one(model, batches, config, log_q=log_q, validate=validate,
-                          checkpoint_dir=checkpoint_dir)
-    records: list[dict] = []
+        return list(trained[0]) if trained else _train_one(
+            model, batches, config, log_q=log_q, validate=validate, checkpoint_dir=checkpoint_dir)
+    records = [{"member": index, **r} for index, rs in enumerate(trained) for r in rs]
     for index, member in enumerate(members):
+        if index < len(trained):
+            continue
         log.info("ensemble member %d of %d", index + 1, len(members))
         # members=1: a member's own checkpoint is one model's
         member_config = replace(config, seed=member_seed(config.seed, index), members=1)

@@ -234,7 +234,10 @@ def tune(
         config = replace(base, **params, epochs=epochs, patience=patience, seed=seed, members=1)
         L = config.sequence_length
         if L not in examples:
-            examples[L] = build_examples(split.train, catalog, L)
+            # whole_history is not searched: its default (None) is decided by a pilot in every
+            # run (export.pipeline.choose_whole_history), so trials train as it forces or without
+            examples[L] = build_examples(split.train, catalog, L,
+                                         whole_history=bool(config.whole_history))
         histories, targets = examples[L]
         log_q = target_log_frequencies(targets, log_q_size)
         records: list[dict] = []

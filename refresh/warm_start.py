@@ -114,7 +114,10 @@ def finetune(model: Towers, catalog: ItemCatalog, train_sequences: dict[str, lis
     """Train ``model`` in place on every new-item position of ``train_sequences`` (export's
     examples and losses); early stopping on ``validate`` when given. Returns the epoch records
     and the number of training examples."""
-    histories, targets = build_examples(train_sequences, catalog, config.sequence_length)
+    # A checkpoint's config carries the choice its run made (None only in a hand-made config:
+    # a warm start has no pilot to decide it, so the plain examples)
+    histories, targets = build_examples(train_sequences, catalog, config.sequence_length,
+                                        whole_history=bool(config.whole_history))
     if not len(targets):
         raise ValueError("no training examples in the window")
     log.info("fine-tuning on %d examples (%d users), %d epochs at most", len(targets),

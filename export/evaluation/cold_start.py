@@ -39,7 +39,7 @@ from export.data.split import leave_last_out
 from export.evaluation.metrics import ScoreFn, evaluate
 from export.evaluation.report import aggregate_seeds
 from export.model.ensemble import Towers, members_of
-from export.pipeline import load_dataset, train_seeds
+from export.pipeline import load_dataset, train_seeds, whole_history_entry
 from export.train import TrainConfig, score_histories
 from features.catalog import ItemCatalog
 
@@ -146,7 +146,8 @@ def run(dataset: Dataset, config: TrainConfig, seeds: Sequence[int],
     models = {"category_popularity": both(category_popularity(train_histories, catalog)),
               "user_category": both(user_category(train_histories, catalog))}
     seed_runs = []
-    for run_ in train_seeds(train_histories, valid, test_histories, None, catalog, config, seeds):
+    runs = train_seeds(train_histories, valid, test_histories, None, catalog, config, seeds)
+    for run_ in runs:
         forget_ids(run_.model, catalog, cold)
         seed_runs.append(both(score_histories(run_.model, catalog, L)))
         log.info("seed %d: %s", run_.seed, seed_runs[-1])
@@ -157,7 +158,7 @@ def run(dataset: Dataset, config: TrainConfig, seeds: Sequence[int],
         "dataset": dataset.name, "holdout_fraction": fraction, "cold_items": len(cold),
         "users": len(users),
         "item_attributes": attributes, "seeds": list(seeds), "config": config.as_dict(),
-        "models": models, "per_seed": seed_runs,
+        "whole_history": whole_history_entry(runs), "models": models, "per_seed": seed_runs,
         "seconds_total": round(time.perf_counter() - started, 1),
     }
 

@@ -101,6 +101,12 @@ def format_table(report: dict) -> str:
     """
     _check(report)
     lines = _table(f"{_title(report)} (full ranking)", report["models"])
+    pilot = report.get("train", {}).get("whole_history", {}).get("pilot")
+    if pilot:
+        valid = pilot["best_valid_recall@10"]
+        lines.append(f"(two-tower: whole-history examples {'on' if pilot['chosen'] else 'off'}, "
+                     f"chosen on validation: Recall@10 {valid['without']:.4f} without, "
+                     f"{valid['with']:.4f} with)")
     for name, protocol in report.get("protocols", {}).items():
         if name == "leave_last_out" or not protocol.get("models"):
             continue
