@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from export.data.examples import build_examples
 from export.data.interactions import Dataset, load_interactions_file, load_movielens_100k
 from export.data.loaders import DaliBatches, InMemoryBatches, write_shards
 from export.data.split import leave_last_out, temporal_split
@@ -31,7 +32,6 @@ from export.model.ensemble import TowerEnsemble, Towers, members_of
 from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
-    build_examples,
     member_seed,
     new_model,
     resolve_amp,

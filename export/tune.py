@@ -30,6 +30,7 @@ from pathlib import Path
 
 import optuna
 
+from export.data.examples import build_examples
 from export.data.interactions import Dataset
 from export.data.loaders import InMemoryBatches
 from export.data.split import leave_last_out
@@ -37,7 +38,6 @@ from export.evaluation.metrics import evaluate
 from export.model.ensemble import Towers
 from export.train import (
     TrainConfig,
-    build_examples,
     new_model,
     resolve_device,
     score_histories,

@@ -14,7 +14,7 @@ not disagree. The rules (docs/features.md, "From events to model inputs"):
   keep at least that many events per user (``FeatureRules.history_items``).
 * **What the model predicts is the next new item** (full ranking excludes what the user has
   seen); repeats are history, never targets. In training, a target also sees the other steps that
-  share its timestamp, whose order is unknown (``export.train.build_examples``).
+  share its timestamp, whose order is unknown (``export.data.examples.build_examples``).
 
 A ``Step`` *is* its item id (a ``str``), with the event type attached, so every consumer that only
 needs items (catalog lookups, exclusions, the classical baselines) works on steps unchanged.
@@ -57,7 +57,7 @@ class Step(str):
     event type (a name from ``STEP_TYPES``) and, when known, its time (``ts_ms``, epoch ms).
 
     The model never reads the time; training uses it to tell which steps happened at the same
-    moment (``export.train.build_examples``)."""
+    moment (``export.data.examples.build_examples``)."""
 
     event_type: str
     ts_ms: int | None

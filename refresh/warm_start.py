@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.data.examples import build_examples
 from export.data.loaders import InMemoryBatches
 from export.model.ensemble import Towers, members_of
 from export.train import (
     TrainConfig,
-    build_examples,
     config_from_dict,
     new_model,
     seed_everything,

@@ -3,7 +3,7 @@
 Both loaders are iterables with the same contract, so a training loop can take either:
 each ``iter()`` is one epoch that yields ``(histories LongTensor [B, L], targets LongTensor [B])``
 (``L`` here is the width of a history row, whatever it packs: the trainer's rows are the item
-indices and then the event-type codes of its sequence, see ``export.train.build_examples``)
+indices and then the event-type codes of its sequence, see ``export.data.examples.build_examples``)
 covering every training row exactly once; the last batch of an epoch is *kept* even when it holds
 fewer than ``batch_size`` rows (as the original in-memory loop did). ``len()`` is the number of
 batches per epoch, ``ceil(rows / batch_size)``.

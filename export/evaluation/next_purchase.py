@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.data.examples import build_examples
 from export.data.interactions import Dataset
 from export.data.loaders import InMemoryBatches
 from export.data.synthetic import generate
@@ -39,7 +40,6 @@ from export.evaluation.report import aggregate_seeds
 from export.pipeline import load_dataset
 from export.train import (
     TrainConfig,
-    build_examples,
     new_model,
     score_histories,
     seed_everything,

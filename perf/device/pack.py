@@ -141,8 +141,9 @@ def write_data(staging: Path, plan: P.Plan, full_repo: Path, artifacts: Path, da
                users: int = 500) -> dict:
     import numpy as np
 
+    from export.data.examples import build_examples
     from export.data.split import leave_last_out
-    from export.train import TrainConfig, build_examples
+    from export.train import TrainConfig
     from export.triton.repository import (
         MODEL_CODE,
         WARMUP_K_FILE,

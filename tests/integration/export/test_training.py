@@ -36,6 +36,10 @@ def test_temporal_run_trains_a_separate_model_per_seed_on_pre_cut_data(tmp_path)
     temporal = result.report["protocols"]["temporal"]
     assert set(temporal["models"]) == {"two_tower"} and "model_skipped" not in temporal
     assert [s["seed"] for s in temporal["seeds"]] == [0] and len(temporal["seeds"][0]["epochs"]) == 1
+    # each protocol's own pilot decides whole-history examples on its own validation split
+    for section in (temporal, result.report["train"]):
+        assert section["whole_history"]["chosen_on"] == "validation"
+        assert section["whole_history"]["used"] == section["whole_history"]["pilot"]["chosen"]
     assert 0.0 <= temporal["models"]["two_tower"]["recall@10"] <= 1.0
     assert (tmp_path / "temporal" / "checkpoints" / "seed0" / "best.pt").is_file()
     assert (tmp_path / "checkpoints" / "seed0" / "best.pt").is_file()  # leave-last-out as before

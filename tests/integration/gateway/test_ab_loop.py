@@ -59,8 +59,10 @@ def shop(tmp_path_factory):
     truth = generate(**SHOP)
     interactions, items = write_files(truth, root / "data")
     # One model, not the 3-member default: the A/B loop is the subject, and an ensemble triples the
-    # training (the session's model in tests/integration/conftest.py serves the default)
-    result = run(str(interactions), root / "repo", root / "artifacts", TrainConfig(epochs=10, members=1),
+    # training (the session's model in tests/integration/conftest.py serves the default); for the
+    # same reason whole-history examples are set, not decided by a pilot (another training)
+    result = run(str(interactions), root / "repo", root / "artifacts",
+                 TrainConfig(epochs=10, members=1, whole_history=False),
                  items_path=items, baselines=False)
     repo = root / "repo"
     info = json.loads((repo / sig.RETRIEVE / "1" / sig.SERVING_FILE).read_text())

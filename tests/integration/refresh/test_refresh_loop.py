@@ -128,8 +128,10 @@ def test_one_refresh_follows_the_drift_and_a_crash_changes_nothing(kafka, tmp_pa
     shop.before.to_csv(tmp_path / "before.csv", index=False)
     shop.items.drop(columns=["stock"]).to_csv(tmp_path / "items.csv", index=False)
     repo, artifacts = tmp_path / "repo", tmp_path / "artifacts"
-    # One model: the refresh loop is the subject (warm starts of an ensemble: tests/unit/refresh)
-    export_run(str(tmp_path / "before.csv"), repo, artifacts, TrainConfig(epochs=8, patience=2, members=1),
+    # One model, whole-history examples set rather than piloted: the refresh loop is the subject
+    # (warm starts of an ensemble: tests/unit/refresh)
+    export_run(str(tmp_path / "before.csv"), repo, artifacts,
+               TrainConfig(epochs=8, patience=2, members=1, whole_history=False),
                items_path=tmp_path / "items.csv", baselines=False)
 
     topic, catalog_topic = f"events-{uuid.uuid4().hex[:8]}", f"catalog-{uuid.uuid4().hex[:8]}"

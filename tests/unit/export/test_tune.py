@@ -27,9 +27,9 @@ def test_search_reads_only_the_validation_split_and_records_every_trial(dataset,
         evaluated.append((histories, targets))
         return real_evaluate(score_fn, histories, targets, catalog, *args, **kwargs)
 
-    def spy_examples(sequences, catalog, length):
+    def spy_examples(sequences, catalog, length, **kwargs):
         trained_on.append(sequences)
-        return real_examples(sequences, catalog, length)
+        return real_examples(sequences, catalog, length, **kwargs)
 
     monkeypatch.setattr(tuning, "leave_last_out", spy_split)
     monkeypatch.setattr(tuning, "evaluate", spy_evaluate)
