@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import refresh.warm_start as warm_start_module
 from export.train import TrainConfig, new_model
 from export.triton.cold_items import extend_catalog, extend_model
 from features.catalog import FIRST_ITEM_INDEX, Item
@@ -107,3 +108,24 @@ def test_an_ensemble_is_warm_started_and_loaded_member_by_member(catalog, tmp_pa
     with torch.no_grad():
         assert torch.allclose(loaded.item_embeddings(), cold.item_embeddings(), atol=1e-6)
     assert loaded_config == config and loaded.item_embeddings().shape[1] == 16
+
+
+@pytest.mark.parametrize(("saved", "used"), [(True, True), (False, False), (None, False)])
+def test_fine_tuning_builds_the_examples_its_model_was_trained_on(catalog, live, monkeypatch,
+                                                                  saved, used):
+    """A checkpoint's config carries its run's whole-history choice; a warm start has no pilot,
+    so an undecided (hand-made) config trains on the plain examples."""
+    built = []
+
+    def spy(sequences, catalog, length, **kwargs):
+        built.append(kwargs.get("whole_history"))
+        return real(sequences, catalog, length, **kwargs)
+
+    real = warm_start_module.build_examples
+    monkeypatch.setattr(warm_start_module, "build_examples", spy)
+    sequences = {"u": [item.item_id for item in catalog.items[:4]]}
+    records, examples = warm_start_module.finetune(
+        live, catalog, sequences, replace(CONFIG, whole_history=saved, epochs=1, batch_size=4), None)
+    assert built == [used] and len(records) == 1
+    # three new items after the first; with whole-history rows also all four, from the others
+    assert examples == (3 + 4 if used else 3)

@@ -60,6 +60,7 @@ def test_purchase_targets_are_first_purchases_of_seen_items_too():
     _, targets = build_examples(SHOP, cat, 4, target="purchase")
     assert targets.tolist() == cat.indices_of(["1", "3", "2"]).tolist()
 
+
 def test_a_target_sees_the_other_steps_of_its_moment_but_not_its_own_or_later_ones():
     cat = catalog()
     # one day's tags, logged with the day's timestamp: "1", "2", "3" in arbitrary file order,
