@@ -16,7 +16,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from export.data.examples import build_examples
@@ -65,6 +67,13 @@ class SeedRun:
     seconds: float
     whole_history: bool  # trained with whole-history examples (TrainConfig.whole_history)
     pilot: dict | None = None  # how the run chose whole_history, on this seed (choose_whole_history)
+
+
+class _Examples(NamedTuple):
+    histories: np.ndarray
+    targets: np.ndarray
+    log_q: torch.Tensor
+    shards: Path | None  # the DALI loader's copy on disk
 
 
 @dataclass
@@ -224,25 +233,25 @@ def train_seeds(
     if loader == "dali" and artifacts is None:
         raise ValueError("the DALI loader reads shards from the artifacts folder: pass artifacts")
     dali_on = dali_device(resolve_device(config.device))
-    prepared: dict[bool, tuple] = {}
+    prepared: dict[bool, _Examples] = {}
 
-    def examples(whole: bool) -> tuple:
-        """(histories, targets, log_q, shards) with or without whole-history rows, built once."""
+    def examples(whole: bool) -> _Examples:
+        """The training examples with or without whole-history rows, built once."""
         if whole not in prepared:
             histories, targets = build_examples(train_sequences, catalog, L, whole_history=whole)
             shards = None
             if loader == "dali":
                 shards = artifacts / ("shards-whole-history" if whole else "shards")
                 write_shards(histories, targets, shards)
-            prepared[whole] = (histories, targets,
-                               target_log_frequencies(targets, catalog.num_embeddings), shards)
+            prepared[whole] = _Examples(
+                histories, targets, target_log_frequencies(targets, catalog.num_embeddings), shards)
         return prepared[whole]
 
     def batches(whole: bool, seed: int) -> Iterable:
-        histories, targets, _, shards = examples(whole)
-        if shards is not None:
-            return DaliBatches(shards, config.batch_size, seed=seed, device=dali_on)
-        return InMemoryBatches(histories, targets, config.batch_size, seed=seed)
+        rows = examples(whole)
+        if rows.shards is not None:
+            return DaliBatches(rows.shards, config.batch_size, seed=seed, device=dali_on)
+        return InMemoryBatches(rows.histories, rows.targets, config.batch_size, seed=seed)
 
     def validate(m: Towers) -> dict:
         metrics = evaluate(score_histories(m, catalog, L), train_sequences, valid_targets, catalog)
@@ -258,12 +267,12 @@ def train_seeds(
         pilot, trained, loader_used = None, (), None
         if whole is None:  # the first seed decides for every seed
             whole, model, trained, loader_used, pilot = choose_whole_history(
-                model, replace(config, seed=seed), batches, lambda w: examples(w)[2], validate,
+                model, replace(config, seed=seed), batches, lambda w: examples(w).log_q, validate,
                 checkpoints)
             prepared.pop(not whole, None)  # the losing examples: no longer needed
         seed_config = replace(config, seed=seed, whole_history=whole)
         epochs = train(model, loader_used or batches(whole, seed), seed_config,
-                       log_q=examples(whole)[2], validate=validate, checkpoint_dir=checkpoints,
+                       log_q=examples(whole).log_q, validate=validate, checkpoint_dir=checkpoints,
                        trained=trained)
         seconds = time.perf_counter() - t0
         test = {} if test_targets is None else evaluate(

@@ -1,22 +1,19 @@
-import random
 from dataclasses import replace
 
 import pytest
 import torch
 
+from export.data.split import leave_last_out
+from export.data.synthetic import generate
 from export.pipeline import train_seeds, whole_history_entry
 from export.train import TrainConfig
-from features.catalog import Item, ItemCatalog
 
 
-def small_log(users=40, items=20, length=8, seed=0):
-    rng = random.Random(seed)
-    catalog = ItemCatalog.from_items([Item(str(i), str(i % 3)) for i in range(items)])
-    sequences = {f"u{u}": [str(rng.randrange(items)) for _ in range(length)] for u in range(users)}
-    # a validation target is a new item for its user
-    valid = {user: rng.choice(sorted({str(i) for i in range(items)} - set(steps)))
-             for user, steps in sequences.items()}
-    return catalog, sequences, valid
+def small_log():
+    """A small synthetic shop, split as every run splits its data."""
+    dataset = generate(n_users=60, n_items=30, n_categories=3, days=5, seed=0).to_dataset()
+    split = leave_last_out(dataset)
+    return dataset.catalog, split.train, split.valid
 
 
 @pytest.mark.parametrize("members", [1, 2])
