@@ -110,3 +110,53 @@ def test_baselines_reproduce_the_design_reference_on_movielens(movielens_test_re
     metrics = movielens_test_results[name]
     assert metrics["recall@10"] == pytest.approx(REFERENCE_RECALL_AT_10[name], abs=0.015)
     assert 0.0 < metrics["coverage@10"] <= metrics["coverage@20"] <= 1.0
+
+
+def _without(histories, items):
+    return {u: [i for i in seq if i not in items] for u, seq in histories.items()}
+
+
+def test_a_catalog_above_the_dense_cap_fits_its_most_frequent_items(catalog, monkeypatch):
+    import export.evaluation.baselines as baselines
+
+    histories = {"u1": ["a", "b", "c"], "u2": ["a", "b", "d"], "u3": ["b", "c", "e"],
+                 "u4": ["a", "c", "f"], "u5": ["a", "b", "c", "d"], "u6": ["d", "e"],
+                 "u7": ["a", "f", "d"]}
+    hist = [["a"], ["d", "e"], ["f", "c"]]
+    uncapped = {name: BASELINES[name](histories, catalog)(hist) for name in BASELINES}
+    # a 5, b 4, c 4, d 4, e 2, f 2: above a cap of 4 rows, the 4 most frequent are a, b, c, d
+    monkeypatch.setattr(baselines, "DENSE_ITEMS_MAX", 4)
+    columns = baselines.fitted_items(histories, catalog)
+    assert [catalog.item_at(int(c)).item_id for c in columns] == ["a", "b", "c", "d"]
+    rare = {"e", "f"}
+    for name, fit in (("ease", fit_ease), ("itemknn", fit_itemknn)):
+        scores = fit(histories, catalog)(hist)
+        assert scores.shape == (3, catalog.num_embeddings)
+        # exactly the uncapped fit on the histories without the left-out items
+        monkeypatch.setattr(baselines, "DENSE_ITEMS_MAX", 10 ** 6)
+        expected = fit(_without(histories, rare), catalog)(hist)
+        monkeypatch.setattr(baselines, "DENSE_ITEMS_MAX", 4)
+        assert np.allclose(scores, expected), name
+        assert not np.allclose(scores, uncapped[name]), name  # the cap did change the fit
+        assert np.all(scores[:, [catalog.index_of(i) for i in rare]] == 0.0)
+    counts = transition_counts(histories, catalog, columns=columns)
+    assert counts.shape == (4, 4)
+    position = {catalog.item_at(int(c)).item_id: p for p, c in enumerate(columns)}
+    # a->b 3, b->c 3, a->c, b->d, c->d once each; u7's a -> f -> d is no a->d pair
+    assert counts[position["a"], position["b"]] == 3 and counts[position["b"], position["c"]] == 3
+    assert counts[position["a"], position["d"]] == 0 and counts.sum() == 9
+    cooc = fit_cooccurrence(histories, catalog)
+    popular_first = cooc([["e"]])[0]  # a left-out last item: the popularity ranking
+    assert np.array_equal(np.argsort(-popular_first, kind="stable"),
+                          np.argsort(-fit_popularity(histories, catalog)([["e"]])[0], kind="stable"))
+    assert best(cooc, catalog, ["c", "a"]) == "b"
+
+
+def test_gram_matrix_is_the_same_in_user_chunks(catalog, monkeypatch):
+    import export.evaluation.baselines as baselines
+
+    histories = {"u1": ["a", "b", "c"], "u2": ["a", "b"], "u3": ["c", "a", "d"], "u4": ["e", "d"]}
+    whole = baselines.gram_matrix(histories, catalog)
+    monkeypatch.setattr(baselines, "GRAM_USERS_PER_CHUNK", 1)
+    assert np.array_equal(baselines.gram_matrix(histories, catalog), whole)
+    assert whole[catalog.index_of("a"), catalog.index_of("b")] == 2
