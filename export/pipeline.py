@@ -26,7 +26,7 @@ from export.data.interactions import Dataset, load_interactions_file, load_movie
 from export.data.loaders import DaliBatches, InMemoryBatches, write_shards
 from export.data.split import leave_last_out, temporal_split
 from export.data.synthetic import generate
-from export.evaluation.baselines import DENSE_ITEMS_MAX, evaluate_baselines
+from export.evaluation.baselines import evaluate_baselines, items_modelled
 from export.evaluation.metrics import evaluate
 from export.evaluation.report import aggregate_seeds, write_report
 from export.evaluation.temporal import MODEL_OFF, temporal_section, untrainable
@@ -134,9 +134,9 @@ def run(
     test_histories = split.history_for("test")
     models: dict[str, dict] = {}
     if baselines:
-        if catalog.num_embeddings > DENSE_ITEMS_MAX:
+        if items_modelled(catalog) < catalog.num_items:
             log.warning("%d items: the item-item baselines are fitted on the %d most frequent "
-                        "(export.evaluation.baselines)", catalog.num_items, DENSE_ITEMS_MAX)
+                        "(export.evaluation.baselines)", catalog.num_items, items_modelled(catalog))
         models.update(evaluate_baselines(test_histories, split.test, catalog))
 
     temporal_data = temporal_split(dataset)
@@ -157,8 +157,7 @@ def run(
         "items": catalog.num_items,
         "interactions": len(dataset.interactions),
         "models": models,
-        # catalog rows the item-item baselines model: all unless above their cap (baselines.py)
-        "baseline_items": min(catalog.num_embeddings, DENSE_ITEMS_MAX) if baselines else None,
+        "baseline_items": items_modelled(catalog) if baselines else None,
         "train": {
             "config": config.as_dict(),
             "loader": loader,

@@ -43,6 +43,12 @@ def fitted_items(histories: dict[str, list[str]], catalog: ItemCatalog,
     return np.sort(np.argsort(-counts, kind="stable")[:max_items])
 
 
+def items_modelled(catalog: ItemCatalog) -> int:
+    """How many of the catalog's items the item-item baselines model (the report's
+    ``baseline_items``): all, or ``DENSE_ITEMS_MAX`` above it."""
+    return catalog.num_items if catalog.num_embeddings <= DENSE_ITEMS_MAX else DENSE_ITEMS_MAX
+
+
 def _positions(columns: np.ndarray, catalog: ItemCatalog) -> np.ndarray:
     """Catalog row -> its position in ``columns``, -1 where it is not one of them."""
     position = np.full(catalog.num_embeddings, -1, dtype=np.int64)

@@ -10,6 +10,8 @@ def test_short_training_run_beats_popularity(exported):
     assert set(models) >= {"popularity", "itemknn", "ease", "cooccurrence", "two_tower"}
     assert models["two_tower"]["recall@10"] > models["popularity"]["recall@10"] + 0.03
     assert models["two_tower"]["ndcg@10"] > models["popularity"]["ndcg@10"]
+    # 1,682 items, far below the cap: the item-item baselines model all of them
+    assert exported.result.report["baseline_items"] == exported.result.report["items"] == 1682
 
 
 def test_report_and_chart_are_written(exported):

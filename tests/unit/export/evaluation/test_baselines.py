@@ -160,3 +160,11 @@ def test_gram_matrix_is_the_same_in_user_chunks(catalog, monkeypatch):
     monkeypatch.setattr(baselines, "GRAM_USERS_PER_CHUNK", 1)
     assert np.array_equal(baselines.gram_matrix(histories, catalog), whole)
     assert whole[catalog.index_of("a"), catalog.index_of("b")] == 2
+
+
+def test_items_modelled_is_the_catalog_or_the_cap(catalog, monkeypatch):
+    import export.evaluation.baselines as baselines
+
+    assert baselines.items_modelled(catalog) == catalog.num_items == 6
+    monkeypatch.setattr(baselines, "DENSE_ITEMS_MAX", 4)
+    assert baselines.items_modelled(catalog) == 4
