@@ -39,8 +39,14 @@ GENERATED_ID_FORMAT = "row~{:012d}"
 # More malformed rows than this (a fraction of all rows) means the wrong file or a broken export:
 # fail loudly rather than train a model on the remainder.
 MAX_REJECTED_FRACTION = 0.5
-# Timestamps later than now + this are clock or unit errors (e.g. milliseconds read as seconds).
+# Timestamps later than now + this are clock or unit errors (e.g. one row in milliseconds in a log
+# in seconds).
 MAX_CLOCK_SKEW_S = 24 * 3600
+# Epoch numbers are seconds unless the column's median says otherwise: read as seconds, a median
+# above 1e11 is after the year 5000, while read as milliseconds it is after 1973 (and above 1e14,
+# as microseconds). Exports from Java and JavaScript systems, and many public logs, use them.
+# (unit, median above, per second), largest first.
+EPOCH_UNITS = (("us", 1e14, 1e6), ("ms", 1e11, 1e3))
 EXAMPLES_PER_REASON = 3
 
 # Rejection reasons, checked in this order; a row is counted under the first one it fails.
@@ -70,6 +76,7 @@ class CleaningReport:
     rows_kept: int
     duplicates: int
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows, only reasons that occurred
+    timestamp_unit: str = "s"  # of the epoch numbers in the timestamp column: "s", "ms" or "us"
     # reason -> first rows as read (plus "row": 0-based position among the data rows)
     examples: dict[str, list[dict[str, object]]] = field(default_factory=dict)
 
@@ -79,8 +86,9 @@ class CleaningReport:
 
     def summary(self) -> str:
         reasons = ", ".join(f"{r}={n}" for r, n in self.rejected.items()) or "none"
+        unit = "" if self.timestamp_unit == "s" else f", epoch timestamps read as {self.timestamp_unit}"
         return (f"{self.source}: {self.rows_in} rows in, {self.rows_kept} kept, {self.duplicates} "
-                f"duplicates, {self.rows_rejected} rejected ({reasons})")
+                f"duplicates, {self.rows_rejected} rejected ({reasons}){unit}")
 
 
 def clean_interactions(
@@ -110,7 +118,7 @@ def clean_interactions(
 
     _check_contexts(frame.get("context"), source)
     users, items = _as_text(frame["user_id"]), _as_text(frame["item_id"])
-    seconds, ts_missing = _parse_timestamps(frame["timestamp"])
+    seconds, ts_missing, unit = _parse_timestamps(frame["timestamp"])
     given_ids = _as_text(frame["event_id"]) if "event_id" in frame.columns else None
     generated = pd.Series([GENERATED_ID_FORMAT.format(i) for i in range(len(frame))],
                           index=frame.index, dtype=object)
@@ -152,6 +160,7 @@ def clean_interactions(
         rows_in=len(frame),
         rows_kept=len(cleaned),
         duplicates=len(out) - len(deduped),
+        timestamp_unit=unit,
         rejected={r: int(n) for r in REASONS if (n := (reason == r).sum())},
         examples={r: _examples(frame, reason == r) for r in REASONS if (reason == r).any()},
     )
@@ -253,26 +262,33 @@ def _valid_ids(ids: pd.Series) -> pd.Series:
     return pd.Series(ok[codes], index=ids.index)
 
 
-def _parse_timestamps(column: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Epoch seconds (float, NaN when unparseable; fractions kept to the millisecond) and a
-    missing-cell mask.
+def _parse_timestamps(column: pd.Series) -> tuple[pd.Series, pd.Series, str]:
+    """Epoch seconds (float, NaN when unparseable; fractions kept to the millisecond), a
+    missing-cell mask, and the unit the column's epoch numbers were read in (``EPOCH_UNITS``).
 
-    Accepts integer/float epoch seconds, datetime columns (naive = UTC) and text holding either
-    epoch seconds or ISO-8601.
+    Accepts integer/float epoch seconds (or milliseconds or microseconds, decided once for the
+    column), datetime columns (naive = UTC) and text holding either epoch numbers or ISO-8601.
     """
     if pd.api.types.is_datetime64_any_dtype(column):
         utc = column.dt.tz_convert("UTC") if column.dt.tz is not None else column.dt.tz_localize("UTC")
-        return (utc - _EPOCH) // pd.Timedelta(milliseconds=1) / 1000, column.isna()
+        return (utc - _EPOCH) // pd.Timedelta(milliseconds=1) / 1000, column.isna(), "s"
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         seconds = column.astype(float)
         missing = seconds.isna()
+        iso = pd.Series(False, index=column.index)
     else:
         text = _as_text(column)
         missing = text == ""
         seconds = pd.to_numeric(text, errors="coerce").astype(float)
-        seconds[~missing & seconds.isna()] = _parse_iso(text[~missing & seconds.isna()])
+        iso = ~missing & seconds.isna()
     seconds[~np.isfinite(seconds)] = np.nan
-    return seconds, missing
+    numbers = seconds[~iso].dropna()
+    median = float(numbers.median()) if len(numbers) else 0.0
+    unit, per_second = next(((u, n) for u, above, n in EPOCH_UNITS if median > above), ("s", 1.0))
+    seconds = seconds / per_second
+    if iso.any():
+        seconds[iso] = _parse_iso(text[iso])
+    return seconds, missing, unit
 
 
 def _parse_iso(text: pd.Series) -> pd.Series:

@@ -98,6 +98,33 @@ def test_timestamps_accept_epoch_seconds_and_iso_8601():
                                      1704067230900, 1704067240123, 1704067250001]
 
 
+@pytest.mark.parametrize("unit, per_second", [("ms", 1_000), ("us", 1_000_000)])
+def test_epoch_milliseconds_and_microseconds_are_recognised_by_the_column(tmp_path, unit, per_second):
+    # a log exported in ms (or us): read as seconds every row would be in the far future
+    path = tmp_path / "log.csv"
+    times = [1704067200123, 1704067201000, 1704067260500]  # ms
+    rows = [f"u1,i{k},{t * per_second // 1000}" for k, t in enumerate(times)]
+    path.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    dataset = load_interactions_file(path)
+    assert dataset.interactions["ts_ms"].tolist() == times
+    assert dataset.cleaning.timestamp_unit == unit and dataset.cleaning.rejected == {}
+    assert f"epoch timestamps read as {unit}" in dataset.cleaning.summary()
+    # numbers in ms next to ISO text in one column: the ISO cells are not divided
+    raw = frame([("u", "a", "1704067200000", "view", ""), ("u", "b", "2024-01-01T00:00:05Z", "view", ""),
+                 ("u", "c", 1704067210000, "view", "")])
+    out, report = clean_interactions(raw, now_s=1_800_000_000)
+    assert out["ts_ms"].tolist() == [1704067200000, 1704067205000, 1704067210000]
+    assert report.timestamp_unit == "ms"
+
+
+def test_one_millisecond_row_in_a_log_in_seconds_is_a_future_timestamp():
+    raw = frame([("u", "a", 1704067200, "view", ""), ("u", "b", 1704067201, "view", ""),
+                 ("u", "c", 1704067202000, "view", "")])
+    out, report = clean_interactions(raw, now_s=1_800_000_000)
+    assert report.timestamp_unit == "s" and report.rejected == {FUTURE_TIMESTAMP: 1}
+    assert out["item_id"].tolist() == ["a", "b"]
+
+
 def test_duplicates_are_judged_after_parsing():
     raw = frame([("u", "a", "1704067200", "VIEW", ""), ("u", "a", "2024-01-01T00:00:00Z", "view", ""),
                  ("u", "a", "2024-01-01T00:00:00Z", "purchase", "9.5")])
