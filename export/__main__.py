@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     parser.add_argument("--temperature", type=float, default=d.temperature)
+    parser.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                        help="validate and serve a moving average of the weights (e.g. 0.998; "
+                             "0 = off)")
     parser.add_argument("--id-dropout", type=float, default=d.id_dropout,
                         help="train items without their id vector this often (leans on attributes)")
     parser.add_argument("--sequence-length", type=int, default=d.sequence_length,
@@ -93,10 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--instances: {error}")
     if args.members < 1:
         parser.error(f"--members: at least 1, not {args.members}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        parser.error(f"--ema-decay: in [0, 1), not {args.ema_decay}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig(epochs=args.epochs, patience=args.patience, dim=args.dim,
                          batch_size=args.batch_size, learning_rate=args.learning_rate,
                          temperature=args.temperature, loss=args.loss, id_dropout=args.id_dropout,
+                         ema_decay=args.ema_decay,
                          uniform_negatives=args.uniform_negatives,
                          sequence_length=args.sequence_length, user_tower=args.user_tower,
                          use_types=not args.no_event_types, transition=args.transition,

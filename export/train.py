@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from export.model.ensemble import TowerEnsemble, Towers, members_of
@@ -63,6 +64,12 @@ class TrainConfig:
     batch_size: int = 256
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
+    # > 0: what is validated, kept at the best epoch and served is an exponential moving average
+    # of the weights (per step: avg = decay * avg + (1 - decay) * weights, so about the last
+    # 1 / (1 - decay) steps), not the last step's weights. Off: at 0.998 (one model, seed 0) best
+    # validation Recall@10 moved +5 % on Last.fm, -1 % on ML-100K, -12 % on latest-small
+    # (docs/model.md).
+    ema_decay: float = 0.0
     temperature: float = 0.07
     recency_decay: float = 0.9
     dropout: float = 0.1
@@ -339,6 +346,10 @@ def _train_one(
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
+    average = None if config.ema_decay <= 0 else AveragedModel(
+        model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+    # the weights validated, kept and returned: the average when there is one
+    scored = model if average is None else average.module
     records: list[dict] = []
     best_score, best_state, stale = float("-inf"), None, 0
     for epoch in range(1, config.epochs + 1):
@@ -351,17 +362,20 @@ def _train_one(
         for batch in bar:
             loss = train_step(model, optimizer, batch, config, device, log_q=log_q,
                               generator=generator, amp=amp)
+            if average is not None:
+                average.update_parameters(model)
             total += loss.double()
             steps += 1
             if device.type == "cpu" or steps % LOSS_SHOWN_EVERY == 0:
                 bar.set_postfix(loss=f"{float(total) / steps:.3f}")
         record: dict = {"epoch": epoch, "loss": round(float(total) / max(steps, 1), 4)}
         model.eval()
+        scored.eval()
         if validate is not None:
-            record.update({f"valid_{k}": round(v, 4) for k, v in validate(model).items()})
+            record.update({f"valid_{k}": round(v, 4) for k, v in validate(scored).items()})
             score = record["valid_recall@10"]
             if score > best_score:
-                best_score, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+                best_score, best_state, stale = score, copy.deepcopy(scored.state_dict()), 0
                 record["best"] = True
             else:
                 stale += 1
@@ -370,10 +384,12 @@ def _train_one(
         if checkpoint_dir is not None:
             save_checkpoint(model, optimizer, config, records, checkpoint_dir / "last.pt")
             if record.get("best"):
-                save_checkpoint(model, optimizer, config, records, checkpoint_dir / "best.pt")
+                save_checkpoint(scored, optimizer, config, records, checkpoint_dir / "best.pt")
         if validate is not None and stale >= config.patience:
             log.info("early stop: no better validation recall@10 for %d epochs", stale)
             break
+    if best_state is None and average is not None:
+        best_state = average.module.state_dict()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

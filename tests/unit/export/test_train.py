@@ -121,3 +121,58 @@ def test_transition_view_reads_the_last_steps_own_successor_vector_and_scripts()
     assert not torch.allclose(after, before)
     scripted = torch.jit.script(model.user_tower)
     torch.testing.assert_close(scripted(rows[:, :4], rows[:, 4:]), after)
+
+
+def test_ema_validates_keeps_and_returns_the_moving_average_of_the_trained_weights(tmp_path,
+                                                                                   monkeypatch):
+    import export.train as train_module
+
+    cat = catalog()
+    histories, targets = build_examples(SHOP, cat, 4, whole_history=True)  # 5 rows: 3 batches
+    decay = 0.9
+    config = TrainConfig(dim=8, sequence_length=4, epochs=2, batch_size=2, members=1,
+                         ema_decay=decay)
+    raw_steps = []  # the trained (not averaged) weights after every step
+    step = train_module.train_step
+
+    def recording_step(model, *args, **kwargs):
+        loss = step(model, *args, **kwargs)
+        raw_steps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    scores = iter([0.5, 0.1])  # epoch 1 is the best
+    validated = []
+
+    def validate(m):
+        validated.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return {"recall@10": next(scores), "ndcg@10": 0.0}
+
+    torch.manual_seed(0)
+    model = new_model(cat, config)
+    batches = InMemoryBatches(histories, targets, 2, seed=0)
+    train(model, batches, config, log_q=target_log_frequencies(targets, cat.num_embeddings),
+          validate=validate, checkpoint_dir=tmp_path)
+    per_epoch = len(raw_steps) // 2
+    assert per_epoch == len(batches) > 1
+
+    def average_after(n):  # the average the definition gives after n steps
+        average = {k: v.clone() for k, v in raw_steps[0].items()}
+        for weights in raw_steps[1:n]:
+            for k, v in weights.items():
+                if v.is_floating_point():
+                    average[k] = decay * average[k] + (1 - decay) * v
+        return average
+
+    for epoch, seen in enumerate(validated, start=1):  # validation saw the average, not the weights
+        expected = average_after(epoch * per_epoch)
+        for k, v in seen.items():
+            torch.testing.assert_close(v, expected[k], msg=k)
+    returned, best = model.state_dict(), torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    last = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    for k, v in average_after(per_epoch).items():  # the best epoch's average is kept and saved
+        torch.testing.assert_close(returned[k], v, msg=k)
+        torch.testing.assert_close(best[k], v, msg=k)
+        torch.testing.assert_close(last[k], raw_steps[-1][k], msg=k)  # last.pt: the trained weights
+    assert not torch.equal(returned["item_tower.encoder.id_embedding.weight"],
+                           raw_steps[per_epoch - 1]["item_tower.encoder.id_embedding.weight"])
