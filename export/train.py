@@ -67,8 +67,8 @@ class TrainConfig:
     # > 0: what is validated, kept at the best epoch and served is an exponential moving average
     # of the weights (per step: avg = decay * avg + (1 - decay) * weights, so about the last
     # 1 / (1 - decay) steps), not the last step's weights. Off: at 0.998 (one model, seed 0) best
-    # validation Recall@10 moved +5 % on Last.fm, -1 % on ML-100K, -12 % on latest-small
-    # (docs/model.md).
+    # validation Recall@10 moved +5 % on Last.fm, -1 % on ML-100K, -12 % on latest-small, and
+    # the 3-seed ensemble on Last.fm gained nothing on test (docs/model.md).
     ema_decay: float = 0.0
     temperature: float = 0.07
     recency_decay: float = 0.9
