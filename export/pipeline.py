@@ -133,10 +133,11 @@ def run(
 
     test_histories = split.history_for("test")
     models: dict[str, dict] = {}
+    modelled = items_modelled(catalog) if baselines else None
     if baselines:
-        if items_modelled(catalog) < catalog.num_items:
+        if modelled < catalog.num_items:
             log.warning("%d items: the item-item baselines are fitted on the %d most frequent "
-                        "(export.evaluation.baselines)", catalog.num_items, items_modelled(catalog))
+                        "(export.evaluation.baselines)", catalog.num_items, modelled)
         models.update(evaluate_baselines(test_histories, split.test, catalog))
 
     temporal_data = temporal_split(dataset)
@@ -157,7 +158,7 @@ def run(
         "items": catalog.num_items,
         "interactions": len(dataset.interactions),
         "models": models,
-        "baseline_items": items_modelled(catalog) if baselines else None,
+        "baseline_items": modelled,
         "train": {
             "config": config.as_dict(),
             "loader": loader,
