@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train each target from all the user's other steps (set "
                              "completion); default: decided on validation by a pilot that trains "
                              "the first member both ways (one extra member's training)")
+    parser.add_argument("--item-item", action=argparse.BooleanOptionalAction, default=d.item_item,
+                        help="add EASE, factorised to --item-item-rank, to the towers' score with a "
+                             "weight chosen on validation after training (0 when it does not help)")
+    parser.add_argument("--item-item-rank", type=int, default=d.item_item_rank)
     parser.add_argument("--members", type=int, default=d.members,
                         help="two-tower models trained one after another, each with its own seed, "
                              "and served as one (1: a single model)")
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                          sequence_length=args.sequence_length, user_tower=args.user_tower,
                          use_types=not args.no_event_types, transition=args.transition,
                          whole_history=args.whole_history, members=args.members,
+                         item_item=args.item_item, item_item_rank=args.item_item_rank,
                          device=args.device, amp=args.amp)
     tuning = None
     if args.tune > 0:

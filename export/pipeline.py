@@ -31,13 +31,16 @@ from export.evaluation.metrics import evaluate
 from export.evaluation.report import aggregate_seeds, write_report
 from export.evaluation.temporal import MODEL_OFF, temporal_section, untrainable
 from export.model.ensemble import TowerEnsemble, Towers, members_of
+from export.model.item_item import Blended, fit_item_item
 from export.model.towers import TwoTower
 from export.train import (
     TrainConfig,
+    encode_histories,
     member_seed,
     new_model,
     resolve_amp,
     resolve_device,
+    save_checkpoint,
     score_histories,
     seed_everything,
     target_log_frequencies,
@@ -55,6 +58,11 @@ PROTOCOL = ("leave-last-out per user over the first interaction with each item (
 POPULAR_ITEMS_KEPT = 200
 SNAPSHOT_FILE = "user_histories.json"
 MODEL_NAME = "two_tower"
+# The item-item term's weights tried on validation, relative to the ratio of the towers' score
+# spread to the term's (so the grid means the same on any dataset); 0, the towers alone, is
+# always a candidate. On Last.fm validation peaked at .1 to .3 (docs/model.md).
+ITEM_ITEM_WEIGHTS = (0.05, 0.1, 0.2, 0.4)
+SPREAD_USERS = 512  # validation users the score spreads are measured on
 
 
 @dataclass
@@ -147,6 +155,8 @@ def run(
 
     runs = train_seeds(split.train, split.valid, test_histories, split.test, catalog, config,
                         seeds, loader, artifacts)
+    item_item = blend_item_item(runs, split.train, split.valid, test_histories, split.test,
+                                catalog, config, artifacts)
     models[MODEL_NAME] = aggregate_seeds([r.test for r in runs])
     # Which model to ship is decided on validation data only, never on the test split.
     best = max(runs, key=lambda r: r.best_valid_recall)
@@ -165,6 +175,7 @@ def run(
             "device": str(device),
             "amp": resolve_amp(config.amp, device),
             "whole_history": whole_history_entry(runs),
+            "item_item": item_item,
             "seeds": [_seed_entry(r) for r in runs],
             "exported_seed": best.seed,
         },
@@ -175,6 +186,10 @@ def run(
             temporal_runs = train_seeds(temporal_data.train, temporal_data.valid,
                                          temporal_data.history_for("test"), temporal_data.test,
                                          catalog, config, seeds, loader, artifacts / "temporal")
+            temporal_report["item_item"] = blend_item_item(
+                temporal_runs, temporal_data.train, temporal_data.valid,
+                temporal_data.history_for("test"), temporal_data.test, catalog, config,
+                artifacts / "temporal")
             temporal_report["models"][MODEL_NAME] = aggregate_seeds([r.test for r in temporal_runs])
             temporal_report["seeds"] = [_seed_entry(r) for r in temporal_runs]
             temporal_report["whole_history"] = whole_history_entry(temporal_runs)
@@ -338,6 +353,72 @@ def choose_whole_history(
              "best_valid_recall@10": {"without": best[False], "with": best[True]},
              "epochs": {"without": len(outcomes[False][1]), "with": len(outcomes[True][1])}}
     return choice, model, [records], loader, pilot
+
+
+def blend_item_item(
+    runs: list[SeedRun],
+    train_sequences: dict[str, list],
+    valid_targets: dict[str, str],
+    test_histories: dict[str, list],
+    test_targets: dict[str, str] | None,
+    catalog: ItemCatalog,
+    config: TrainConfig,
+    artifacts: Path | None = None,
+) -> dict:
+    """Add the item-item term (``export.model.item_item``) to each seed's towers where validation
+    says so; returns the report's account. In place: a run whose best weight is not 0 gets the
+    ``Blended`` model, its test metrics and validation score; its checkpoint ``best.pt`` is the
+    blended model (config ``item_item_weight`` set), so cold items and refresh start from it.
+
+    The weight is chosen with the term fitted on the training sequences (what validation may
+    see). The served and tested term is refitted on the test histories (training sequences plus
+    validation targets), as the EASE baseline is, with the weight kept.
+    """
+    if not config.item_item:
+        return {"used": False, "chosen_on": "config"}
+    started = time.perf_counter()
+    L = config.sequence_length
+    fitted = fit_item_item(train_sequences, catalog, config.item_item_rank)
+    served = fit_item_item(test_histories, catalog, config.item_item_rank)
+    rank = int(served.sources.shape[1])
+    sample = [train_sequences[u] for u in sorted(valid_targets)[:SPREAD_USERS]]
+    rows = encode_histories(sample, catalog, L)[:, :L]
+    with torch.no_grad():
+        term_spread = float((fitted(rows) @ fitted.targets.T).std(dim=1).mean())
+    entries, towers_tests = [], []
+    for r in runs:
+        towers_spread = float(score_histories(r.model, catalog, L)(sample).std(axis=1).mean())
+        valid = {0.0: r.best_valid_recall}
+        for relative in ITEM_ITEM_WEIGHTS if term_spread > 0 else ():
+            blended = Blended(r.model, fitted, relative * towers_spread / term_spread)
+            valid[relative] = evaluate(score_histories(blended, catalog, L), train_sequences,
+                                       valid_targets, catalog)["recall@10"]
+        chosen = max(valid, key=lambda w: (valid[w], -w))  # a tie keeps the smaller weight
+        weight = chosen * towers_spread / term_spread if chosen else 0.0
+        entry = {"seed": r.seed, "valid_recall@10": {str(w): v for w, v in valid.items()},
+                 "chosen": chosen, "weight": weight, "towers_test": r.test}
+        log.info("seed %d: item-item weight %s (validation Recall@10 %s)", r.seed, chosen,
+                 {w: round(v, 4) for w, v in valid.items()})
+        towers_tests.append(r.test)
+        if chosen:
+            r.model = Blended(r.model, served, weight)
+            r.best_valid_recall = valid[chosen]
+            if test_targets is not None:
+                r.test = evaluate(score_histories(r.model, catalog, L), test_histories,
+                                  test_targets, catalog)
+            entry["test"] = r.test
+            if artifacts is not None:
+                # the fitted rank (below the configured one on a catalog that small), so a model
+                # rebuilt on a grown catalog has the same width
+                saved = replace(config, seed=r.seed, whole_history=r.whole_history,
+                                item_item_weight=weight, item_item_rank=rank)
+                save_checkpoint(r.model, None, saved, r.epochs,
+                                artifacts / "checkpoints" / f"seed{r.seed}" / "best.pt")
+        entries.append(entry)
+    return {"used": any(e["chosen"] for e in entries), "chosen_on": "validation",
+            "rank": rank, "relative_weights": [0.0, *ITEM_ITEM_WEIGHTS],
+            "towers_only_test": aggregate_seeds(towers_tests) if test_targets is not None else {},
+            "seeds": entries, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _pilot_dir(whole: bool) -> str:

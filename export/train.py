@@ -40,6 +40,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from export.model.ensemble import TowerEnsemble, Towers, members_of
+from export.model.item_item import ITEM_ITEM_RANK, Blended, ItemItem
 from export.model.towers import TwoTower
 from features.behaviour import encode_types
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
@@ -89,6 +90,13 @@ class TrainConfig:
     # (export.model.ensemble). 3: the mean of three beat one model on validation and test on
     # every dataset measured (docs/model.md), for 3x the training time.
     members: int = 3
+    # The item-item term (export.model.item_item): EASE factorised to item_item_rank, added to the
+    # towers' score with a weight chosen on validation after training (export.pipeline,
+    # choose_item_item; 0 when it does not help). item_item_weight is that choice, recorded so a
+    # checkpoint rebuilds the model it holds; False: towers only.
+    item_item: bool = True
+    item_item_rank: int = ITEM_ITEM_RANK
+    item_item_weight: float = 0.0
     loss: Literal["full", "sampled"] = "sampled"
     uniform_negatives: int = 0  # per batch, shared by all rows; only for loss="sampled"
     logq_correction: bool = True
@@ -111,7 +119,8 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 def new_model(catalog: ItemCatalog, config: TrainConfig | dict) -> Towers:
     """A freshly initialised model with ``config``'s architecture (seed first for repeatability):
-    a ``TwoTower``, or a ``TowerEnsemble`` of ``config.members`` of them. ``config`` may be a
+    a ``TwoTower``, or a ``TowerEnsemble`` of ``config.members`` of them; with a positive
+    ``item_item_weight``, that inside a ``Blended`` with zero factors. ``config`` may be a
     checkpoint's or serving.json's config dict (unknown keys ignored; a config from before
     ensembles, without "members", is one model)."""
     if isinstance(config, dict):
@@ -121,7 +130,11 @@ def new_model(catalog: ItemCatalog, config: TrainConfig | dict) -> Towers:
     members = [TwoTower(catalog, config.dim, config.sequence_length, config.recency_decay,
                         config.dropout, config.id_dropout, config.user_tower, config.use_types,
                         config.transition) for _ in range(config.members)]
-    return members[0] if len(members) == 1 else TowerEnsemble(members)
+    towers = members[0] if len(members) == 1 else TowerEnsemble(members)
+    if config.item_item_weight > 0:  # factors to be loaded from a checkpoint
+        rank = min(config.item_item_rank, catalog.num_embeddings)
+        return Blended(towers, ItemItem.empty(catalog.num_embeddings, rank), config.item_item_weight)
+    return towers
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -294,7 +307,11 @@ def train(
 
     ``trained``: the epoch records of the first members, already trained this way (a pilot,
     export.pipeline); they are kept as they are and the rest trained after them.
+
+    A ``Blended`` model trains its towers; the item-item term is fitted, not trained, and stays.
     """
+    if isinstance(model, Blended):
+        model = model.towers
     members = members_of(model)
     if len(trained) > len(members):
         raise ValueError(f"{len(trained)} members trained, but the model has {len(members)}")

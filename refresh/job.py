@@ -45,7 +45,7 @@ from refresh.history import RunRecord
 from refresh.metrics import RefreshMetrics
 from refresh.publish import Publisher, RolloutPublisher
 from refresh.source import KafkaEventSource
-from refresh.warm_start import finetune, finetune_config, load_live, warm_start
+from refresh.warm_start import finetune, finetune_config, load_live, refit_item_item, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,7 @@ class RefreshJob:
                 def validate(m):
                     return ranking_metrics(m, change.catalog, split.train, split.valid, L)
             epochs, examples = finetune(candidate, change.catalog, split.train, config, validate)
+            candidate = refit_item_item(candidate, change.catalog, split.train, config)
         with steps("evaluate_candidate"):
             record.candidate = {**self._numbers(candidate, change.catalog, split, L), "epochs": epochs,
                                 "train_examples": examples}

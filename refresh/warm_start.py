@@ -23,6 +23,7 @@ import torch
 from export.data.examples import build_examples
 from export.data.loaders import InMemoryBatches
 from export.model.ensemble import Towers, members_of
+from export.model.item_item import Blended, fit_item_item
 from export.train import (
     TrainConfig,
     config_from_dict,
@@ -128,6 +129,17 @@ def finetune(model: Towers, catalog: ItemCatalog, train_sequences: dict[str, lis
     records = train(model, batches, config, log_q=log_q, validate=validate)
     model.cpu()
     return records, len(targets)
+
+
+def refit_item_item(model: Towers, catalog: ItemCatalog, train_sequences: dict[str, list[Step]],
+                    config: TrainConfig) -> Towers:
+    """A blended model (``export.model.item_item``) with its item-item term fitted again on the
+    candidate's training data, at the live weight: the term is fitted, not trained, so this is
+    its fine-tuning, and new items with interactions get their rows. Other models as they are."""
+    if not isinstance(model, Blended):
+        return model
+    return Blended(model.towers, fit_item_item(train_sequences, catalog, config.item_item_rank),
+                   model.weight)
 
 
 def finetune_config(live: TrainConfig, *, epochs: int, patience: int, learning_rate: float,

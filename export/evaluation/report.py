@@ -107,6 +107,14 @@ def format_table(report: dict) -> str:
         lines.append(f"(two-tower: whole-history examples {'on' if pilot['chosen'] else 'off'}, "
                      f"chosen on validation: Recall@10 {valid['without']:.4f} without, "
                      f"{valid['with']:.4f} with)")
+    item_item = report.get("train", {}).get("item_item", {})
+    if item_item.get("chosen_on") == "validation":
+        chosen = ", ".join(str(s["chosen"]) for s in item_item["seeds"])
+        towers = item_item.get("towers_only_test", {})
+        alone = (f"; towers alone: Recall@10 {towers['recall@10']:.4f}, NDCG@10 "
+                 f"{towers['ndcg@10']:.4f}" if "recall@10" in towers else "")
+        lines.append(f"(two-tower: item-item term, rank {item_item['rank']}, relative weight per "
+                     f"seed chosen on validation: {chosen}{alone})")
     for name, protocol in report.get("protocols", {}).items():
         if name == "leave_last_out" or not protocol.get("models"):
             continue

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from export.model.item_item import Blended
 from export.model.towers import ItemTower, TwoTower, UserTower
 
 
@@ -73,9 +74,11 @@ class TowerEnsemble(nn.Module):
         return torch.cat([m.item_embeddings() for m in self.members], dim=-1) * len(self.members) ** -0.5
 
 
-Towers = TwoTower | TowerEnsemble
+Towers = TwoTower | TowerEnsemble | Blended
 
 
 def members_of(model: Towers) -> list[TwoTower]:
-    """The single models inside ``model`` (itself, when it is one)."""
+    """The single models inside ``model`` (itself, when it is one; a ``Blended`` model's towers')."""
+    if isinstance(model, Blended):
+        model = model.towers
     return list(model.members) if isinstance(model, TowerEnsemble) else [model]

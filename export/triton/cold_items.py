@@ -31,6 +31,7 @@ from torch import nn
 from export.data.cleaning import items_from_frame
 from export.data.interactions import read_table
 from export.model.ensemble import TowerEnsemble, Towers
+from export.model.item_item import Blended, ItemItem
 from export.train import load_checkpoint, new_model
 from export.triton.repository import ServingConfig, export_repository
 from features import contract as sig
@@ -64,7 +65,14 @@ def split_updates(catalog: ItemCatalog, updates: Iterable[ItemUpdate]) -> tuple[
 @torch.no_grad()
 def extend_model(model: Towers, catalog: ItemCatalog, extended: ItemCatalog) -> Towers:
     """Grow the (shared) item encoder's tables to ``extended`` in place, in every member of an
-    ensemble; trained rows unchanged."""
+    ensemble; trained rows unchanged. A blended model's item-item factors get zero rows: a new
+    item has no interactions for EASE to learn from, so the towers alone rank it."""
+    if isinstance(model, Blended):
+        extend_model(model.towers, catalog, extended)
+        term = model.item_item
+        rows = extended.num_embeddings
+        model.item_item = ItemItem(grown_rows(term.sources, rows), grown_rows(term.targets, rows))
+        return model
     if isinstance(model, TowerEnsemble):
         for member in model.members:
             extend_model(member, catalog, extended)
@@ -90,6 +98,12 @@ def extend_model(model: Towers, catalog: ItemCatalog, extended: ItemCatalog) -> 
     encoder.prices = prices.clamp(max=encoder.price_embedding.num_embeddings - 1)
     model.all_items = torch.arange(extended.num_embeddings)
     return model
+
+
+def grown_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
+    out = torch.zeros(rows, table.shape[1], dtype=table.dtype)
+    out[:table.shape[0]] = table
+    return out
 
 
 def publish_cold_items(repository: Path, checkpoint: Path, new_items: list[Item],

@@ -1,6 +1,9 @@
 """The trained model (the session's short ML-100K run) against the baselines of the same run."""
 
+import json
+
 from export.evaluation.report import format_table
+from export.model.item_item import Blended
 from export.pipeline import run
 from export.train import TrainConfig
 
@@ -18,6 +21,17 @@ def test_report_and_chart_are_written(exported):
     assert (exported.artifacts / "report.json").stat().st_size > 0
     assert (exported.artifacts / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (exported.artifacts / "checkpoints" / "seed0" / "best.pt").is_file()
+
+
+def test_the_item_item_term_is_decided_on_validation_and_served_as_chosen(exported):
+    item_item = exported.result.report["train"]["item_item"]
+    (seed,) = item_item["seeds"]
+    assert item_item["chosen_on"] == "validation" and item_item["rank"] == 256
+    assert seed["valid_recall@10"][str(seed["chosen"])] == max(seed["valid_recall@10"].values())
+    served = json.loads((exported.repository / "retrieve" / "1" / "serving.json").read_text())
+    # the ensemble's three 64-wide vectors, and the term's 256 columns when it is used
+    assert served["dim"] == 3 * 64 + (256 if item_item["used"] else 0)
+    assert isinstance(exported.result.model, Blended) == item_item["used"]
 
 
 def test_report_lists_every_protocol_with_per_seed_numbers(exported):
@@ -41,6 +55,7 @@ def test_temporal_run_trains_a_separate_model_per_seed_on_pre_cut_data(tmp_path)
     # each protocol's own pilot decides whole-history examples on its own validation split
     for section in (temporal, result.report["train"]):
         assert section["whole_history"]["chosen_on"] == "validation"
+        assert section["item_item"]["chosen_on"] == "validation"
         assert section["whole_history"]["used"] == section["whole_history"]["pilot"]["chosen"]
     assert 0.0 <= temporal["models"]["two_tower"]["recall@10"] <= 1.0
     assert (tmp_path / "temporal" / "checkpoints" / "seed0" / "best.pt").is_file()

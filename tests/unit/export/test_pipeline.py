@@ -1,12 +1,16 @@
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
+from export import pipeline
 from export.data.split import leave_last_out
 from export.data.synthetic import generate
+from export.evaluation.metrics import evaluate
+from export.model.item_item import Blended
 from export.pipeline import train_seeds, whole_history_entry
-from export.train import TrainConfig
+from export.train import TrainConfig, new_model, score_histories
 
 
 def small_log():
@@ -51,3 +55,49 @@ def test_the_pilot_decides_whole_history_on_validation_and_runs_as_if_it_had_bee
     ensemble = torch.load(seed0 / "best.pt", weights_only=True)
     assert ensemble["config"]["whole_history"] == pilot["chosen"]
     assert ensemble["config"]["members"] == members
+
+
+def test_the_item_item_weight_is_chosen_on_validation_and_the_blend_is_what_is_saved(tmp_path, monkeypatch):
+    dataset = generate(n_users=60, n_items=30, n_categories=3, days=5, seed=0).to_dataset()
+    split = leave_last_out(dataset)
+    catalog, sequences, valid = dataset.catalog, split.train, split.valid
+    test_histories, test = split.history_for("test"), split.test
+    config = TrainConfig(dim=8, sequence_length=6, epochs=2, batch_size=16, members=1,
+                         whole_history=False)
+    runs = train_seeds(sequences, valid, sequences, valid, catalog, config, seeds=(0,),
+                       artifacts=tmp_path)
+    towers, towers_valid = runs[0].model, runs[0].best_valid_recall
+
+    seen = []
+
+    def recording(score_fn, histories, targets, *args, **kwargs):
+        seen.append(targets)
+        return evaluate(score_fn, histories, targets, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "evaluate", recording)
+    entry = pipeline.blend_item_item(runs, sequences, valid, test_histories, test, catalog, config,
+                                     tmp_path)
+    (seed,) = entry["seeds"]
+    choices = seed["valid_recall@10"]
+    assert choices["0.0"] == towers_valid and len(choices) == len(pipeline.ITEM_ITEM_WEIGHTS) + 1
+    best = max(choices.values())
+    assert choices[str(seed["chosen"])] == best  # the smallest weight among the best
+    assert all(float(w) >= seed["chosen"] for w, v in choices.items() if v == best)
+    # every weight was judged on validation targets; the test targets were read once, afterwards
+    assert all(t is valid for t in seen[:len(pipeline.ITEM_ITEM_WEIGHTS)])
+    assert seed["chosen"] > 0  # on this seeded log the term helps
+    assert seen[len(pipeline.ITEM_ITEM_WEIGHTS):] == [test]
+
+    assert isinstance(runs[0].model, Blended) and runs[0].model.towers is towers
+    assert runs[0].best_valid_recall == best and seed["test"] == runs[0].test
+    saved = torch.load(tmp_path / "checkpoints" / "seed0" / "best.pt", weights_only=True)
+    assert saved["config"]["item_item_weight"] == seed["weight"] > 0
+    loaded = new_model(catalog, saved["config"])
+    loaded.load_state_dict(saved["model"])
+    histories = list(test_histories.values())
+    np.testing.assert_allclose(score_histories(loaded.eval(), catalog, 6)(histories),
+                               score_histories(runs[0].model, catalog, 6)(histories), atol=1e-5)
+
+    off = pipeline.blend_item_item(runs, sequences, valid, test_histories, test, catalog,
+                                   replace(config, item_item=False))
+    assert off == {"used": False, "chosen_on": "config"}

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import refresh.warm_start as warm_start_module
+from export.model.item_item import Blended, fit_item_item
 from export.train import TrainConfig, new_model
 from export.triton.cold_items import extend_catalog, extend_model
 from features.catalog import FIRST_ITEM_INDEX, Item
 from refresh.catalog import extend
-from refresh.warm_start import grown, load_live, warm_start, zero_rows
+from refresh.warm_start import grown, load_live, refit_item_item, warm_start, zero_rows
 
 CONFIG = TrainConfig(dim=8, sequence_length=5, transition=True, members=1)
 
@@ -129,3 +130,28 @@ def test_fine_tuning_builds_the_examples_its_model_was_trained_on(catalog, live,
     assert built == [used] and len(records) == 1
     # three new items after the first; with whole-history rows also all four, from the others
     assert examples == (3 + 4 if used else 3)
+
+
+def test_a_blended_live_model_keeps_its_term_and_refitting_it_uses_the_new_data(catalog, tmp_path):
+    histories = {"u1": ["a", "b", "c"], "u2": ["a", "b", "d"], "u3": ["b", "c", "e", "f"]}
+    term = fit_item_item(histories, catalog)
+    # the rank the pipeline records is the fitted one (here all 8 rows, below the default 256)
+    config = replace(CONFIG, item_item_weight=0.5, item_item_rank=term.sources.shape[1])
+    torch.manual_seed(0)
+    live = Blended(new_model(catalog, CONFIG), term, 0.5).eval()
+    checkpoint = tmp_path / "live.pt"
+    torch.save({"model": live.state_dict(), "config": config.as_dict()}, checkpoint)
+    served = extend_catalog(catalog, [Item("cold1", "C1", ("Comedy",), 1995, None)])
+    loaded, loaded_config = load_live(checkpoint, served)
+    cold = extend_model(copy.deepcopy(live), catalog, served)  # what cold_items serves
+    with torch.no_grad():
+        assert torch.allclose(loaded.item_embeddings(), cold.item_embeddings(), atol=1e-6)
+    assert isinstance(loaded, Blended) and loaded_config == config
+
+    later = {**histories, "u4": ["cold1", "a", "e"]}
+    refitted = refit_item_item(loaded, served, later, loaded_config)
+    expected = fit_item_item(later, served, config.item_item_rank)
+    assert refitted.towers is loaded.towers and refitted.weight == 0.5
+    assert torch.equal(refitted.item_item.sources, expected.sources)
+    assert refitted.item_item.sources[served.index_of("cold1")].any()  # the new item has its row now
+    assert refit_item_item(live.towers, catalog, later, CONFIG) is live.towers  # no term: unchanged

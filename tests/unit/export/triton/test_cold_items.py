@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from export.model.item_item import Blended, fit_item_item
 from export.model.towers import TwoTower
 from export.train import TrainConfig, new_model, save_checkpoint
 from export.triton.cold_items import extend_catalog, publish_cold_items
@@ -91,3 +92,25 @@ def test_the_what_follows_table_grows_with_zero_rows_for_new_items(catalog):
     assert grown.shape[0] == extended.num_embeddings
     torch.testing.assert_close(grown[:catalog.num_embeddings], trained)
     assert not grown[catalog.num_embeddings:].any()
+
+
+def test_a_blended_model_is_published_with_its_item_item_term_and_zero_rows_for_new_items(tmp_path, catalog):
+    torch.manual_seed(0)
+    histories = {"u1": ["a", "b", "c"], "u2": ["a", "b", "d"], "u3": ["b", "c", "e", "f"]}
+    towers = TwoTower(catalog, dim=8, sequence_length=4)
+    model = Blended(towers, fit_item_item(histories, catalog), 0.5).eval()
+    config = TrainConfig(dim=8, sequence_length=4, members=1, item_item_weight=0.5)
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(model, None, config, [], checkpoint)
+    repo = tmp_path / "repo"
+    serving = ServingConfig(warmup=False)
+    export_repository(model, catalog, repo, sequence_length=4, serving=serving)
+    version = publish_cold_items(repo, checkpoint, NEW, serving)
+
+    retrieve = load(repo, sig.RETRIEVE, version)
+    rows = catalog.num_embeddings
+    with torch.no_grad():
+        trained = model.item_embeddings()
+    assert retrieve.item_embeddings.shape == (rows + len(NEW), trained.shape[1])
+    torch.testing.assert_close(retrieve.item_embeddings[:rows], trained)
+    assert trained[:, 8:].any() and not retrieve.item_embeddings[rows:, 8:].any()  # no term for new items
