@@ -109,12 +109,11 @@ def format_table(report: dict) -> str:
                      f"{valid['with']:.4f} with)")
     item_item = report.get("train", {}).get("item_item", {})
     if item_item.get("chosen_on") == "validation":
-        chosen = ", ".join(str(s["chosen"]) for s in item_item["seeds"])
         towers = item_item.get("towers_only_test", {})
         alone = (f"; towers alone: Recall@10 {towers['recall@10']:.4f}, NDCG@10 "
-                 f"{towers['ndcg@10']:.4f}" if "recall@10" in towers else "")
-        lines.append(f"(two-tower: item-item term, rank {item_item['rank']}, relative weight per "
-                     f"seed chosen on validation: {chosen}{alone})")
+                 f"{towers['ndcg@10']:.4f}" if item_item["used"] and "recall@10" in towers else "")
+        lines.append(f"(two-tower: item-item term, rank {item_item['rank']}, relative weight "
+                     f"{item_item['chosen']} chosen on validation{alone})")
     for name, protocol in report.get("protocols", {}).items():
         if name == "leave_last_out" or not protocol.get("models"):
             continue
