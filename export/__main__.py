@@ -62,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also train each target from all the user's other steps (set "
                              "completion); default: decided on validation by a pilot that trains "
                              "the first member both ways (one extra member's training)")
-    parser.add_argument("--item-item", action=argparse.BooleanOptionalAction, default=d.item_item,
-                        help="add EASE, factorised to --item-item-rank, to the towers' score with a "
-                             "weight chosen on validation after training (0 when it does not help)")
+    parser.add_argument("--item-item", type=float, default=d.item_item, metavar="RELATIVE_WEIGHT",
+                        help="weight of the item-item term (EASE factorised to --item-item-rank) "
+                             "relative to the score spreads; default: chosen on validation after "
+                             "training (0 when it does not help)")
+    parser.add_argument("--no-item-item", dest="item_item", action="store_const", const=0.0,
+                        help="towers only")
     parser.add_argument("--item-item-rank", type=int, default=d.item_item_rank)
     parser.add_argument("--members", type=int, default=d.members,
                         help="two-tower models trained one after another, each with its own seed, "

@@ -377,7 +377,7 @@ def blend_item_item(
     see). The served and tested term is refitted on the test histories (training sequences plus
     validation targets), as the EASE baseline is, with the weight kept.
     """
-    if not config.item_item:
+    if config.item_item is not None and config.item_item <= 0:
         return {"used": False, "chosen_on": "config"}
     started = time.perf_counter()
     L = config.sequence_length
@@ -389,23 +389,27 @@ def blend_item_item(
     with torch.no_grad():
         term_spread = float((fitted(rows) @ fitted.targets.T).std(dim=1).mean())
     spreads = [float(score_histories(r.model, catalog, L)(sample).std(axis=1).mean()) for r in runs]
+    candidates = ITEM_ITEM_WEIGHTS if config.item_item is None else (config.item_item,)
     valid = []  # per seed: relative weight -> validation Recall@10
     for r, spread in zip(runs, spreads, strict=True):
         scores = {0.0: r.best_valid_recall}
-        for relative in ITEM_ITEM_WEIGHTS if term_spread > 0 else ():
+        for relative in candidates if term_spread > 0 else ():
             blended = Blended(r.model, fitted, relative * spread / term_spread)
             scores[relative] = evaluate(score_histories(blended, catalog, L), train_sequences,
                                         valid_targets, catalog)["recall@10"]
         valid.append(scores)
-    # One choice for every seed, on the mean over seeds: three validation runs are less noisy
-    # than one. Then the one-standard-error rule: the smallest weight scoring within one
-    # standard error of the best (binomial, one target per user). On Last.fm the mean curve was
-    # flat from .05 to .4 (.1146 to .1173, against a standard error of .0083): its maximum is a
-    # pick among equals, and the rule picks the one that changes the towers least.
     mean = {w: float(np.mean([scores[w] for scores in valid])) for w in valid[0]}
     best = max(mean.values())
     error = float(np.sqrt(best * (1 - best) / max(len(valid_targets), 1)))
-    chosen = min(w for w, v in mean.items() if v >= best - error)
+    if config.item_item is not None:  # set, not chosen (validated all the same, for the record)
+        chosen = config.item_item if term_spread > 0 else 0.0
+    else:
+        # One choice for every seed, on the mean over seeds: three validation runs are less
+        # noisy than one. Then the one-standard-error rule: the smallest weight scoring within
+        # one standard error of the best (binomial, one target per user). On Last.fm the mean
+        # curve was flat from .05 to .4 (.1146 to .1173, against a standard error of .0083): its
+        # maximum is a pick among equals, and the rule picks the one that changes the towers least.
+        chosen = min(w for w, v in mean.items() if v >= best - error)
     log.info("item-item term: relative weight %s (mean validation Recall@10 %s, standard error "
              "%.4f)", chosen, {w: round(v, 4) for w, v in mean.items()}, error)
     towers_test = aggregate_seeds([r.test for r in runs]) if test_targets is not None else {}
@@ -428,7 +432,8 @@ def blend_item_item(
                 save_checkpoint(r.model, None, saved, r.epochs,
                                 artifacts / "checkpoints" / f"seed{r.seed}" / "best.pt")
         entries.append(entry)
-    return {"used": bool(chosen), "chosen_on": "validation", "chosen": chosen, "rank": rank,
+    return {"used": bool(chosen), "chosen_on": "validation" if config.item_item is None else "config",
+            "chosen": chosen, "rank": rank,
             "mean_valid_recall@10": {str(w): v for w, v in mean.items()}, "standard_error": error,
             "towers_only_test": towers_test, "seeds": entries,
             "seconds": round(time.perf_counter() - started, 1)}

@@ -91,10 +91,11 @@ class TrainConfig:
     # every dataset measured (docs/model.md), for 3x the training time.
     members: int = 3
     # The item-item term (export.model.item_item): EASE factorised to item_item_rank, added to the
-    # towers' score with a weight chosen on validation after training (export.pipeline,
-    # choose_item_item; 0 when it does not help). item_item_weight is that choice, recorded so a
-    # checkpoint rebuilds the model it holds; False: towers only.
-    item_item: bool = True
+    # towers' score. item_item is its weight relative to the two scores' spreads: None (default)
+    # chooses it on validation after training (export.pipeline.blend_item_item), 0 turns the
+    # term off, a positive number sets it. item_item_weight is the absolute weight in use,
+    # recorded so a checkpoint rebuilds the model it holds.
+    item_item: float | None = None
     item_item_rank: int = ITEM_ITEM_RANK
     item_item_weight: float = 0.0
     loss: Literal["full", "sampled"] = "sampled"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -143,6 +144,8 @@ def prepare(side: str, root: Path, work: Path, args: argparse.Namespace, logs: P
     argv = [sys.executable, "-m", "export", "--dataset", "ml-100k", "--repository", str(repository),
             "--artifacts", str(artifacts), "--epochs", str(args.epochs), "--seeds", "0",
             "--no-baselines"]
+    if side == "new":  # e.g. a setting only the new code has, to measure what it serves
+        argv += shlex.split(args.new_export_args)
     print(f"{side}: exporting from {root} ({args.epochs} epoch(s)) ...", flush=True)
     started = time.perf_counter()
     logs.mkdir(parents=True, exist_ok=True)
@@ -237,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": {"base": args.base, "base_commit": base_commit, "new": "working tree",
                    "rounds": args.rounds, "order": "base then new in every round",
                    "models": args.models, "concurrency": args.concurrency, "epochs": args.epochs,
+                   "new_export_args": args.new_export_args,
                    "dataset": "ml-100k", "users": args.users, "k": args.k, "measurement": vars(window),
                    "torch_threads_per_instance": 1, "seconds": round(time.perf_counter() - started),
                    "input_names": {s: prepared[s]["input_names"] for s in SIDES}},
@@ -261,6 +265,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     p.add_argument("--epochs", type=int, default=1, help="training epochs of both exports")
+    p.add_argument("--new-export-args", default="",
+                   help="more `python -m export` arguments for the new side only, e.g. "
+                        "\"--item-item 0.1\" to serve the item-item term whatever validation says")
     p.add_argument("--users", type=int, default=500, help="distinct users in the input data")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

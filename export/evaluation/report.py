@@ -108,12 +108,13 @@ def format_table(report: dict) -> str:
                      f"chosen on validation: Recall@10 {valid['without']:.4f} without, "
                      f"{valid['with']:.4f} with)")
     item_item = report.get("train", {}).get("item_item", {})
-    if item_item.get("chosen_on") == "validation":
+    if "chosen" in item_item:
         towers = item_item.get("towers_only_test", {})
         alone = (f"; towers alone: Recall@10 {towers['recall@10']:.4f}, NDCG@10 "
                  f"{towers['ndcg@10']:.4f}" if item_item["used"] and "recall@10" in towers else "")
+        how = "chosen on validation" if item_item["chosen_on"] == "validation" else "set"
         lines.append(f"(two-tower: item-item term, rank {item_item['rank']}, relative weight "
-                     f"{item_item['chosen']} chosen on validation{alone})")
+                     f"{item_item['chosen']} {how}{alone})")
     for name, protocol in report.get("protocols", {}).items():
         if name == "leave_last_out" or not protocol.get("models"):
             continue

@@ -102,5 +102,19 @@ def test_the_item_item_weight_is_chosen_on_validation_and_the_blend_is_what_is_s
                                score_histories(runs[0].model, catalog, 6)(histories), atol=1e-5)
 
     off = pipeline.blend_item_item(runs, sequences, valid, test_histories, test, catalog,
-                                   replace(config, item_item=False))
+                                   replace(config, item_item=0.0))
     assert off == {"used": False, "chosen_on": "config"}
+
+
+def test_a_set_item_item_weight_is_used_as_it_is():
+    dataset = generate(n_users=60, n_items=30, n_categories=3, days=5, seed=0).to_dataset()
+    split = leave_last_out(dataset)
+    config = TrainConfig(dim=8, sequence_length=6, epochs=1, batch_size=16, members=1,
+                         whole_history=False, item_item=1.5)
+    runs = train_seeds(split.train, split.valid, split.history_for("test"), split.test,
+                       dataset.catalog, config, seeds=(0,))
+    entry = pipeline.blend_item_item(runs, split.train, split.valid, split.history_for("test"),
+                                     split.test, dataset.catalog, config)
+    assert entry["chosen_on"] == "config" and entry["chosen"] == 1.5 and entry["used"]
+    assert list(entry["mean_valid_recall@10"]) == ["0.0", "1.5"]
+    assert isinstance(runs[0].model, Blended)
