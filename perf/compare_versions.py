@@ -266,8 +266,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     p.add_argument("--epochs", type=int, default=1, help="training epochs of both exports")
     p.add_argument("--new-export-args", default="",
-                   help="more `python -m export` arguments for the new side only, e.g. "
-                        "\"--item-item 0.1\" to serve the item-item term whatever validation says")
+                   help="more `python -m export` arguments for the new side only, after an "
+                        "equals sign: --new-export-args='--item-item 0.1' serves the item-item "
+                        "term whatever validation says")
     p.add_argument("--users", type=int, default=500, help="distinct users in the input data")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
