@@ -368,10 +368,10 @@ def blend_item_item(
     """Add the item-item term (``export.model.item_item``) to every seed's towers if validation
     says so; returns the report's account. One relative weight (``ITEM_ITEM_WEIGHTS``, or 0) is
     chosen on the mean validation Recall@10 over the seeds, by the one-standard-error rule, and
-    used for all of them. When it is not 0,
-    each run gets, in place, the ``Blended`` model, its test metrics and validation score, and
-    its checkpoint ``best.pt`` becomes the blended model (config ``item_item_weight`` set), so
-    cold items and refresh start from what is served.
+    used for all of them (``config.item_item`` set: that weight). When it is not 0, each run
+    gets, in place, the ``Blended`` model, its test metrics and validation score, and its
+    checkpoint ``best.pt`` becomes the blended model (config ``item_item_weight`` set), so cold
+    items and refresh start from what is served.
 
     The weight is chosen with the term fitted on the training sequences (what validation may
     see). The served and tested term is refitted on the test histories (training sequences plus

@@ -4,7 +4,7 @@ EASE (``export.evaluation.baselines.ease_matrix``) scores item ``j`` for a user 
 ``sum over the user's items i of B[i, j]``. Its weights come in closed form from who interacted with
 what, and it is strongest exactly where the towers are weakest. On Last.fm, split by how often
 the test target was seen in training, the towers win on the most popular targets and EASE on the
-middle of the catalog (docs/model.md, "Item-item term"). The two together beat both on
+middle of the catalog (docs/model.md, "The item-item term"). The two together beat both on
 validation, so the served score is
 
     score(u, j) = mean cosine of the towers + weight * sum over i in window(u) of B_r[i, j]
@@ -17,7 +17,7 @@ appended, and the item vector is the towers' item vector with ``sqrt(weight) * T
 Triton's retrieval, the fused model, the ANN index and the gateway serve it unchanged. The vectors
 are only ``r`` wider.
 
-The weight is chosen on validation (``export.pipeline.choose_item_item``). Zero, when the term
+The weight is chosen on validation (``export.pipeline.blend_item_item``). Zero, when the term
 does not help, leaves the towers alone. Items outside the fit (new items, or items beyond
 ``DENSE_ITEMS_MAX``) have zero rows and are ranked by the towers alone.
 """
