@@ -134,8 +134,10 @@ def test_event_types_reach_the_served_models(exported, client, requests, model_n
 
 def test_every_generated_config_parses_back_and_is_what_triton_loaded(exported, triton):
     train = exported.result.report["train"]["config"]
-    # an ensemble's vectors are its members' side by side
-    expected = model_configs(train["sequence_length"], train["dim"] * train["members"], ServingConfig())
+    item_item = exported.result.report["train"]["item_item"]
+    # an ensemble's vectors are its members' side by side, then the item-item term's columns
+    dim = train["dim"] * train["members"] + (item_item["rank"] if item_item["used"] else 0)
+    expected = model_configs(train["sequence_length"], dim, ServingConfig())
     index = {m["name"]: m for m in triton.repository_index()}
     for name, want in expected.items():
         assert read_config(exported.repository / name / "config.pbtxt") == want
