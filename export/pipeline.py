@@ -374,16 +374,15 @@ def blend_item_item(
     items and refresh start from what is served.
 
     The weight is chosen with the term fitted on the training sequences (what validation may
-    see). The served and tested term is refitted on the test histories (training sequences plus
-    validation targets), as the EASE baseline is, with the weight kept.
+    see). The served and tested term is refitted, only when used, on the test histories
+    (training sequences plus validation targets), as the EASE baseline is, with the weight kept.
     """
     if config.item_item is not None and config.item_item <= 0:
         return {"used": False, "chosen_on": "config"}
     started = time.perf_counter()
     L = config.sequence_length
     fitted = fit_item_item(train_sequences, catalog, config.item_item_rank)
-    served = fit_item_item(test_histories, catalog, config.item_item_rank)
-    rank = int(served.sources.shape[1])
+    rank = int(fitted.sources.shape[1])
     sample = [train_sequences[u] for u in sorted(valid_targets)[:SPREAD_USERS]]
     rows = encode_histories(sample, catalog, L)[:, :L]
     with torch.no_grad():
@@ -413,6 +412,7 @@ def blend_item_item(
     log.info("item-item term: relative weight %s (mean validation Recall@10 %s, standard error "
              "%.4f)", chosen, {w: round(v, 4) for w, v in mean.items()}, error)
     towers_test = aggregate_seeds([r.test for r in runs]) if test_targets is not None else {}
+    served = fit_item_item(test_histories, catalog, config.item_item_rank) if chosen else None
     entries = []
     for r, spread, scores in zip(runs, spreads, valid, strict=True):
         entry = {"seed": r.seed, "valid_recall@10": {str(w): v for w, v in scores.items()},

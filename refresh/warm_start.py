@@ -32,6 +32,7 @@ from export.train import (
     target_log_frequencies,
     train,
 )
+from export.triton.cold_items import grown
 from features.behaviour import Step
 from features.catalog import FIRST_ITEM_INDEX, ItemCatalog
 
@@ -96,17 +97,6 @@ def warm_start(live: Towers, live_catalog: ItemCatalog, catalog: ItemCatalog,
         target[name].copy_(grown(value, target[name].shape))
     model.load_state_dict(target)
     return model
-
-
-def grown(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``value`` in the leading corner of a zero tensor of ``shape`` (at least as large)."""
-    if value.shape == shape:
-        return value
-    if value.dim() != len(shape) or any(a > b for a, b in zip(value.shape, shape, strict=True)):
-        raise ValueError(f"cannot grow a {tuple(value.shape)} table into {tuple(shape)}")
-    out = torch.zeros(shape, dtype=value.dtype)
-    out[tuple(slice(0, n) for n in value.shape)] = value
-    return out
 
 
 def finetune(model: Towers, catalog: ItemCatalog, train_sequences: dict[str, list[Step]],

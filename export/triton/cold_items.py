@@ -70,8 +70,8 @@ def extend_model(model: Towers, catalog: ItemCatalog, extended: ItemCatalog) -> 
     if isinstance(model, Blended):
         extend_model(model.towers, catalog, extended)
         term = model.item_item
-        rows = extended.num_embeddings
-        model.item_item = ItemItem(grown_rows(term.sources, rows), grown_rows(term.targets, rows))
+        shape = (extended.num_embeddings, term.sources.shape[1])
+        model.item_item = ItemItem(grown(term.sources, shape), grown(term.targets, shape))
         return model
     if isinstance(model, TowerEnsemble):
         for member in model.members:
@@ -100,9 +100,15 @@ def extend_model(model: Towers, catalog: ItemCatalog, extended: ItemCatalog) -> 
     return model
 
 
-def grown_rows(table: torch.Tensor, rows: int) -> torch.Tensor:
-    out = torch.zeros(rows, table.shape[1], dtype=table.dtype)
-    out[:table.shape[0]] = table
+def grown(value: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """``value`` in the leading corner of a zero tensor of ``shape`` (at least as large)."""
+    shape = torch.Size(shape)
+    if value.shape == shape:
+        return value
+    if value.dim() != len(shape) or any(a > b for a, b in zip(value.shape, shape, strict=True)):
+        raise ValueError(f"cannot grow a {tuple(value.shape)} table into {tuple(shape)}")
+    out = torch.zeros(shape, dtype=value.dtype)
+    out[tuple(slice(0, n) for n in value.shape)] = value
     return out
 
 
