@@ -38,6 +38,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.model.ann import RetrievalIndexConfig, build_index, choose_index
 from export.model.ensemble import Towers
 from export.model.retrieval import FusedRecommender, SimilarItems, TopKRetrieval
+from export.model.stacked import served_user_tower
 from export.triton.config_files import REFERENCE_FILE, read_config, write_config  # noqa: F401 (callers)
 from features import contract as sig
 from features.behaviour import STEP_TYPES, type_code
@@ -231,14 +232,16 @@ def model_configs(sequence_length: int, dim: int, serving: ServingConfig,
 
 def scripted_modules(model: Towers) -> dict[str, torch.jit.ScriptModule]:
     """TorchScript of every model that has weights, from one trained model (a TwoTower or an
-    ensemble of them: the same inputs, wider vectors)."""
+    ensemble of them: the same inputs, wider vectors; the user towers in their served, stacked
+    form)."""
     model = model.eval()
     with torch.no_grad():
         retrieval = TopKRetrieval(model.item_embeddings())
+        user_tower = served_user_tower(model)  # the members stacked: see export.model.stacked
     return {
-        sig.USER_TOWER: torch.jit.script(model.user_tower),
+        sig.USER_TOWER: torch.jit.script(user_tower),
         sig.RETRIEVE: torch.jit.script(retrieval),
-        sig.RECOMMEND_FUSED: torch.jit.script(FusedRecommender(model.user_tower, retrieval)),
+        sig.RECOMMEND_FUSED: torch.jit.script(FusedRecommender(user_tower, retrieval)),
         sig.SIMILAR_ITEMS: torch.jit.script(SimilarItems(retrieval)),
     }
 
