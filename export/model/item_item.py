@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from export.evaluation.baselines import EASE_LAMBDA, ease_matrix, fitted_items
@@ -60,14 +61,13 @@ class ItemItem(nn.Module):
         """[B, L] item indices (left-padded) -> [B, r]: the sum of the ``sources`` rows of the
         distinct items in the window. PAD, OOV and out-of-range indices add nothing."""
         real = (history >= self.first_item_index) & (history < self.sources.shape[0])
-        index = torch.where(real, history, torch.zeros_like(history))
+        index = torch.where(real, history, 0)
         # an item repeated in the window counts once: EASE's input is the set of items
         same = index.unsqueeze(2) == index.unsqueeze(1)  # [B, L, L]
         length = history.shape[1]
         later = torch.ones(length, length, dtype=torch.bool, device=history.device).triu(1)
-        repeated_later = (same & later).any(dim=2)
-        keep = (real & ~repeated_later).to(self.sources.dtype).unsqueeze(-1)
-        return (self.sources[index] * keep).sum(dim=1)
+        keep = (real & ~(same & later).any(dim=2)).to(self.sources.dtype)
+        return F.embedding_bag(index, self.sources, mode="sum", per_sample_weights=keep)
 
 
 def fit_item_item(histories: dict[str, list], catalog: ItemCatalog, rank: int = ITEM_ITEM_RANK,

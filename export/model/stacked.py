@@ -3,7 +3,7 @@
 Trained and evaluated, an ensemble's user vector is K ``UserTower`` calls in a row
 (``export.model.ensemble.UserTowers``). At batch 1 that is dominated by per-operation overhead,
 not arithmetic, so K members cost about K times one (measured: the 3-member fused model 1.0 ms
-in-process against 0.37 ms for one member, docs/performance.md). ``StackedUserTowers`` computes
+in-process against 0.37 ms for one member; perf/bench_user_tower.py). ``StackedUserTowers`` computes
 the same function with every weight stacked along a leading member axis, so each step of the
 tower is one batched operation for all members, and it reads each member's item encoder
 (id + categories + year + price) from a table computed once at export instead of recomputing
@@ -33,7 +33,12 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 class StackedUserTowers(nn.Module):
     """K user towers of one architecture -> [B, K*D], as ``UserTowers`` lays it out (members'
     unit vectors side by side, times 1/sqrt(K); K = 1 is one tower's vector). Inference only:
-    every weight is a buffer and dropout is off."""
+    every weight is a buffer and dropout is off.
+
+    Besides stacking, three rewrites that leave the function as it was (to float rounding) and
+    take operations off every request: the attention's query and key projections (and its
+    1/sqrt(D)) are one [D, D] matrix, the value projection is folded into the head's first
+    layer, and the recency-weighted mean and the attention read-out are one weighted sum."""
 
     def __init__(self, towers: list[UserTower]) -> None:
         super().__init__()
@@ -44,72 +49,89 @@ class StackedUserTowers(nn.Module):
                 (first.attention, first.use_types, first.transition)
             if not same or {n: tuple(p.shape) for n, p in tower.state_dict().items()} != shape:
                 raise ValueError("stacked user towers must share one architecture")
+        members, dim = len(towers), first.positions.shape[1]
+        rows = first.encoder.id_embedding.num_embeddings
+        type_rows = first.type_embedding.num_embeddings
         self.pad_index = PAD_INDEX  # attributes, so TorchScript sees them
         self.oov_index = OOV_INDEX
+        self.rows, self.type_rows = rows, type_rows
         self.attention = first.attention
         self.use_types = first.use_types
         self.transition = first.transition
-        self.scale = first.scale
-        self.members_scale = len(towers) ** -0.5
+        self.members_scale = members ** -0.5
         with torch.no_grad():
-            rows = first.encoder.id_embedding.num_embeddings
             every = torch.arange(rows)
             was = [t.encoder.training for t in towers]
             for t in towers:
                 t.encoder.eval()
-            # [K, N, D]: each member's encoder output for every catalog row
-            self.register_buffer("items", _stack([t.encoder(every) for t in towers]))
+            # Member k's encoder output for row i is row k*N + i: one lookup for all members.
+            self.register_buffer("items", _stack([t.encoder(every) for t in towers]).reshape(-1, dim))
             for t, training in zip(towers, was, strict=True):
                 t.encoder.train(training)
+            self.register_buffer("item_offsets", (torch.arange(members) * rows).view(members, 1, 1))
+            # A type's embedding and, in the last column, its weight in the mean (softplus applied).
+            typed = torch.cat([_stack([t.type_embedding.weight for t in towers]),
+                               _stack([F.softplus(t.type_weight) for t in towers]).unsqueeze(-1)], -1)
+            self.register_buffer("types", typed.reshape(-1, dim + 1))
+            self.register_buffer("type_offsets", (torch.arange(members) * type_rows).view(members, 1, 1))
             length = first.positions.shape[0]
             age = torch.arange(length - 1, -1, -1, dtype=torch.float32)
-            # [K, L]: a step's recency weight by its age, as UserTower computes it per request
+            # [K, 1, L]: a step's recency weight by its age, as UserTower computes it per request
             self.register_buffer("recency", _stack(
-                [torch.pow(torch.full_like(age, t.recency_decay), age) for t in towers]))
-            self.register_buffer("type_embedding", _stack([t.type_embedding.weight for t in towers]))
-            self.register_buffer("type_weight", _stack([F.softplus(t.type_weight) for t in towers]))
-            self.register_buffer("positions", _stack([t.positions for t in towers]))
-            # key(x)·query(last) = x·(last Wqᵀ Wk): one [D, D] matrix per member instead of two
-            self.register_buffer("query_key", _stack([t.query.weight.T @ t.key.weight for t in towers]))
-            self.register_buffer("value", _stack([t.value.weight.T for t in towers]))
-            self.register_buffer("follows", _stack([t.next_embedding.weight for t in towers]))
-            self.register_buffer("hidden_weight", _stack([t.head[0].weight.T for t in towers]))
+                [torch.pow(torch.full_like(age, t.recency_decay), age) for t in towers]).unsqueeze(1))
+            self.register_buffer("positions", _stack([t.positions for t in towers]).unsqueeze(1))
+            # key(x)·query(last)/sqrt(D) = x·(last Wqᵀ Wk / sqrt(D))
+            self.register_buffer("query_key", _stack([t.query.weight.T @ t.key.weight * t.scale
+                                                      for t in towers]))
+            follows = _stack([t.next_embedding.weight for t in towers])
+            self.register_buffer("follows", follows.reshape(-1, dim))
+            self.register_buffer("hidden_weight", _stack([_first_layer(t, dim) for t in towers]))
             self.register_buffer("hidden_bias", _stack([t.head[0].bias.unsqueeze(0) for t in towers]))
             self.register_buffer("out_weight", _stack([t.head[2].weight.T for t in towers]))
             self.register_buffer("out_bias", _stack([t.head[2].bias.unsqueeze(0) for t in towers]))
 
     def forward(self, history: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         batch, length = history.shape
-        # Out-of-range ids read as OOV, as ItemEncoder does.
-        in_range = (history >= 0) & (history < self.items.shape[1])
-        steps = self.items[:, torch.where(in_range, history, torch.full_like(history, self.oov_index))]
+        # Out-of-range ids read as OOV and out-of-range type codes as PAD, as UserTower reads them.
+        index = torch.where((history >= 0) & (history < self.rows), history, self.oov_index)
+        steps = F.embedding(index.unsqueeze(0) + self.item_offsets, self.items)  # [K, B, L, D]
         present = (history != self.pad_index).to(steps.dtype)  # [B, L]
-        weights = present * self.recency[:, -length:].unsqueeze(1)  # [K, B, L]
+        weights = present * self.recency[:, :, -length:]  # [K, B, L]
         if self.use_types:
-            valid = (types >= 0) & (types < self.type_embedding.shape[1])
-            types = torch.where(valid, types, torch.zeros_like(types))
-            steps = steps + self.type_embedding[:, types]
-            weights = weights * self.type_weight[:, types]
-        pooled = torch.matmul(weights.unsqueeze(-2), steps).squeeze(-2) \
-            / weights.sum(-1, keepdim=True).clamp_min(1e-6)  # [K, B, D]
+            types = torch.where((types >= 0) & (types < self.type_rows), types, 0)
+            typed = F.embedding(types.unsqueeze(0) + self.type_offsets, self.types)  # [K, B, L, D+1]
+            steps = steps + typed[:, :, :, :-1]
+            weights = weights * typed[:, :, :, -1]
         last = steps[:, :, -1] * present[:, -1:]
-        views = [pooled, last]
+        mixes = [weights / weights.sum(-1, keepdim=True).clamp_min(1e-6)]
         if self.attention:
             query = torch.bmm(last, self.query_key)  # [K, B, D]
-            keys = steps + self.positions[:, -length:].unsqueeze(1)
-            logits = torch.matmul(keys, query.unsqueeze(-1)).squeeze(-1) * self.scale  # [K, B, L]
-            logits = logits.masked_fill(present == 0, -1e9)
-            attention = torch.softmax(logits, dim=-1) * present
-            read = torch.matmul(attention.unsqueeze(-2), steps).squeeze(-2)
-            views.append(torch.bmm(read, self.value))
+            logits = torch.matmul(steps + self.positions[:, :, -length:], query.unsqueeze(-1)).squeeze(-1)
+            mixes.append(torch.softmax(logits.masked_fill(present == 0, -1e9), dim=-1) * present)
+        # [K, B, V*D]: the weighted sums (mean, then read-out), then the last step
+        views = [torch.matmul(torch.stack(mixes, 2), steps).flatten(2), last]
         if self.transition:
             last_index = history[:, -1]
-            in_range = (last_index >= 0) & (last_index < self.follows.shape[1])
-            last_index = torch.where(in_range, last_index, torch.zeros_like(last_index))
-            views.append(self.follows[:, last_index] * present[:, -1:])
+            last_index = torch.where((last_index >= 0) & (last_index < self.rows), last_index, 0)
+            follows = F.embedding(last_index.unsqueeze(0) + self.item_offsets[:, :, 0], self.follows)
+            views.append(follows * present[:, -1:])
         hidden = F.gelu(torch.baddbmm(self.hidden_bias, torch.cat(views, dim=-1), self.hidden_weight))
         user = F.normalize(torch.baddbmm(self.out_bias, hidden, self.out_weight), dim=-1)  # [K, B, D]
         return user.transpose(0, 1).reshape(batch, -1) * self.members_scale
+
+
+def _first_layer(tower: UserTower, dim: int) -> torch.Tensor:
+    """The head's first weight, transposed, for its input in the served order [mean, read-out,
+    last, follows] (trained: [mean, last, value(read-out), follows]), the value projection
+    folded into the read-out's block."""
+    weight = tower.head[0].weight  # [2D, V*D]
+    blocks = [weight[:, :dim]]
+    if tower.attention:
+        blocks.append(weight[:, 2 * dim:3 * dim] @ tower.value.weight)
+    blocks.append(weight[:, dim:2 * dim])
+    if tower.transition:
+        blocks.append(weight[:, -dim:])
+    return torch.cat(blocks, dim=1).T
 
 
 def served_user_tower(model: Towers) -> nn.Module:

@@ -86,8 +86,8 @@ def test_the_table_is_the_encoders_at_inference_even_from_a_model_in_training(ca
     assert model.training  # the caller's mode is left as it was
     with torch.no_grad():
         model.eval()
-        torch.testing.assert_close(stacked.items[0], model.user_tower.encoder(
-            torch.arange(catalog.num_embeddings)))
+        torch.testing.assert_close(stacked.items, model.user_tower.encoder(
+            torch.arange(catalog.num_embeddings)))  # one member: its rows alone
 
 
 def test_towers_of_different_architectures_are_not_stacked(catalog):
