@@ -8,7 +8,8 @@ tower is one batched operation for all members, and it reads each member's item 
 (id + categories + year + price) from a table computed once at export instead of recomputing
 it per request. The table replaces the encoder's id table and attribute lookups, so it costs
 about the memory they did. Measured (perf/bench_user_tower.py, scripted fused model, batch 1, one
-thread): three members 0.48 ms stacked against 1.05 ms one after another; one member 0.38 ms stacked, 0.45 ms not.
+thread): three members 0.48 ms stacked against 1.05 ms one after another; one member 0.38 ms
+stacked, 0.45 ms not.
 
 Only serving uses it (``export.triton.repository.scripted_modules``): the same function as
 the members', to float rounding (tests/unit/export/model/test_stacked.py holds it to 1e-5).
