@@ -73,7 +73,7 @@ class StackedUserTowers(nn.Module):
             # A type's embedding and, in the last column, its weight in the mean (softplus applied).
             typed = torch.cat([_stack([t.type_embedding.weight for t in towers]),
                                _stack([F.softplus(t.type_weight) for t in towers]).unsqueeze(-1)], -1)
-            self.register_buffer("types", typed.reshape(-1, dim + 1))
+            self.register_buffer("type_table", typed.reshape(-1, dim + 1))
             self.register_buffer("type_offsets", (torch.arange(members) * type_rows).view(members, 1, 1))
             length = first.positions.shape[0]
             age = torch.arange(length - 1, -1, -1, dtype=torch.float32)
@@ -100,7 +100,7 @@ class StackedUserTowers(nn.Module):
         weights = present * self.recency[:, :, -length:]  # [K, B, L]
         if self.use_types:
             types = torch.where((types >= 0) & (types < self.type_rows), types, 0)
-            typed = F.embedding(types.unsqueeze(0) + self.type_offsets, self.types)  # [K, B, L, D+1]
+            typed = F.embedding(types.unsqueeze(0) + self.type_offsets, self.type_table)  # [K, B, L, D+1]
             steps = steps + typed[:, :, :, :-1]
             weights = weights * typed[:, :, :, -1]
         last = steps[:, :, -1] * present[:, -1:]

@@ -1,9 +1,19 @@
 import json
 
+import pytest
+import torch
+
 from perf import bench_user_tower
 
 
-def test_both_forms_answer_alike_and_every_measurement_is_written(tmp_path):
+@pytest.fixture
+def torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the benchmark sets one thread
+
+
+def test_both_forms_answer_alike_and_every_measurement_is_written(tmp_path, torch_threads):
     forms, difference = bench_user_tower.fused_forms(members=2, items=30)
     assert set(forms) == set(bench_user_tower.FORMS)
     assert difference < 1e-5
