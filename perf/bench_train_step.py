@@ -31,6 +31,14 @@ SIDES = ("base", "new")
 CSV_COLUMNS = ["round", "side", "measurement", "ms"]
 
 
+def synthetic_catalog(items: int):
+    """``items`` items in 20 categories, one price: the catalog the benchmarks time on."""
+    from features.catalog import Item, ItemCatalog
+
+    return ItemCatalog(items=[Item(str(i), str(i), (f"c{i % 20}",), price=10.0) for i in range(items)],
+                       categories=[f"c{j}" for j in range(20)])
+
+
 def measure(items: int, batches: list[int], steps: int) -> dict[str, float]:
     """Milliseconds per training step per batch size and per batch-1 user-tower call, for the
     ``export`` package first on sys.path."""
@@ -38,12 +46,11 @@ def measure(items: int, batches: list[int], steps: int) -> dict[str, float]:
     import torch
 
     from export.train import TrainConfig, new_model, target_log_frequencies, train_step
-    from features.catalog import FIRST_ITEM_INDEX, Item, ItemCatalog
+    from features.catalog import FIRST_ITEM_INDEX
 
     torch.set_num_threads(1)
     length = 50
-    catalog = ItemCatalog(items=[Item(str(i), str(i), (f"c{i % 20}",), price=10.0) for i in range(items)],
-                          categories=[f"c{j}" for j in range(20)])
+    catalog = synthetic_catalog(items)
     rng = np.random.default_rng(0)
     first = FIRST_ITEM_INDEX
     log_q = target_log_frequencies(rng.integers(first, items + first, 10 * items), catalog.num_embeddings)

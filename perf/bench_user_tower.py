@@ -39,10 +39,9 @@ def fused_forms(members: int, items: int):
     from export.model.retrieval import FusedRecommender, TopKRetrieval
     from export.model.stacked import served_user_tower
     from export.train import TrainConfig, new_model
-    from features.catalog import Item, ItemCatalog
+    from perf.bench_train_step import synthetic_catalog
 
-    catalog = ItemCatalog(items=[Item(str(i), str(i), (f"c{i % 20}",), price=10.0) for i in range(items)],
-                          categories=[f"c{j}" for j in range(20)])
+    catalog = synthetic_catalog(items)
     torch.manual_seed(0)
     model = new_model(catalog, TrainConfig(members=members, sequence_length=LENGTH)).eval()
     with torch.no_grad():

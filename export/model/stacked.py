@@ -138,7 +138,6 @@ def _first_layer(tower: UserTower, dim: int) -> torch.Tensor:
 def served_user_tower(model: Towers) -> nn.Module:
     """``model.user_tower``'s function in its served form: the members stacked, and a blended
     model's item-item vector appended as ``Blended.user_tower`` appends it."""
-    model = model.eval()
     if isinstance(model, Blended):
         return BlendedUserTower(served_user_tower(model.towers), model.item_item, model.weight)
     return StackedUserTowers([m.user_tower for m in members_of(model)])
