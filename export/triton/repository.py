@@ -269,9 +269,9 @@ def export_repository(
     if index.kind != "exact" and target != "python":
         raise ValueError("an ANN index is served by the python target only")
     modules = scripted_modules(model)
-    ann = (build_index(modules[sig.RETRIEVE].item_embeddings.numpy(), index)
-           if index.kind != "exact" else None)
-    dim = int(modules[sig.RETRIEVE].item_embeddings.shape[1])
+    matrix = modules[sig.RETRIEVE].item_embeddings().contiguous().numpy()
+    ann = build_index(matrix, index) if index.kind != "exact" else None
+    dim = int(matrix.shape[1])
     specs = model_specs(sequence_length, dim)
     for name, config in model_configs(sequence_length, dim, serving, target).items():
         model_dir = root / name

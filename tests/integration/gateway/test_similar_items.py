@@ -25,7 +25,7 @@ def test_similar_items_are_pytorchs_under_the_feeds_rules(gateway, exported):
     served = service.served
     catalog = served.catalog
     retrieve = torch.jit.load(str(exported.repository / sig.RETRIEVE / str(served.version) / "model.pt"))
-    similar = SimilarItems(TopKRetrieval(retrieve.item_embeddings))
+    similar = SimilarItems(TopKRetrieval(retrieve.item_embeddings()))
     item_id = served.popular_items[0]
     query = catalog.index_of(item_id)
 

@@ -8,6 +8,7 @@ from export.model.retrieval import FusedRecommender, TopKRetrieval
 from export.model.towers import TwoTower
 from features import contract as sig
 from features.behaviour import Step, type_code
+from features.catalog import FIRST_ITEM_INDEX
 from features.model_inputs import build_inputs
 from tests.support.models import with_type_effects
 
@@ -69,3 +70,24 @@ def test_embed_is_the_user_tower_on_both_inputs(catalog):
     history, types = tensors(inputs)[:2]
     with torch.no_grad():
         torch.testing.assert_close(fused.embed(history, types), model.user_tower(history, types))
+
+
+def test_retrieval_is_the_exact_top_k_of_the_rows_whatever_is_excluded():
+    """The matrix is stored as columns; answers are those of plain row-wise scoring. Exclusions
+    outside the matrix (a stale client's) are ignored, PAD and OOV are never answered."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(40, 6, generator=generator)
+    retrieval = torch.jit.script(TopKRetrieval(rows))
+    torch.testing.assert_close(retrieval.item_embeddings(), rows)
+    assert retrieval.item_columns.shape == (6, 40) and retrieval.item_columns.is_contiguous()
+    assert retrieval.num_items() == 40 - FIRST_ITEM_INDEX
+    users = torch.randn(3, 6, generator=generator)
+    exclude = torch.tensor([[5, 7, -3, 0], [40, 1000, 0, 0], [9, 9, 2, 39]])
+    k = retrieval.num_items() - 4  # every recommendable item of the first row
+    index, score = retrieval(users, exclude, torch.full((3, 1), k, dtype=torch.int32))
+    expected = users @ rows.T
+    for row, banned in enumerate(({5, 7}, set(), {9, 2, 39})):
+        keep = [i for i in range(FIRST_ITEM_INDEX, 40) if i not in banned]
+        want = sorted(keep, key=lambda i: -expected[row, i].item())[:k]
+        assert index[row].tolist() == want
+        torch.testing.assert_close(score[row], expected[row, want])

@@ -36,7 +36,7 @@ def test_new_version_adds_items_and_keeps_every_trained_embedding(published, cat
     old, new = load(repo, sig.RETRIEVE, 1), load(repo, sig.RETRIEVE, 2)
     assert new.num_items() == catalog.num_items + 2
     rows = catalog.num_embeddings
-    torch.testing.assert_close(new.item_embeddings[:rows], old.item_embeddings)
+    torch.testing.assert_close(new.item_embeddings()[:rows], old.item_embeddings())
     extended = ItemCatalog.from_json(repo / sig.RETRIEVE / "2" / sig.CATALOG_FILE)
     assert extended.index_of("g") == rows and extended.categories[-1] == "Brand-new"
 
@@ -46,7 +46,7 @@ def test_a_cold_item_is_retrievable_by_its_own_embedding(published):
     retrieve = load(repo, sig.RETRIEVE, 2)
     extended = ItemCatalog.from_json(repo / sig.RETRIEVE / "2" / sig.CATALOG_FILE)
     g = extended.index_of("g")
-    query = retrieve.item_embeddings[g:g + 1]
+    query = retrieve.item_embeddings()[g:g + 1]
     index, _ = retrieve(query, torch.zeros((1, 1), dtype=torch.long), torch.tensor([[1]]))
     assert index.item() == g
 
@@ -111,6 +111,6 @@ def test_a_blended_model_is_published_with_its_item_item_term_and_zero_rows_for_
     rows = catalog.num_embeddings
     with torch.no_grad():
         trained = model.item_embeddings()
-    assert retrieve.item_embeddings.shape == (rows + len(NEW), trained.shape[1])
-    torch.testing.assert_close(retrieve.item_embeddings[:rows], trained)
-    assert trained[:, 8:].any() and not retrieve.item_embeddings[rows:, 8:].any()  # no term for new items
+    assert retrieve.item_embeddings().shape == (rows + len(NEW), trained.shape[1])
+    torch.testing.assert_close(retrieve.item_embeddings()[:rows], trained)
+    assert trained[:, 8:].any() and not retrieve.item_embeddings()[rows:, 8:].any()  # no term for new items
