@@ -120,9 +120,13 @@ class Window:
 
 
 def run_perf_analyzer(target: Target, model: str, input_json: Path, expected_rows: int,
-                      concurrency: int, window: Window, raw_dir: Path, tag: str) -> dict:
+                      concurrency: int, window: Window, raw_dir: Path, tag: str,
+                      prefix: str = "") -> dict:
     """One perf_analyzer run at one concurrency; returns the parsed CSV row plus Triton's
     execution / inference counts of the model's steps during the run.
+
+    ``prefix``: the server knows ``model`` and its steps as ``prefix + name`` (one Triton serving
+    two repositories side by side, perf/compare_versions.py).
 
     An unstable measurement is retried once with twice the tolerance: on a shared machine a
     neighbour's burst can keep three windows from agreeing, and perf_analyzer then reports nothing.
@@ -131,21 +135,21 @@ def run_perf_analyzer(target: Target, model: str, input_json: Path, expected_row
     csv_path = raw_dir / f"{tag}_{model}_c{concurrency}.csv"
     log_path = csv_path.with_suffix(".log")
     csv_path.unlink(missing_ok=True)
-    argv = [str(perf_analyzer_binary()), "-m", model, "-u", target.grpc_url, "-i", "grpc",
+    argv = [str(perf_analyzer_binary()), "-m", prefix + model, "-u", target.grpc_url, "-i", "grpc",
             "--input-data", str(input_json), "--concurrency-range", str(concurrency),
             "-f", str(csv_path)]
-    inputs = sig.tensor_names(model_config(target.http_url, model)).inputs  # INPUT__i under libtorch
+    inputs = sig.tensor_names(model_config(target.http_url, prefix + model)).inputs  # INPUT__i under libtorch
     if sig.EXCLUDE in inputs:
         # EXCLUDE is [-1] in the config: perf_analyzer wants a default shape even though every
         # JSON row carries its own.
         argv += ["--shape", f"{inputs[sig.EXCLUDE]}:{EXCLUDE_WIDTH}"]
-    before = {m: model_stats(target.http_url, m) for m in STEPS[model]}
+    before = {m: model_stats(target.http_url, prefix + m) for m in STEPS[model]}
     for attempt in (window, Window(window.interval_ms, 2 * window.stability_pct, window.max_trials)):
         proc = subprocess.run(argv + attempt.argv(), capture_output=True, text=True,
                               env=perf_analyzer_env(), timeout=300)
         if "Failed to obtain stable measurement" not in proc.stdout + proc.stderr:
             break
-    after = {m: model_stats(target.http_url, m) for m in STEPS[model]}
+    after = {m: model_stats(target.http_url, prefix + m) for m in STEPS[model]}
     log_path.write_text(" ".join(argv + attempt.argv()) + "\n\n" + proc.stdout + proc.stderr)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]

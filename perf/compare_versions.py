@@ -1,7 +1,7 @@
 """Served latency before/after a change: a base git revision vs the working tree, side by side.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python perf/compare_versions.py \\
-        --out perf/results/compare_versions --rounds 3
+        --out perf/results/compare_versions --rounds 5
 
 1. Checks out ``--base`` (default 8f6fc66, the model before the behaviour-aware user tower) into a
    temporary ``git worktree``. Each side then runs its OWN code, in a subprocess with only its own
@@ -9,10 +9,14 @@
    repository of its own, and its own ``perf/input_data.py`` (via its ``perf/triton_perf.py``'s
    ``load_histories``) on that export's user-history snapshot, so each side's perf_analyzer input
    matches its contract (the base has no HISTORY_TYPES).
-2. ``--rounds`` times, base then new: a fresh Triton (stack.triton.TritonServer, one torch thread
-   per python-backend process, as perf/triton_perf.py) on that side's repository, perf_analyzer
-   (perf/analyzer.py, the same windows for both) on each of ``--models`` at each ``--concurrency``,
-   then Triton is stopped. Alternating rounds spread a shared machine's noise over both sides.
+2. One Triton (stack.triton.TritonServer, one torch thread per python-backend process, as
+   perf/triton_perf.py) serves both sides at once: each side's models are copied into one
+   repository as ``base_<model>`` and ``new_<model>`` (an ensemble's steps renamed with it), each
+   with its own files and python-backend code. ``--rounds`` times, for each of ``--models`` at each
+   ``--concurrency``, perf_analyzer (perf/analyzer.py, the same windows for both) measures the two
+   sides back to back, base first in odd rounds and new first in even ones. Both sides of a pair
+   run seconds apart in the same server process, so a shared machine's weather, which moves a
+   fresh server's latency up to 2x from one start to the next, falls on both alike.
 3. Writes ``compare_versions.json`` (every round, the summary, the environment),
    ``compare_versions.csv`` (one row per round, side, model, concurrency) and
    ``compare_versions.png`` (p50 and p99 per round per side), and prints per side the median over
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,8 +43,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from export.triton.config_files import read_config, write_config  # noqa: E402
 from features import contract as sig  # noqa: E402
-from perf.analyzer import PerfError, Target, Window, run_perf_analyzer  # noqa: E402
+from perf.analyzer import STEPS, PerfError, Target, Window, run_perf_analyzer  # noqa: E402
 from perf.harness import (  # noqa: E402
     REPO_ROOT,
     SNAPSHOT_FILE,
@@ -168,30 +174,54 @@ def prepare(side: str, root: Path, work: Path, args: argparse.Namespace, logs: P
     return {"repository": repository, "inputs": inputs, "rows": len(data), "input_names": sorted(data[0])}
 
 
-def measure_round(rnd: int, side: str, prepared: dict, args: argparse.Namespace, window: Window,
-                  raw_dir: Path, problems: list[str]) -> list[dict]:
-    """A fresh Triton on the side's repository, perf_analyzer on every model and concurrency."""
-    from perf.triton_perf import env_vars, serve
+def merged_repository(repositories: dict[str, Path], dest: Path, models: Sequence[str]) -> list[str]:
+    """Each side's copy of ``models`` and their steps in one repository, renamed ``<side>_<name>``
+    (an ensemble's steps too), so that one Triton serves both; returns the names to load."""
+    needed = sorted({step for model in models for step in (model, *STEPS[model])})
+    names = []
+    for side, repository in repositories.items():
+        for name in needed:
+            served = f"{side}_{name}"
+            shutil.copytree(repository / name, dest / served, ignore=shutil.ignore_patterns("__pycache__"))
+            config = read_config(dest / served / "config.pbtxt")
+            config.name = served
+            for step in config.ensemble_scheduling.step:
+                step.model_name = f"{side}_{step.model_name}"
+            write_config(config, dest / served)
+            names.append(served)
+    return names
 
+
+def measure(prepared: dict, args: argparse.Namespace, window: Window, work: Path, raw_dir: Path,
+            problems: list[str]) -> list[dict]:
+    """One Triton serving both sides; every round, each model and concurrency on both sides back
+    to back (base first in odd rounds, new first in even ones)."""
+    from perf.triton_perf import env_vars
+    from stack.triton import TritonServer
+
+    names = merged_repository({side: prepared[side]["repository"] for side in SIDES}, work, args.models)
     rows = []
     with env_vars(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), \
-            serve(prepared["repository"], raw_dir / f"tritonserver_r{rnd}_{side}.log") as triton:
+            TritonServer(work, log_path=raw_dir / "tritonserver.log", load_models=names) as triton:
         target = Target(triton.grpc_url, triton.http_url)
-        for model in args.models:
-            for c in args.concurrency:
-                tag = f"r{rnd}_{side}"
-                try:
-                    raw = run_perf_analyzer(target, model, prepared["inputs"][model], prepared["rows"],
-                                            c, window, raw_dir, tag)
-                except (PerfError, OSError, subprocess.SubprocessError) as exc:
-                    problems.append(f"{tag} {model} c={c}: {exc}")
-                    print(f"  FAILED {tag} {model} c={c}: {exc}", flush=True)
-                    continue
-                row = measured_row(raw, rnd, side, round(os.getloadavg()[0], 2))
-                rows.append(row)
-                print(f"  round {rnd} {side:<4} {model:>16} c={c:<2} p50 {row['p50_ms']:6.2f} ms  "
-                      f"p99 {row['p99_ms']:6.2f} ms  {row['throughput']:7.1f} infer/s  "
-                      f"load {row['load_1m']}", flush=True)
+        for rnd in range(1, args.rounds + 1):
+            for model in args.models:
+                for c in args.concurrency:
+                    for side in SIDES if rnd % 2 else SIDES[::-1]:
+                        tag = f"r{rnd}_{side}"
+                        try:
+                            raw = run_perf_analyzer(target, model, prepared[side]["inputs"][model],
+                                                    prepared[side]["rows"], c, window, raw_dir, tag,
+                                                    prefix=f"{side}_")
+                        except (PerfError, OSError, subprocess.SubprocessError) as exc:
+                            problems.append(f"{tag} {model} c={c}: {exc}")
+                            print(f"  FAILED {tag} {model} c={c}: {exc}", flush=True)
+                            continue
+                        row = measured_row(raw, rnd, side, round(os.getloadavg()[0], 2))
+                        rows.append(row)
+                        print(f"  round {rnd} {side:<4} {model:>16} c={c:<2} p50 {row['p50_ms']:6.2f} ms  "
+                              f"p99 {row['p99_ms']:6.2f} ms  {row['throughput']:7.1f} infer/s  "
+                              f"load {row['load_1m']}", flush=True)
     return rows
 
 
@@ -207,7 +237,7 @@ def plot(path: Path, rows: Sequence[dict], models: Sequence[str], concurrency: i
                 ax.plot(x, [r["p99_ms"] for r in mine], marker="^", ls="--", color=colors[side],
                         label=f"{side} p99")
             ax.set_xticks(sorted({r["round"] for r in rows}))
-            ax.set_xlabel("round (base, then new)")
+            ax.set_xlabel("round")
             ax.set_ylabel("latency (ms)")
             ax.set_ylim(bottom=0)
             ax.set_title(f"{model}, concurrency {concurrency}")
@@ -222,23 +252,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw_dir = out / "raw"
     window = Window(args.measurement_interval, args.stability, args.max_trials)
     problems: list[str] = []
-    rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="compare-versions-") as tmp, \
             worktree(args.base, Path(tmp) / "base_tree") as base_root:
         base_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=base_root, capture_output=True,
                                      text=True, check=True).stdout.strip()
         roots = {"base": base_root, "new": REPO_ROOT}
         prepared = {side: prepare(side, roots[side], Path(tmp) / side, args, raw_dir) for side in SIDES}
-        for rnd in range(1, args.rounds + 1):
-            for side in SIDES:
-                rows += measure_round(rnd, side, prepared[side], args, window, raw_dir, problems)
+        rows = measure(prepared, args, window, Path(tmp) / "both", raw_dir, problems)
     expected = args.rounds * len(SIDES) * len(args.models) * len(args.concurrency)
     if len(rows) != expected:
         problems.append(f"{len(rows)} of {expected} measurements")
     summary = summarize(rows)
     report = {
         "config": {"base": args.base, "base_commit": base_commit, "new": "working tree",
-                   "rounds": args.rounds, "order": "base then new in every round",
+                   "rounds": args.rounds,
+                   "order": "one Triton serving both sides; per model and concurrency the two "
+                            "sides back to back, base first in odd rounds, new first in even ones",
                    "models": args.models, "concurrency": args.concurrency, "epochs": args.epochs,
                    "new_export_args": args.new_export_args,
                    "dataset": "ml-100k", "users": args.users, "k": args.k, "measurement": vars(window),
@@ -261,7 +290,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("perf/results/compare_versions"))
     p.add_argument("--base", default=DEFAULT_BASE, help="git revision to compare the working tree with")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (base, new) to run")
+    p.add_argument("--rounds", type=int, default=5, help="rounds, each measuring both sides")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1])
     p.add_argument("--epochs", type=int, default=1, help="training epochs of both exports")

@@ -93,7 +93,7 @@ def test_side_env_puts_only_that_side_on_the_path(tmp_path):
 
 def test_defaults_are_the_issue_s_comparison():
     args = parse_args([])
-    assert args.base == "8f6fc66" and args.rounds == 3 and args.concurrency == [1]
+    assert args.base == "8f6fc66" and args.rounds == 5 and args.concurrency == [1]
     assert args.models == [sig.RECOMMEND_FUSED, sig.RECOMMEND]
     with pytest.raises(SystemExit):
         parse_args(["--rounds", "0"])
@@ -109,3 +109,33 @@ def test_outputs(tmp_path):
     assert len(written) == 6 and list(written[0]) == CSV_COLUMNS
     assert json.loads((tmp_path / "compare_versions.json").read_text())["summary"][0]["target_met"]
     assert (tmp_path / "compare_versions.png").stat().st_size > 0
+
+
+def test_both_sides_share_one_repository_under_their_own_names(tmp_path, catalog):
+    """Each side's models (an ensemble's steps renamed with it) and files, side by side."""
+    import torch
+
+    from export.model.towers import TwoTower
+    from export.triton.config_files import read_config
+    from export.triton.repository import ServingConfig, export_repository
+    from perf.compare_versions import merged_repository
+
+    repositories = {}
+    for seed, side in enumerate(("base", "new")):
+        torch.manual_seed(seed)
+        repositories[side] = export_repository(TwoTower(catalog, dim=8, sequence_length=4), catalog,
+                                               tmp_path / side, sequence_length=4,
+                                               serving=ServingConfig(warmup=False))
+    names = merged_repository(repositories, tmp_path / "both", [sig.RECOMMEND_FUSED, sig.RECOMMEND])
+    steps = sorted({sig.RECOMMEND_FUSED, sig.RECOMMEND, sig.USER_TOWER, sig.RETRIEVE})
+    assert names == [f"{side}_{m}" for side in ("base", "new") for m in steps]
+    for side, repository in repositories.items():
+        ensemble = read_config(tmp_path / "both" / f"{side}_{sig.RECOMMEND}" / "config.pbtxt")
+        assert ensemble.name == f"{side}_{sig.RECOMMEND}"
+        assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
+            f"{side}_{sig.USER_TOWER}", f"{side}_{sig.RETRIEVE}"]
+        fused = tmp_path / "both" / f"{side}_{sig.RECOMMEND_FUSED}"
+        assert read_config(fused / "config.pbtxt").name == fused.name
+        original = repository / sig.RECOMMEND_FUSED / "1" / "model.pt"
+        assert (fused / "1" / "model.pt").read_bytes() == original.read_bytes()
+    assert not (tmp_path / "both" / f"base_{sig.SIMILAR_ITEMS}").exists()  # only what is measured
