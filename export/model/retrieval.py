@@ -5,8 +5,8 @@ The same module is served by Triton and used in-process, so both rank with the s
 
 The matrix is stored as columns ([D, num_embeddings], one row per dimension): a single query then
 streams it front to back, adding one scaled row per dimension, rather than taking one short dot
-product per item. It is the same product, measured 1.3-2.8x faster at batch 1 on a CPU
-(perf/README.md, "The item matrix as columns").
+product per item. It is the same product: on a CPU, 1.3-3.1x faster at batch 1 in 11 of 12
+measured shapes and about even at batch 16 (perf/bench_item_matrix.py, perf/README.md).
 """
 
 from __future__ import annotations
