@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perf.harness import environment, finish, ratio, spread, write_csv, write_json
+    from perf.harness import environment, finish, ratio, spread, write_rounds
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -129,11 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case[0]} items x {case[1]} dims, batch {case[2]}, {cache}: "
                   + ", ".join(f"{lay} {v['median']} us ({v['min']}-{v['max']})" for lay, v in sides.items())
                   + f", columns/rows {ratio(sides['columns']['median'], sides['rows']['median'])}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "item_matrix.json", {
-        "rounds": rows, "summary": summary,
-        "environment": environment(calls=args.calls, flush_mb=args.flush_mb, torch_threads=1)})
-    write_csv(args.out / "item_matrix.csv", CSV_COLUMNS, rows)
+    write_rounds(args.out, "item_matrix", CSV_COLUMNS, rows, summary,
+                 environment(calls=args.calls, flush_mb=args.flush_mb, torch_threads=1))
     plot(args.out / "item_matrix.png", summary)
     return finish(f"{args.out}/item_matrix.{{json,csv,png}}", problems, time.perf_counter() - started)
 

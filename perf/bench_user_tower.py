@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perf.harness import environment, finish, ratio, spread, write_csv, write_json
+    from perf.harness import environment, finish, ratio, spread, write_rounds
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -140,11 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{f} {v['median']} ms ({v['min']}-{v['max']})" for f, v in sides.items())
                   + f", stacked/in a row {ratio(sides['stacked']['median'], sides['in_a_row']['median'])}"
                   + f", max score difference {difference:.1e}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "user_tower.json", {
-        "rounds": rows, "summary": summary,
-        "environment": environment(items=args.items, calls=args.calls, torch_threads=1)})
-    write_csv(args.out / "user_tower.csv", CSV_COLUMNS, rows)
+    write_rounds(args.out, "user_tower", CSV_COLUMNS, rows, summary,
+                 environment(items=args.items, calls=args.calls, torch_threads=1))
     plot(args.out / "user_tower.png", summary)
     return finish(f"{args.out}/user_tower.{{json,csv,png}}", problems, time.perf_counter() - started)
 

@@ -115,6 +115,15 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def write_rounds(out: Path, name: str, columns: Sequence[str], rows: list[dict], summary: list[dict],
+                 env: dict[str, Any]) -> None:
+    """A side-by-side benchmark's results under ``out``: ``<name>.json`` (every round, the summary,
+    the environment) and ``<name>.csv`` (one row per round)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", {"rounds": rows, "summary": summary, "environment": env})
+    write_csv(out / f"{name}.csv", columns, rows)
+
+
 @contextlib.contextmanager
 def figure(path: Path, ncols: int, figsize: tuple[float, float], **subplots: Any) -> Iterator[tuple]:
     """``(fig, axes)`` to draw on; saved to ``path`` as PNG and closed when the block ends.

@@ -1,16 +1,8 @@
 import json
 
-import pytest
 import torch
 
 from perf import bench_item_matrix
-
-
-@pytest.fixture
-def torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # the benchmark sets one thread
 
 
 def test_both_layouts_compute_one_product_and_every_measurement_is_written(tmp_path, torch_threads):
