@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case[0]} items x {case[1]} dims, batch {case[2]}, {cache}: "
                   + ", ".join(f"{lay} {v['median']} us ({v['min']}-{v['max']})" for lay, v in sides.items())
                   + f", columns/rows {ratio(sides['columns']['median'], sides['rows']['median'])}")
-    write_rounds(args.out, "item_matrix", CSV_COLUMNS, rows, summary,
-                 environment(calls=args.calls, flush_mb=args.flush_mb, torch_threads=1))
-    plot(args.out / "item_matrix.png", summary)
-    return finish(f"{args.out}/item_matrix.{{json,csv,png}}", problems, time.perf_counter() - started)
+    written = write_rounds(args.out, "item_matrix", CSV_COLUMNS, rows, summary,
+                           environment(calls=args.calls, flush_mb=args.flush_mb, torch_threads=1), plot)
+    return finish(written, problems, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

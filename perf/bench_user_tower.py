@@ -140,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{f} {v['median']} ms ({v['min']}-{v['max']})" for f, v in sides.items())
                   + f", stacked/in a row {ratio(sides['stacked']['median'], sides['in_a_row']['median'])}"
                   + f", max score difference {difference:.1e}")
-    write_rounds(args.out, "user_tower", CSV_COLUMNS, rows, summary,
-                 environment(items=args.items, calls=args.calls, torch_threads=1))
-    plot(args.out / "user_tower.png", summary)
-    return finish(f"{args.out}/user_tower.{{json,csv,png}}", problems, time.perf_counter() - started)
+    written = write_rounds(args.out, "user_tower", CSV_COLUMNS, rows, summary,
+                           environment(items=args.items, calls=args.calls, torch_threads=1), plot)
+    return finish(written, problems, time.perf_counter() - started)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +116,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_rounds(out: Path, name: str, columns: Sequence[str], rows: list[dict], summary: list[dict],
-                 env: dict[str, Any]) -> None:
+                 env: dict[str, Any], plot: Callable[[Path, list[dict]], None]) -> str:
     """A side-by-side benchmark's results under ``out``: ``<name>.json`` (every round, the summary,
-    the environment) and ``<name>.csv`` (one row per round)."""
+    the environment), ``<name>.csv`` (one row per round) and ``plot``'s ``<name>.png``; returns
+    what was written, for ``finish``."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{name}.json", {"rounds": rows, "summary": summary, "environment": env})
     write_csv(out / f"{name}.csv", columns, rows)
+    plot(out / f"{name}.png", summary)
+    return f"{out}/{name}.{{json,csv,png}}"
 
 
 @contextlib.contextmanager

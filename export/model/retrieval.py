@@ -121,16 +121,20 @@ class SimilarItems(nn.Module):
         size = self.retrieval.item_columns.shape[1]
         return torch.where((rows >= 0) & (rows < size), rows, torch.full_like(rows, self.oov_index))
 
+    def _query(self, rows: torch.Tensor) -> torch.Tensor:
+        """Those rows' item embeddings [B, D], read from the stored columns."""
+        return self.retrieval.item_columns.index_select(1, rows).t()
+
     @torch.jit.export
     def embed(self, item: torch.Tensor) -> torch.Tensor:
         """[B, 1] item indices -> their embeddings [B, D] (the ANN query vectors)."""
-        return self.retrieval.item_columns.index_select(1, self._rows(item)).t()
+        return self._query(self._rows(item))
 
     @torch.jit.export
     def scores(self, item: torch.Tensor) -> torch.Tensor:
         """[B, 1] item indices -> [B, num_embeddings] cosine scores; PAD, OOV and the query at -inf."""
         rows = self._rows(item)
-        s = self.retrieval.scores(self.retrieval.item_columns.index_select(1, rows).t())
+        s = self.retrieval.scores(self._query(rows))
         return s.scatter(1, rows.unsqueeze(1), float("-inf"))
 
     @torch.jit.export
